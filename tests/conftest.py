@@ -1,0 +1,51 @@
+"""Shared fixtures: a small demo corpus made by the real corpus maker, and offline settings."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path[:1]:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 32-item demo corpus (with corrupt and missing media) shared by the extraction tests."""
+    from extract.demo_corpus import make_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    make_corpus(out, 32, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from extract.config import load_config
+
+    return load_config(ROOT / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def extracted(demo_corpus: Path, tiny_config, tmp_path_factory: pytest.TempPathFactory):
+    """The demo corpus extracted with tiny backbones through a local Ray (in process)."""
+    import ray
+
+    from extract.job import run_extraction
+
+    out = tmp_path_factory.mktemp("feats")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        stats = run_extraction(demo_corpus / "corpus.jsonl", demo_corpus, out, tiny_config)
+    finally:
+        ray.shutdown()
+    return out, stats

@@ -1,0 +1,82 @@
+"""The Ray extraction job in process (local Ray, tiny backbones, the real demo corpus)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from extract import store
+from extract.info import store_info
+
+
+def _expected(corpus):
+    return json.loads((corpus / "corpus_stats.json").read_text())["modalities"]
+
+
+def test_stores_hold_what_the_corpus_says(extracted, demo_corpus):
+    out, stats = extracted
+    info = store_info(out)
+    exp = _expected(demo_corpus)
+    assert info["items"] == 32 and stats.items == 32
+    for m in store.MODALITIES:
+        assert info["modalities"][m]["present"] == exp[m]["expected_ok"], m
+        assert info["modalities"][m]["failed"] == exp[m]["expected_failures"], m
+        assert info["modalities"][m]["pretrained"] is False  # tiny random backbones
+    assert info["failures"] == sum(e["expected_failures"] for e in exp.values())
+    fails = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert len({(f["id"], f["modality"]) for f in fails}) == len(fails)  # each item x modality once
+    assert all(f["error"] for f in fails)
+
+
+def test_store_rows_follow_corpus_and_provenance(extracted, demo_corpus):
+    out, _ = extracted
+    recs = [json.loads(line) for line in (demo_corpus / "corpus.jsonl").read_text().splitlines()]
+    stores = store.open_stores(out)
+    table = stores["table"].load()
+    assert table.ids == [r["id"] for r in recs]
+    assert table.labels == [r["label"] for r in recs]
+    assert table.entities is not None
+    for i, r in enumerate(recs):
+        if table.counts[i]:
+            assert (table.entities[i] >= 0).any() and (table.tokens[i, table.counts[i]:] == 0).all()
+        else:
+            assert not np.any(table.tokens[i])
+    prov = stores["video"].provenance
+    assert prov.corpus_fingerprint == store.file_fingerprint(demo_corpus / "corpus.jsonl")
+    assert prov.preprocessing["fps"] == 1.0 and prov.backbone == "open_clip:tiny"
+    manifest = store.read_manifest(out)
+    assert manifest["n_items"] == 32 and manifest["config"]["shard_size"] == 8
+
+
+def test_resume_skips_finished_shards_and_redoes_lost_ones(extracted, demo_corpus, tiny_config, tmp_path):
+    import ray
+
+    from extract.job import run_extraction
+
+    out, _ = extracted
+    work = tmp_path / "feats"
+    shutil.copytree(out, work)
+    before = {m: store.open_modality(work, m).load() for m in ("image", "audio")}
+    # a killed run: shard 2 was in flight (its commit marker and one file missing), a temp file left over
+    (work / "failures" / "shard-00002.jsonl").unlink()
+    (work / "image" / "shard-00002.h5").unlink()
+    (work / "audio" / "shard-00002.h5.tmp123").write_bytes(b"partial")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        again = run_extraction(demo_corpus / "corpus.jsonl", demo_corpus, work, tiny_config)
+        assert (again.shards_written, again.shards_skipped) == (1, 3)
+        after = {m: store.open_modality(work, m).load() for m in ("image", "audio")}
+        for m in before:
+            assert after[m].ids == before[m].ids
+            assert np.array_equal(after[m].tokens, before[m].tokens)
+        assert (work / "failures.jsonl").read_text() == (out / "failures.jsonl").read_text()
+        nothing = run_extraction(demo_corpus / "corpus.jsonl", demo_corpus, work, tiny_config)
+        assert (nothing.shards_written, nothing.shards_skipped) == (0, 4)
+        # a different config into the same directory is refused, and nothing is overwritten
+        from dataclasses import replace
+        with pytest.raises(store.StoreError, match="another run"):
+            run_extraction(demo_corpus / "corpus.jsonl", demo_corpus, work, replace(tiny_config, video_max_frames=2))
+    finally:
+        ray.shutdown()
+    assert store.read_manifest(work)["config"]["video_max_frames"] == tiny_config.video_max_frames
