@@ -370,11 +370,15 @@ def file_fingerprint(path: str | Path, extra: str = "") -> str:
     return h.hexdigest()
 
 
+# the modules whose code decides the feature values (tooling such as the demo corpus is not)
+FEATURE_CODE = ("backbones.py", "config.py", "corpus.py", "decode.py", "store.py", "worker.py")
+
+
 def code_version() -> str:
-    """Version of the extraction code: package version plus a hash of extract/'s sources."""
+    """Version of the extraction code: package version plus a hash of the feature-making sources."""
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for p in sorted(here.glob("*.py")):
+    for p in sorted(here / n for n in FEATURE_CODE):
         h.update(p.name.encode())
         h.update(p.read_bytes())
     try:

@@ -1,0 +1,102 @@
+"""Pre-LN transformer blocks whose attention goes through PyTorch's fused SDPA.
+
+:class:`Block` is one pre-LN transformer layer (qkv projection, multi-head attention with a
+key padding mask, out projection, MLP). Its attention runs through
+``torch.nn.functional.scaled_dot_product_attention`` with a boolean ``attn_mask`` (True =
+the key takes part), so on GPU PyTorch picks a fused kernel (memory-efficient attention
+supports masks; flash attention is used where no mask is needed). The same block can run
+a naive reference ``softmax(Q K^T / sqrt(d)) V`` (``impl="naive"``, same weights), used by
+the tests to check the fused path and by benchmarks to measure it.
+
+A row of the mask with no True entry would make softmax produce NaN; callers guarantee at
+least one valid key per row (:func:`ensure_one_key`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMPLS = ("sdpa", "naive")
+
+
+def naive_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
+                    dropout_p: float = 0.0) -> Tensor:
+    """Reference attention: softmax(Q K^T / sqrt(d)) V with a boolean mask (True = attend).
+
+    q, k, v: [B, H, L, dh]; attn_mask broadcastable to [B, H, L, L].
+    """
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    p = scores.softmax(dim=-1)
+    if dropout_p > 0:
+        p = F.dropout(p, dropout_p)
+    return p @ v
+
+
+def ensure_one_key(key_mask: Tensor) -> Tensor:
+    """``key_mask`` [B, L] with position 0 switched on in rows that have no valid key.
+
+    Such rows belong to samples with nothing present; their outputs are ignored by the
+    caller, this only keeps softmax finite.
+    """
+    empty = ~key_mask.any(dim=-1)  # no host sync: always rebuild the first column
+    return torch.cat([(key_mask[:, :1] | empty[:, None]), key_mask[:, 1:]], dim=1)
+
+
+class Block(nn.Module):
+    """One pre-LN transformer layer: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, d_model: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"d_model {d_model} not divisible by heads {heads}")
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.ln2 = nn.LayerNorm(d_model)
+        hidden = int(d_model * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model))
+        self.dropout = dropout
+        self.drop = nn.Dropout(dropout)
+
+    def attention(self, x: Tensor, key_mask: Tensor | None, impl: str = "sdpa") -> Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, L]
+        p = self.dropout if self.training else 0.0
+        if impl == "sdpa":
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        elif impl == "naive":
+            o = naive_attention(q, k, v, mask, p)
+        else:
+            raise ValueError(f"unknown attention impl {impl!r}; choose from {IMPLS}")
+        return self.out(o.transpose(1, 2).reshape(B, L, D))
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None, impl: str = "sdpa") -> Tensor:
+        x = x + self.drop(self.attention(self.ln1(x), key_mask, impl))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class Transformer(nn.Module):
+    """A stack of :class:`Block` with a final LayerNorm; ``impl`` selects the attention."""
+
+    def __init__(self, d_model: int, heads: int, layers: int, mlp_ratio: float = 4.0,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(d_model, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.impl = "sdpa"
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """x [B, L, d]; key_mask Bool [B, L] (True = a valid key). Returns [B, L, d]."""
+        if key_mask is not None:
+            key_mask = ensure_one_key(key_mask)
+        for blk in self.blocks:
+            x = blk(x, key_mask, self.impl)
+        return self.norm(x)

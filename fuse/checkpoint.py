@@ -1,0 +1,190 @@
+"""Checkpoints of a training run: writing atomically, finding the latest, loading safely.
+
+A checkpoint of step S is two files under ``RUN/checkpoints/``:
+
+* ``step-<S>.safetensors``: the model weights; its metadata holds the training config
+  (JSON), the feature stores' provenance (JSON, per modality) and the step, so that the
+  weights file alone is enough to rebuild the model and check the stores it may embed;
+* ``step-<S>.state.pt``: optimizer, scheduler, RNG states and the loop's counters, read
+  back with ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, dicts).
+
+Both are written under a temporary name and renamed; ``latest.json`` (also renamed into
+place) names the newest complete checkpoint and is written last, so a crash at any point
+leaves the previous checkpoint in force.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from extract.store import Provenance, StoreError
+
+from .config import ConfigError, ScaleConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "scale-fuse-1"
+CKPT_DIR = "checkpoints"
+LATEST = "latest.json"
+# provenance fields a store must share with the training stores to be embedded by the model
+EMBED_FIELDS = ("modality", "backbone", "weights_hash", "pretrained", "preprocessing", "dim",
+                "max_tokens", "schema_version")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt or does not belong to this run."""
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    weights: Path
+    state: Path
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CKPT_DIR
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + f".tmp{os.getpid()}")
+
+
+def _replace_atomic(write: Any, path: Path) -> None:
+    tmp = _tmp(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _replace_atomic(lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True)), path)
+
+
+def provenance_to_json(prov: dict[str, Provenance]) -> dict[str, dict[str, Any]]:
+    return {m: dataclasses.asdict(p) for m, p in prov.items()}
+
+
+def provenance_from_json(d: dict[str, dict[str, Any]]) -> dict[str, Provenance]:
+    return {m: Provenance(**p) for m, p in d.items()}
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, state: dict[str, Any],
+                    cfg: ScaleConfig, provenance: dict[str, Provenance], keep: int = 2) -> Checkpoint:
+    """Write the checkpoint of ``step`` atomically, point ``latest.json`` at it, prune old ones."""
+    d = checkpoint_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    ck = Checkpoint(step, d / f"step-{step:08d}.safetensors", d / f"step-{step:08d}.state.pt")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "step": str(step), "config": json.dumps(cfg.to_dict()),
+            "provenance": json.dumps(provenance_to_json(provenance))}
+    _replace_atomic(lambda p: save_file(tensors, str(p), metadata=meta), ck.weights)
+    _replace_atomic(lambda p: torch.save(state, p), ck.state)
+    write_json_atomic(d / LATEST, {"step": step, "weights": ck.weights.name, "state": ck.state.name})
+    old = sorted(d.glob("step-*.safetensors"))
+    for w in old[:-keep] if keep > 0 else []:
+        for p in (w, w.with_name(w.name.replace(".safetensors", ".state.pt"))):
+            if p != ck.weights and p != ck.state and p.exists():
+                p.unlink()
+    return ck
+
+
+def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+    """The checkpoint ``latest.json`` names (None if the run has none)."""
+    d = checkpoint_dir(run_dir)
+    p = d / LATEST
+    if not p.exists():
+        return None
+    try:
+        info = json.loads(p.read_text())
+        ck = Checkpoint(int(info["step"]), d / info["weights"], d / info["state"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{p} is corrupt ({e}); delete it and point it at a complete checkpoint, "
+                              f"or start a fresh run") from None
+    for f in (ck.weights, ck.state):
+        if not f.is_file():
+            raise CheckpointError(f"{p} names {f.name}, which is missing; delete {p} or start a fresh run")
+    return ck
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """A run directory (its latest checkpoint) or a ``.safetensors`` file -> the weights file."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        ck = latest_checkpoint(path)
+        if ck is None:
+            raise CheckpointError(f"run directory {path} has no checkpoint ({checkpoint_dir(path) / LATEST} "
+                                  f"missing); train first with pipelines/train.py --out {path}")
+        return ck.weights
+    raise CheckpointError(f"{path} is neither a run directory nor a checkpoint file; pass the --out "
+                          f"directory of pipelines/train.py")
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ScaleConfig, dict[str, Provenance], int]:
+    """Weights, config, provenance and step of a checkpoint (run dir or .safetensors file)."""
+    w = resolve_weights(path)
+    try:
+        from safetensors import safe_open
+        with safe_open(str(w), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(w))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {w} is unreadable ({e}); delete it (and "
+                              f"{CKPT_DIR}/{LATEST} if it names it) and resume from an older one") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{w} is not a SCALE checkpoint (metadata format {meta.get('format')!r})")
+    try:
+        cfg = ScaleConfig.from_dict(json.loads(meta["config"]), source=f"checkpoint {w}")
+        prov = provenance_from_json(json.loads(meta["provenance"]))
+        step = int(meta["step"])
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError, ConfigError) as e:
+        raise CheckpointError(f"checkpoint {w} has bad metadata ({e}); it was not written by fuse/") from None
+    return tensors, cfg, prov, step
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """The training state of a checkpoint, with ``torch.load(weights_only=True)``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a truncated/corrupt pickle
+        raise CheckpointError(f"checkpoint state {path} is unreadable ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); delete the checkpoint "
+                              f"(and {CKPT_DIR}/{LATEST}) and resume from an older one or start afresh") from None
+
+
+def check_provenance(expected: dict[str, Provenance], actual: dict[str, Provenance],
+                     fields: tuple[str, ...] | None, where: str) -> None:
+    """Refuse stores whose provenance differs from the model's on ``fields`` (None: all).
+
+    Raises StoreError naming the modality, the field and both values.
+    """
+    for m, prov in actual.items():
+        if m not in expected:
+            raise StoreError(f"{where}: the model was not trained on modality '{m}' "
+                             f"(trained on {sorted(expected)}); leave it out")
+        bad = expected[m].mismatches(prov, fields)
+        if bad:
+            f = bad[0]
+            raise StoreError(
+                f"{where}: the {m} store does not fit the model: provenance field '{f}' is "
+                f"{getattr(prov, f)!r} but the model was trained on {getattr(expected[m], f)!r}. "
+                f"Extract features with the same backbone and settings as the training stores.")

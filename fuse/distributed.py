@@ -1,0 +1,103 @@
+"""Data-parallel training under Ray Train: the same :func:`fuse.train.train` on N workers.
+
+``train_distributed`` starts a Ray Train ``TorchTrainer`` with
+``ScalingConfig(num_workers=N, use_gpu=...)``; every worker runs :func:`fuse.train.train`
+with a :class:`fuse.train.DistContext` (its rank and the world size). Inside, the model
+is wrapped in ``DistributedDataParallel`` (Ray Train has set up the process group: gloo on
+CPU, NCCL on GPU), each rank takes every N-th batch of the epoch's order (same seed, same
+order on all ranks), a NaN on any rank stops all of them, and only rank 0 writes the run
+directory (checkpoints, logs, plot). Resuming works as in the single-process loop: every
+rank reads the latest checkpoint from the run directory, which must be on a file system
+all workers see (one machine, or a shared mount).
+
+Used by ``pipelines/train.py --workers N``; without ``--workers`` training runs in one
+process with no Ray at all. Tested here only with ``num_workers=1`` on CPU
+(tests/test_fuse_train.py, marked slow).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import ScaleConfig
+
+if TYPE_CHECKING:
+    from .train import TrainResult
+
+log = logging.getLogger(__name__)
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _repo_first_on_path() -> None:
+    """Ray puts the driver script's folder (pipelines/) first on a worker's sys.path, where
+    pipelines/extract.py would shadow the extract package: put the repo root first instead."""
+    pipes = str(_ROOT / "pipelines")
+    sys.path[:] = [str(_ROOT)] + [p for p in sys.path if p not in (pipes, str(_ROOT))]
+    mod = sys.modules.get("extract")
+    if mod is not None and not hasattr(mod, "__path__"):
+        del sys.modules["extract"]
+
+
+def _worker_loop(conf: dict[str, Any]) -> None:
+    _repo_first_on_path()
+    import ray.train
+    import ray.train.torch
+
+    from .train import DistContext, train
+
+    ctx = ray.train.get_context()
+    dist = DistContext(rank=ctx.get_world_rank(), world=ctx.get_world_size(),
+                       device=ray.train.torch.get_device())
+    cfg = ScaleConfig.from_dict(conf["cfg"]) if conf["cfg"] is not None else None
+    result = train(conf["features"], conf["run_dir"], cfg, resume=conf["resume"], epochs=conf["epochs"],
+                   seed=conf["seed"], progress=conf["progress"], dist=dist)
+    ray.train.report({"result": result.to_dict()})
+
+
+def train_distributed(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None = None, *,
+                      workers: int = 1, use_gpu: bool = False, resume: bool = False,
+                      epochs: int | None = None, seed: int | None = None,
+                      progress: bool = True, address: str | None = None) -> TrainResult:
+    """Run :func:`fuse.train.train` on ``workers`` Ray Train workers; returns rank 0's result.
+
+    ``address``: the Ray cluster to use; default ``$RAY_ADDRESS`` (set inside ``ray job
+    submit``), else a private local instance (``"local"``), never some other cluster that
+    happens to run on this machine. An already initialised Ray in this process is used as is.
+    """
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from .train import TrainResult
+
+    run_dir = Path(run_dir).resolve()
+    conf = {"features": str(Path(features_dir).resolve()), "run_dir": str(run_dir),
+            "cfg": cfg.to_dict() if cfg is not None else None, "resume": resume, "epochs": epochs,
+            "seed": seed, "progress": progress}
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 log_to_driver=True, configure_logging=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(_ROOT)}})
+        started = True
+    try:
+        trainer = TorchTrainer(
+            _worker_loop, train_loop_config=conf,
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+            run_config=RunConfig(name="scale-train", storage_path=str(run_dir / "ray")),
+        )
+        res = trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    if res.error is not None:
+        raise res.error
+    if res.metrics and "result" in res.metrics:
+        return TrainResult(**res.metrics["result"])
+    # Ray Train v2 keeps only metrics reported with a checkpoint: rank 0 wrote the summary
+    return TrainResult(**json.loads((run_dir / "result.json").read_text()))

@@ -1,0 +1,120 @@
+"""SCALE's losses: SIMCL over all modality pairs and masked modelling per modality.
+
+SIMCL (self-harmonized inter-modality contrastive learning). For each pair (m, n) of
+modalities, over the samples that have both, with z = L2-normalized pooled outputs and
+temperature tau, the logits are ``z_m[i] . z_n[j] / tau``; sample i's row is scaled by its
+pair weight W_i[m, n] and InfoNCE (cross-entropy with the positive j = i) is taken; the
+reverse direction n -> m uses the transposed logits with rows scaled by W_i[n, m]; the
+pair loss is the mean of the two directions. Pairs with fewer than 2 such samples are
+skipped; the SIMCL loss is the mean over the remaining pairs (0 if none).
+
+Masked modelling. The chosen tokens (:mod:`fuse.masking`) were replaced by a mask
+embedding before the modality encoder; a per-modality head predicts, from the fusion
+output at the token's position, the token's frozen feature. We use **regression of the
+LayerNorm'd target feature with mean squared error** (``mask_loss="mse"``; ``"smooth_l1"``
+is the alternative). Why: the cached features are continuous vectors from frozen
+backbones, so there is no vocabulary to classify over (SCALE itself regresses region,
+frame and audio features); normalising each target token by LayerNorm (as MAE's normalised
+pixel loss does) puts modalities with very different scales (CLIP patches, text states,
+log-mel bands) on the same footing, so the per-modality losses are comparable and start
+near 1; a contrastive variant would need in-batch negatives of masked tokens that are
+often near-duplicates (neighbouring patches, repeated key strings), which makes it noisy
+at small batch sizes. Each sample's loss is the mean over its masked tokens, scaled by
+the sample's importance W[m, m]; a modality's masked loss is the mean over its samples
+with a masked token; the masked loss is the mean over modalities that had any.
+
+Total = SIMCL + masked loss (weight 1 each). Uniform pair weights and switching masked
+losses off go through the same code (W = 1 / ``masked=None``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .model import ModelOutput
+
+
+@dataclass
+class LossTerms:
+    """Scalar loss terms of one batch (tensors, with gradient on ``total``)."""
+
+    total: Tensor
+    simcl: Tensor
+    masked: Tensor
+    per_pair: dict[str, Tensor] = field(default_factory=dict)
+    mask: dict[str, Tensor] = field(default_factory=dict)  # weighted, as in ``total``
+    recon: dict[str, Tensor] = field(default_factory=dict)  # unweighted mean error
+
+    def scalars(self) -> dict[str, float]:
+        """Plain floats for logging: loss, loss_simcl, loss_mask, loss_mask_<m>, recon_<m>."""
+        out = {"loss": float(self.total), "loss_simcl": float(self.simcl), "loss_mask": float(self.masked)}
+        out.update({f"loss_mask_{m}": float(v) for m, v in self.mask.items()})
+        out.update({f"recon_{m}": float(v) for m, v in self.recon.items()})
+        return out
+
+
+def info_nce(logits: Tensor) -> Tensor:
+    """Cross-entropy of each row against the diagonal (the positive), mean over rows."""
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
+
+
+def simcl_loss(pooled: Tensor, present: Tensor, weights: Tensor, modalities: list[str],
+               temperature: float = 0.07) -> tuple[Tensor, dict[str, Tensor]]:
+    """SIMCL over all pairs. pooled [B, M, d], present Bool [B, M], weights W [B, M, M]."""
+    z = F.normalize(pooled.float(), dim=-1)
+    W = weights.float()
+    M = z.shape[1]
+    per_pair: dict[str, Tensor] = {}
+    for a in range(M):
+        for b in range(a + 1, M):
+            sel = (present[:, a] & present[:, b]).nonzero(as_tuple=True)[0]
+            if sel.numel() < 2:
+                continue
+            logits = z[sel, a] @ z[sel, b].T / temperature
+            l_ab = info_nce(logits * W[sel, a, b][:, None])
+            l_ba = info_nce(logits.T * W[sel, b, a][:, None])
+            per_pair[f"{modalities[a]}-{modalities[b]}"] = 0.5 * (l_ab + l_ba)
+    if not per_pair:
+        return pooled.sum() * 0.0, per_pair
+    return torch.stack(list(per_pair.values())).mean(), per_pair
+
+
+def masked_losses(out: ModelOutput, tokens: Mapping[str, Tensor], kind: str = "mse"
+                  ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per-modality masked-modelling losses (importance-weighted) and plain reconstruction errors."""
+    weighted: dict[str, Tensor] = {}
+    recon: dict[str, Tensor] = {}
+    for m, (pred, rows, cols) in out.masked.items():
+        if rows.numel() == 0:
+            continue
+        target = tokens[m][rows, cols].float()
+        target = F.layer_norm(target, target.shape[-1:])
+        if kind == "mse":
+            err = F.mse_loss(pred.float(), target, reduction="none").mean(-1)
+        elif kind == "smooth_l1":
+            err = F.smooth_l1_loss(pred.float(), target, reduction="none").mean(-1)
+        else:
+            raise ValueError(f"unknown mask loss {kind!r}")
+        B = out.present.shape[0]
+        sums = torch.zeros(B, device=err.device).index_add(0, rows, err)
+        cnt = torch.zeros(B, device=err.device).index_add(0, rows, torch.ones_like(err))
+        has = cnt > 0
+        per_sample = sums[has] / cnt[has]
+        imp = out.importances[has, out.modalities.index(m)].float()
+        weighted[m] = (imp * per_sample).mean()
+        recon[m] = per_sample.mean().detach()
+    return weighted, recon
+
+
+def scale_loss(out: ModelOutput, batch: Mapping[str, Any], temperature: float = 0.07,
+               mask_kind: str = "mse") -> LossTerms:
+    """Total SCALE loss of one batch: SIMCL + mean masked loss."""
+    simcl, per_pair = simcl_loss(out.pooled, out.present, out.weights, out.modalities, temperature)
+    mask, recon = masked_losses(out, batch["tokens"], mask_kind)
+    masked = torch.stack(list(mask.values())).mean() if mask else simcl * 0.0
+    return LossTerms(simcl + masked, simcl, masked, per_pair, mask, recon)

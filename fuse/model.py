@@ -1,0 +1,206 @@
+"""The SCALE fusion model on cached frozen features.
+
+Per modality m (token features [B, T_m, D_m] from the store):
+
+1. zero the padded tokens, LayerNorm over D_m, project to ``d_model``; masked tokens
+   (masked modelling) are replaced by a learned mask embedding; a learned first ("CLS")
+   token is prepended and learned positions added;
+2. a small pre-LN transformer encoder over the modality's own tokens (key padding mask);
+   its first token is the modality's pooled output *before fusion*, from which the
+   self-harmonized weights are computed (:class:`SelfHarmonizer`);
+3. the joint fusion transformer runs over the concatenation of all modalities' tokens,
+   each with a modality-type embedding and fusion position embedding added, under one key
+   padding mask: a missing modality has all its tokens (its first token included) masked
+   as keys and its outputs are ignored (zeroed).
+
+The pooled output of modality m is the fused token at m's first position. The product
+embedding is the sum of the pooled outputs of the present modalities (L2-normalized by
+:func:`product_embedding`).
+
+Modalities the model knows but a batch does not carry are treated as absent: their
+encoders are skipped and their tokens left out of the fusion sequence, which is exactly
+equivalent to masking them (masked keys contribute nothing), so modality ablations come
+from one trained model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import Transformer
+from .config import ScaleConfig
+
+
+@dataclass
+class ModelOutput:
+    """What one forward pass returns; M follows ``modalities`` (the model's order)."""
+
+    modalities: list[str]
+    present: Tensor  # Bool [B, M]
+    pooled: Tensor  # [B, M, d] fused first tokens (zero where absent)
+    enc_pooled: Tensor  # [B, M, d] encoders' first tokens, before fusion (zero where absent)
+    weights: Tensor  # [B, M, M] self-harmonized W (zero outside present pairs)
+    importances: Tensor  # [B, M] W[m, m]
+    # masked modelling: {m: (prediction [K, D_m], sample index [K], token index [K])}
+    masked: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
+
+
+class SelfHarmonizer(nn.Module):
+    """Self-harmonized modality weights, per sample, as in SCALE.
+
+    f_m = ReLU(Linear(pooled_m)); S = cos(f_m, f_n) [B, M, M]; entries involving a missing
+    modality are masked out of S before the row-wise softmax; S' = S * softmax(S);
+    W = S' with each row L2-normalized; importance_m = W[m, m]. Entries of W outside
+    present pairs are exactly 0, and rows of absent modalities are all 0 (no NaN: masked
+    logits are filled with a large finite negative and normalisations are clamped).
+
+    ``uniform=True`` gives W = 1 for every present pair (so importances are 1).
+    """
+
+    def __init__(self, d_model: int, dim: int = 0) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, dim or d_model)
+
+    def forward(self, pooled: Tensor, present: Tensor, uniform: bool = False) -> tuple[Tensor, Tensor]:
+        pair = present[:, :, None] & present[:, None, :]  # [B, M, M]
+        if uniform:
+            W = pair.to(pooled.dtype)
+            return W, torch.diagonal(W, dim1=1, dim2=2)
+        f = F.relu(self.proj(pooled))
+        fn = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        S = fn @ fn.transpose(1, 2)
+        logits = S.masked_fill(~pair, -1e4)
+        P = torch.where(pair, logits.softmax(dim=-1), torch.zeros_like(S))
+        S2 = S * P
+        W = S2 / S2.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        W = torch.where(pair, W, torch.zeros_like(W))
+        return W, torch.diagonal(W, dim1=1, dim2=2)
+
+
+class ModalityEncoder(nn.Module):
+    """Input projection, first token, mask embedding, positions and encoder of one modality,
+    plus its fusion-side embeddings and masked-modelling head."""
+
+    def __init__(self, max_tokens: int, dim: int, cfg: ScaleConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.max_tokens, self.dim = max_tokens, dim
+        self.in_norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, d)
+        self.cls = nn.Parameter(torch.randn(d) * 0.02)
+        self.mask_emb = nn.Parameter(torch.randn(d) * 0.02)
+        self.pos = nn.Parameter(torch.randn(max_tokens + 1, d) * 0.02)
+        self.encoder = Transformer(d, cfg.heads, cfg.encoder_layers, cfg.mlp_ratio, cfg.dropout)
+        self.type_emb = nn.Parameter(torch.randn(d) * 0.02)
+        self.fusion_pos = nn.Parameter(torch.randn(max_tokens + 1, d) * 0.02)
+        self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, dim))
+
+    def forward(self, tokens: Tensor, valid: Tensor, masked: Tensor | None) -> tuple[Tensor, Tensor]:
+        """tokens [B, T, D], valid Bool [B, T], masked Bool [B, T] or None.
+
+        Returns the encoder output [B, 1 + T, d] and its key mask Bool [B, 1 + T].
+        """
+        B, T, _ = tokens.shape
+        if T != self.max_tokens or tokens.shape[2] != self.dim:
+            raise ValueError(f"tokens of shape {tuple(tokens.shape[1:])} do not fit this model's "
+                             f"({self.max_tokens}, {self.dim})")
+        x = torch.where(valid[..., None], tokens, torch.zeros((), dtype=tokens.dtype, device=tokens.device))
+        h = self.proj(self.in_norm(x))
+        if masked is not None:
+            h = torch.where(masked[..., None], self.mask_emb.to(h.dtype), h)
+        h = torch.cat([self.cls.to(h.dtype).expand(B, 1, -1), h], dim=1) + self.pos.to(h.dtype)
+        key = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=valid.device), valid], dim=1)
+        return self.encoder(h, key), key
+
+
+class ScaleModel(nn.Module):
+    """SCALE: modality encoders, joint fusion transformer, self-harmonizer, masked heads.
+
+    ``shapes`` maps every modality of ``cfg.modalities`` to ``(max_tokens, dim)`` of its store.
+    """
+
+    def __init__(self, cfg: ScaleConfig, shapes: Mapping[str, tuple[int, int]]) -> None:
+        super().__init__()
+        missing = [m for m in cfg.modalities if m not in shapes]
+        if missing:
+            raise ValueError(f"no token shape for modalities {missing}")
+        self.cfg = cfg
+        self.modalities: list[str] = list(cfg.modalities)
+        self.shapes = {m: (int(shapes[m][0]), int(shapes[m][1])) for m in self.modalities}
+        self.encoders = nn.ModuleDict({m: ModalityEncoder(*self.shapes[m], cfg) for m in self.modalities})
+        self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, cfg.mlp_ratio, cfg.dropout)
+        self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim)
+
+    def set_attention(self, impl: str) -> None:
+        """Run every block with ``"sdpa"`` (default) or the ``"naive"`` reference."""
+        for mod in self.modules():
+            if isinstance(mod, Transformer):
+                mod.impl = impl
+
+    def forward(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> ModelOutput:
+        """``batch`` as from :func:`fuse.reader.collate` (on the model's device); ``masks``
+        {m: Bool [B, T_m]} marks the tokens to hide for masked modelling (None: none)."""
+        masks = masks or {}
+        mods = [m for m in self.modalities if m in batch["tokens"]]
+        if not mods:
+            raise ValueError(f"the batch carries none of the model's modalities {self.modalities}")
+        B = batch["tokens"][mods[0]].shape[0]
+        dev = batch["tokens"][mods[0]].device
+        d = self.cfg.d_model
+        seq, keys, starts, enc_first = [], [], {}, {}
+        L = 0
+        present = torch.zeros(B, len(self.modalities), dtype=torch.bool, device=dev)
+        for m in mods:
+            j = self.modalities.index(m)
+            pres = batch["present"][m]
+            present[:, j] = pres
+            valid = batch["mask"][m] & pres[:, None]
+            enc = self.encoders[m]
+            h, key = enc(batch["tokens"][m], valid, masks.get(m))
+            enc_first[m] = h[:, 0]
+            seq.append(h + (enc.type_emb + enc.fusion_pos).to(h.dtype))
+            keys.append(key & pres[:, None])
+            starts[m] = L
+            L += h.shape[1]
+        fused = self.fusion(torch.cat(seq, dim=1), torch.cat(keys, dim=1))
+
+        zeros = torch.zeros(B, d, dtype=fused.dtype, device=dev)
+        pooled = torch.stack([fused[:, starts[m]] if m in starts else zeros for m in self.modalities], 1)
+        enc_pooled = torch.stack([enc_first[m].to(fused.dtype) if m in enc_first else zeros
+                                  for m in self.modalities], 1)
+        pm = present[..., None]
+        pooled = torch.where(pm, pooled, torch.zeros((), dtype=pooled.dtype, device=dev))
+        enc_pooled = torch.where(pm, enc_pooled, torch.zeros((), dtype=pooled.dtype, device=dev))
+        # weights and importances in float32, whatever autocast does around them
+        with torch.autocast(device_type=dev.type, enabled=False):
+            W, imp = self.harmonizer(enc_pooled.float(), present, uniform=not self.cfg.harmonize)
+
+        masked: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        for m in mods:
+            mk = masks.get(m)
+            if mk is None:
+                continue
+            mk = mk & batch["present"][m][:, None] & batch["mask"][m]
+            T = self.shapes[m][0]
+            tok = fused[:, starts[m] + 1: starts[m] + 1 + T]
+            rows = mk.nonzero(as_tuple=True)
+            masked[m] = (self.encoders[m].head(tok[rows]), rows[0], rows[1])
+        return ModelOutput(self.modalities, present, pooled, enc_pooled, W, imp, masked)
+
+
+def product_embedding(out: ModelOutput) -> Tensor:
+    """The paper's product embedding: sum of the present modalities' pooled outputs, L2-normalized.
+
+    An item with no present modality gets a zero vector.
+    """
+    s = out.pooled.float().sum(dim=1)
+    return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,54 @@
+"""ScaleConfig: YAML loading, the shipped defaults, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from extract.store import MODALITIES
+from fuse.config import ALL_MODALITIES, ConfigError, ScaleConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_yaml_equals_the_defaults() -> None:
+    assert ScaleConfig.from_yaml(ROOT / "configs" / "scale.yaml") == ScaleConfig()
+    assert tuple(ALL_MODALITIES) == tuple(MODALITIES)
+    d = ScaleConfig()
+    assert (d.d_model, d.heads, d.encoder_layers, d.fusion_layers, d.dropout) == (256, 4, 2, 2, 0.1)
+    assert (d.mask_prob, d.temperature, d.lr, d.batch_size, d.harmonize, d.masked_losses) == \
+        (0.15, 0.07, 1e-4, 64, True, True)
+
+
+def test_yaml_values_overrides_and_canonical_modality_order(tmp_path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("modalities: [text, image]\nepochs: 3\nharmonize: false\nlr: 3.0e-4\n")
+    cfg = ScaleConfig.from_yaml(p, epochs=7, seed=None)
+    assert cfg.modalities == ["image", "text"] and cfg.epochs == 7 and cfg.harmonize is False
+    assert cfg.lr == pytest.approx(3e-4) and cfg.seed == 0
+    cfg.to_yaml(tmp_path / "back.yaml")
+    assert ScaleConfig.from_yaml(tmp_path / "back.yaml") == cfg
+
+
+@pytest.mark.parametrize("text, match", [
+    ("batchsize: 32\n", r"unknown setting 'batchsize' \(did you mean 'batch_size'\?\)"),
+    ("epochs: two\n", "'epochs' must be of type int"),
+    ("harmonize: 1\n", "'harmonize' must be of type bool"),
+    ("modalities: [image, smell]\n", "unknown modalities"),
+    ("d_model: 30\nheads: 4\n", "divisible"),
+    ("checkpoint_unit: hour\n", "checkpoint_unit"),
+    ("- a\n- b\n", "mapping"),
+    ("a: [\n", "not valid YAML"),
+])
+def test_bad_configs_name_the_file_and_the_setting(tmp_path, text, match) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
+        ScaleConfig.from_yaml(p)
+    assert str(p) in str(e.value)
+
+
+def test_missing_config_file(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        ScaleConfig.from_yaml(tmp_path / "nope.yaml")

@@ -1,0 +1,144 @@
+"""Embedding with a trained run, modality ablations, and the command lines (train, embed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from extract.store import StoreError
+from fuse.embed import embed_store, load_model
+from fuse.model import product_embedding
+from fuse.reader import FeatureDataset
+from fuse.train import train
+from fuse_helpers import tiny_config, write_synthetic_store
+
+ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("embed")
+    feats = base / "feats"
+    write_synthetic_store(feats, n_items=24, missing=0.2, seed=2)
+    train(feats, base / "run", tiny_config(epochs=1), progress=False)
+    return feats, base / "run"
+
+
+def test_embed_store_outputs(trained) -> None:
+    feats, run = trained
+    res = embed_store(run, feats, batch_size=7)
+    ds = FeatureDataset(feats)
+    n, M = len(ds), 5
+    assert res["ids"] == ds.ids and res["labels"] == ds.labels and res["instances"] == ds.instances
+    assert res["vectors"].shape == (n, 32) and res["vectors"].dtype == np.float32
+    assert res["pooled"].shape == (n, M, 32) and res["presence"].shape == (n, M)
+    assert res["importances"].shape == (n, M)
+    pres = np.stack([ds.counts[m] > 0 for m in res["modalities"]], 1)
+    assert np.array_equal(res["presence"], pres)
+    norms = np.linalg.norm(res["vectors"], axis=1)
+    assert np.allclose(norms[pres.any(1)], 1.0, atol=1e-5)
+    # the vector is the normalised sum of the pooled outputs
+    s = res["pooled"].sum(1)
+    assert np.allclose(res["vectors"], s / np.linalg.norm(s, axis=1, keepdims=True), atol=1e-5)
+    assert (res["importances"][~pres] == 0).all()
+
+
+def test_modality_subset_is_the_model_with_the_others_absent(trained) -> None:
+    feats, run = trained
+    sub = embed_store(run, feats, modalities=["text", "image"])
+    assert sub["modalities"] == ["image", "text"] and sub["pooled"].shape[1] == 2
+    model, _ = load_model(run)
+    batch = FeatureDataset(feats).get_batch(np.arange(24))
+    for m in ("table", "video", "audio"):
+        batch["present"][m][:] = False
+    with torch.no_grad():
+        ref = product_embedding(model(batch)).numpy()
+    assert np.allclose(sub["vectors"], ref, atol=1e-5)
+    full = embed_store(run, feats)
+    assert not np.allclose(sub["vectors"], full["vectors"], atol=1e-3)
+    with pytest.raises(StoreError, match="not on"):
+        embed_store(run, feats, modalities=["image", "smell"])
+
+
+def _main(module: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    try:
+        mod = __import__(module)
+        rc = mod.main(argv)
+    finally:
+        sys.path.remove(str(ROOT / "pipelines"))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_embed_cli_writes_npz_without_pickle(trained, tmp_path, capsys) -> None:
+    feats, run = trained
+    out_path = tmp_path / "e.npz"
+    rc, out, err = _main("embed", ["--run", str(run), "--features", str(feats), "--out", str(out_path),
+                                   "--modalities", "image,text", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["items"] == 24
+    with np.load(out_path, allow_pickle=False) as z:
+        for k in ("ids", "labels", "instances", "vectors", "presence", "importances", "modalities"):
+            assert k in z.files, k
+        assert z["ids"].dtype.kind == "U" and z["vectors"].shape == (24, 32)
+        ref = embed_store(run, feats, modalities=["image", "text"])
+        assert np.allclose(z["vectors"], ref["vectors"]) and z["ids"].tolist() == ref["ids"]
+
+
+@pytest.mark.parametrize("case", ["missing_features", "bad_config_key", "corrupt_weights", "corrupt_state",
+                                  "resume_nothing"])
+def test_cli_user_errors_are_one_line(case, trained, tmp_path, capsys) -> None:
+    feats, run = trained
+    argv = ["--features", str(feats), "--out", str(tmp_path / "r"), "--no-progress"]
+    expect = ""
+    if case == "missing_features":
+        argv[1] = str(tmp_path / "nowhere")
+        expect = "nowhere"
+    elif case == "bad_config_key":
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text("lr: 1.0e-3\nwarmpu_steps: 3\n")
+        argv += ["--config", str(cfg)]
+        expect = "warmpu_steps"
+    elif case in ("corrupt_weights", "corrupt_state"):
+        import shutil
+        shutil.copytree(run, tmp_path / "r")
+        ck = sorted((tmp_path / "r" / "checkpoints").glob(
+            "*.safetensors" if case == "corrupt_weights" else "*.state.pt"))[-1]
+        ck.write_bytes(b"\x00garbage" * 10)
+        argv += ["--resume"]
+        expect = ck.name
+    else:
+        argv += ["--resume"]
+        expect = "no checkpoint"
+    rc, out, err = _main("train", argv, capsys)
+    assert rc == 2, (out, err)
+    assert out == ""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert expect in lines[0] and "Traceback" not in err
+
+
+def test_train_cli_last_line_is_json(tmp_path) -> None:
+    feats = tmp_path / "feats"
+    write_synthetic_store(feats, n_items=16, shards=1, seed=4)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("d_model: 16\nheads: 2\nencoder_layers: 1\nfusion_layers: 1\nbatch_size: 8\n"
+                   "threads: 1\ntensorboard: true\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train.py"), "--features", str(feats),
+                           "--out", str(tmp_path / "run"), "--config", str(cfg), "--epochs", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for k in ("final_loss", "steps", "seconds", "samples_per_s", "importances"):
+        assert k in summary, k
+    assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "training.png").stat().st_size > 1000

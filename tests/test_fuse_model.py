@@ -1,0 +1,170 @@
+"""The SCALE model: padding/missing masks, self-harmonized weights, SDPA vs naive attention."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fuse.attention import Block, Transformer, naive_attention
+from fuse.model import ScaleModel, SelfHarmonizer, product_embedding
+from fuse_helpers import SMALL_SHAPES, random_batch, tiny_config
+
+torch.set_num_threads(1)
+
+
+def _model(**kw) -> ScaleModel:
+    torch.manual_seed(0)
+    m = ScaleModel(tiny_config(**kw), SMALL_SHAPES)
+    return m.eval()
+
+
+def _outputs(model: ScaleModel, batch, masks=None) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        out = model(batch, masks)
+    res = {"pooled": out.pooled, "enc": out.enc_pooled, "W": out.weights, "emb": product_embedding(out)}
+    for m, (pred, rows, cols) in out.masked.items():
+        res[f"pred_{m}"] = pred
+    return res
+
+
+PRESENCE = {"image": [True, False, True, True], "text": [True, True, False, True],
+            "table": [True, True, True, False], "video": [False, True, True, True],
+            "audio": [True, False, False, True]}
+
+
+def test_missing_modality_features_never_change_outputs() -> None:
+    model = _model()
+    batch = random_batch(4, present=PRESENCE, seed=1)
+    masks = {m: batch["mask"][m] & (torch.rand(batch["mask"][m].shape) < 0.3) for m in SMALL_SHAPES}
+    ref = _outputs(model, batch, masks)
+    changed = copy.deepcopy(batch)
+    # item 1 lacks image: give it wild features (and valid-looking mask bits) anyway
+    changed["tokens"]["image"][1] = torch.randn_like(changed["tokens"]["image"][1]) * 100
+    changed["mask"]["image"][1] = True
+    changed["tokens"]["video"][0] = 50.0
+    new = _outputs(model, changed, masks)
+    for k in ref:
+        assert torch.allclose(ref[k], new[k], atol=1e-6), k
+
+
+def test_padded_tokens_never_change_outputs() -> None:
+    model = _model()
+    batch = random_batch(4, present=PRESENCE, seed=2)
+    ref = _outputs(model, batch)
+    changed = copy.deepcopy(batch)
+    for m in SMALL_SHAPES:
+        pad = ~changed["mask"][m]
+        changed["tokens"][m][pad] = torch.randn(int(pad.sum()), SMALL_SHAPES[m][1]) * 30
+    new = _outputs(model, changed)
+    for k in ref:
+        assert torch.allclose(ref[k], new[k], atol=1e-6), k
+    # and a present token does matter (the test can fail)
+    changed["tokens"]["text"][0, 0] += torch.randn(SMALL_SHAPES["text"][1])
+    assert not torch.allclose(ref["pooled"][0], _outputs(model, changed)["pooled"][0], atol=1e-4)
+
+
+def test_missing_modality_outputs_are_zero_and_absent_batch_key_equals_masked() -> None:
+    model = _model()
+    batch = random_batch(4, present=PRESENCE, seed=3)
+    out = _outputs(model, batch)
+    absent = ~torch.stack([batch["present"][m] for m in model.modalities], 1)
+    assert (out["pooled"][absent] == 0).all()
+    # leaving a modality out of the batch == marking it absent for every item
+    sub = copy.deepcopy(batch)
+    for k in ("tokens", "mask", "present", "entities"):
+        sub[k].pop("audio", None)
+    marked = copy.deepcopy(batch)
+    marked["present"]["audio"][:] = False
+    a, b = _outputs(model, sub), _outputs(model, marked)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_harmonized_weights_properties() -> None:
+    model = _model()
+    # item 2: only one modality; item 3: none at all
+    pres = {m: [True, True, m == "text", False] for m in SMALL_SHAPES}
+    pres["video"][0] = False
+    batch = random_batch(4, present=pres, seed=4)
+    with torch.no_grad():
+        out = model(batch)
+    W, imp, P = out.weights, out.importances, out.present
+    assert torch.isfinite(W).all() and torch.isfinite(imp).all() and torch.isfinite(out.pooled).all()
+    pair = P[:, :, None] & P[:, None, :]
+    assert (W[~pair] == 0).all()
+    norms = W.norm(dim=-1)
+    assert torch.allclose(norms[P], torch.ones_like(norms[P]), atol=1e-5)
+    assert (norms[~P] == 0).all()
+    assert ((imp >= 0) & (imp <= 1 + 1e-6)).all()
+    assert (imp[~P] == 0).all()
+    assert torch.allclose(imp[2, 1], torch.tensor(1.0))  # a lone modality is all of its row
+    assert (W[3] == 0).all() and (product_embedding(out)[3] == 0).all()
+    # uniform mode: W = 1 on present pairs
+    uni = _model(harmonize=False)
+    with torch.no_grad():
+        u = uni(batch)
+    assert torch.equal(u.weights, pair.float()) and torch.equal(u.importances, P.float())
+
+
+def test_harmonizer_matches_definition_and_gradients_are_finite() -> None:
+    torch.manual_seed(0)
+    h = SelfHarmonizer(8)
+    pooled = torch.randn(3, 4, 8, requires_grad=True)
+    present = torch.tensor([[1, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    W, imp = h(pooled, present)
+    # item 0 by the book, on its present modalities only
+    idx = torch.tensor([0, 1, 3])
+    f = torch.relu(h.proj(pooled[0, idx]))
+    f = f / f.norm(dim=-1, keepdim=True)
+    S = f @ f.T
+    S2 = S * S.softmax(dim=-1)
+    ref = S2 / S2.norm(dim=-1, keepdim=True)
+    assert torch.allclose(W[0][idx][:, idx], ref, atol=1e-5)
+    (W.sum() + imp.sum()).backward()
+    assert torch.isfinite(pooled.grad).all()
+
+
+def test_block_sdpa_equals_naive_reference() -> None:
+    torch.manual_seed(0)
+    blk = Block(32, 4, dropout=0.0).eval()
+    x = torch.randn(3, 7, 32)
+    key = torch.rand(3, 7) > 0.4
+    key[:, 0] = True
+    with torch.no_grad():
+        a = blk(x, key, "sdpa")
+        b = blk(x, key, "naive")
+    assert torch.allclose(a, b, atol=1e-5)
+    q, k, v = torch.randn(3, 3, 2, 7, 8).unbind(0)
+    m = key[:, None, None, :]
+    assert torch.allclose(torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m),
+                          naive_attention(q, k, v, m), atol=1e-5)
+
+
+def test_model_sdpa_equals_naive_with_padding_and_missing() -> None:
+    model = _model()
+    batch = random_batch(4, present=PRESENCE, seed=5)
+    masks = {m: batch["mask"][m] & (torch.rand(batch["mask"][m].shape) < 0.3) for m in SMALL_SHAPES}
+    a = _outputs(model, batch, masks)
+    model.set_attention("naive")
+    b = _outputs(model, batch, masks)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    with pytest.raises(ValueError):
+        Transformer(32, 4, 1).blocks[0](torch.randn(1, 2, 32), None, "fast")
+
+
+def test_wrong_token_shape_is_refused() -> None:
+    model = _model()
+    batch = random_batch(2, shapes={**SMALL_SHAPES, "audio": (5, 9)})
+    with pytest.raises(ValueError, match="do not fit"):
+        model(batch)
+
+
+def test_attention_benchmark_times_both_paths() -> None:
+    from fuse.bench import attention_benchmark
+
+    r = attention_benchmark(batch=2, length=9, d_model=16, heads=2, layers=1, repeats=1)
+    assert r["sdpa_s"] > 0 and r["naive_s"] > 0
+    assert r["naive_over_sdpa"] == pytest.approx(r["naive_s"] / r["sdpa_s"])

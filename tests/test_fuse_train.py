@@ -1,0 +1,174 @@
+"""Training: learning planted structure, determinism, exact resume, NaN guard, provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import fuse.train as fuse_train
+from extract.store import StoreError
+from fuse.checkpoint import CheckpointError, latest_checkpoint
+from fuse.embed import embed_store
+from fuse.model import ScaleModel, product_embedding
+from fuse.reader import FeatureDataset
+from fuse.train import TrainingDiverged, train
+from fuse_helpers import tiny_config, write_synthetic_store
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("planted") / "feats"
+    write_synthetic_store(root, n_items=96, nuisance=1.5, noise=0.5, missing=0.1, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("small") / "feats"
+    write_synthetic_store(root, n_items=56, missing=0.15, seed=1)  # 3 steps per epoch
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(small, tmp_path_factory) -> tuple[Path, object]:
+    """An uninterrupted 2-epoch run on ``small`` (the runs below must reproduce it)."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    return run, train(small, run, tiny_config(epochs=2), progress=False)
+
+
+def _retrieval(vecs, pooled, present, labels, instances) -> dict[str, float]:
+    """P@1 of instance retrieval (product embedding) and of image->text class retrieval."""
+    labels, instances = np.asarray(labels), np.asarray(instances)
+    S = vecs @ vecs.T
+    np.fill_diagonal(S, -np.inf)
+    inst = float((instances[S.argmax(1)] == instances).mean())
+    q = present[:, 0] & present[:, 1]
+    a = pooled[q, 0] / np.linalg.norm(pooled[q, 0], axis=1, keepdims=True)
+    b = pooled[q, 1] / np.linalg.norm(pooled[q, 1], axis=1, keepdims=True)
+    C = a @ b.T
+    np.fill_diagonal(C, -np.inf)  # not the item's own text
+    xmodal = float((labels[q][C.argmax(1)] == labels[q]).mean())
+    return {"instance_p1": inst, "xmodal_class_p1": xmodal}
+
+
+def test_training_learns_planted_cross_modal_structure(planted, tmp_path) -> None:
+    cfg = tiny_config(epochs=6, batch_size=32)
+    torch.manual_seed(cfg.seed)  # the untrained model = the run's initialisation
+    ds = FeatureDataset(planted)
+    model = ScaleModel(cfg, {m: (s.max_tokens, s.dim) for m, s in ds.shapes.items()}).eval()
+    with torch.no_grad():
+        out = model(ds.get_batch(np.arange(len(ds))))
+    before = _retrieval(product_embedding(out).numpy(), out.pooled.numpy(), out.present.numpy(),
+                        ds.labels, ds.instances)
+    res = train(planted, tmp_path / "run", cfg, progress=False)
+    emb = embed_store(tmp_path / "run", planted)
+    after = _retrieval(emb["vectors"], emb["pooled"], emb["presence"], emb["labels"], emb["instances"])
+    assert res.final_loss < 0.7 * res.first_epoch_loss, res.epoch_losses
+    assert after["xmodal_class_p1"] > before["xmodal_class_p1"] + 0.25, (before, after)
+    assert after["instance_p1"] > before["instance_p1"], (before, after)
+    # the run directory holds what the CLI promises
+    run = tmp_path / "run"
+    for name in ("config.yaml", "provenance.json", "log.jsonl", "training.png", "result.json"):
+        assert (run / name).is_file(), name
+    rec = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    for k in ("step", "epoch", "loss", "loss_simcl", "loss_mask_table", "importance_audio", "lr", "samples_per_s"):
+        assert k in rec, k
+    assert rec["step"] == res.steps == 6 * 3
+    assert set(res.importances) == set(cfg.modalities)
+    assert all(0.0 <= v <= 1.0 for v in res.importances.values())
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_same_seed_same_losses_other_seed_differs(small, reference, tmp_path) -> None:
+    run_a, a = reference
+    b = train(small, tmp_path / "b", tiny_config(epochs=2), progress=False)
+    c = train(small, tmp_path / "c", tiny_config(epochs=1), seed=1, progress=False)
+    assert _losses(run_a) == _losses(tmp_path / "b")
+    assert a.final_loss == b.final_loss
+    assert _losses(tmp_path / "c") != _losses(run_a)[:c.steps]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(latest_checkpoint(run).weights))
+
+
+def test_resume_ends_at_the_uninterrupted_loss_and_weights(small, reference, tmp_path) -> None:
+    cfg = tiny_config(epochs=2)
+    full_run, full = reference
+    first = train(small, tmp_path / "part", cfg, epochs=1, progress=False)
+    assert first.steps == full.steps // 2
+    with pytest.raises(CheckpointError, match="--resume"):
+        train(small, tmp_path / "part", cfg, epochs=2, progress=False)  # would overwrite the run
+    resumed = train(small, tmp_path / "part", None, resume=True, epochs=2, progress=False)
+    assert resumed.resumed_from_step == first.steps and resumed.steps == full.steps
+    assert abs(resumed.final_loss - full.final_loss) < 1e-4
+    wa, wb = _weights(full_run), _weights(tmp_path / "part")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    assert _losses(tmp_path / "part") == pytest.approx(_losses(full_run), abs=1e-5)
+
+
+def test_nan_guard_keeps_last_checkpoint_and_mid_epoch_resume_is_exact(small, reference, tmp_path,
+                                                                       monkeypatch) -> None:
+    # checkpoint settings do not change the math: the reference run checkpointed per epoch
+    cfg = tiny_config(epochs=2, checkpoint_unit="step", checkpoint_every=2)
+    full_run, full = reference
+    real = fuse_train.scale_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **kw):
+        terms = real(*a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(fuse_train, "scale_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="at step 3 ") as err:
+        train(small, tmp_path / "run", cfg, progress=False)
+    ck = latest_checkpoint(tmp_path / "run")
+    assert ck.step == 2 and str(ck.weights) in str(err.value)
+    assert not list((tmp_path / "run" / "checkpoints").glob("step-00000003*"))
+    monkeypatch.setattr(fuse_train, "scale_loss", real)
+    resumed = train(small, tmp_path / "run", None, resume=True, progress=False)  # step 2 of 3 in epoch 1
+    assert abs(resumed.final_loss - full.final_loss) < 1e-4
+    assert _losses(tmp_path / "run") == pytest.approx(_losses(full_run), abs=1e-5)
+
+
+def test_stores_that_do_not_fit_are_refused(small, tmp_path) -> None:
+    run = tmp_path / "run"
+    train(small, run, tiny_config(epochs=1), progress=False)
+    other = tmp_path / "other"
+    write_synthetic_store(other, n_items=12, seed=5, prov_overrides={"text": {"backbone": "hf:another-model"}})
+    with pytest.raises(StoreError, match="backbone"):
+        embed_store(run, other)
+    embed_store(run, other, modalities=["image", "table"])  # the fitting stores alone are fine
+    moved = tmp_path / "moved"  # same backbones, another corpus: fine to embed, not to resume on
+    write_synthetic_store(moved, n_items=12, seed=6, prov_overrides={
+        m: {"corpus_fingerprint": "corpus-2"} for m in ("image", "text", "table", "video", "audio")})
+    assert embed_store(run, moved)["vectors"].shape == (12, 32)
+    with pytest.raises(StoreError, match="corpus_fingerprint"):
+        train(moved, run, None, resume=True, epochs=2, progress=False)
+
+
+@pytest.mark.slow
+def test_ray_train_with_one_worker_equals_single_process(small, reference, tmp_path) -> None:
+    pytest.importorskip("ray.train.torch")
+    from fuse.distributed import train_distributed
+
+    run_a, a = reference
+    res = train_distributed(small, tmp_path / "ray", tiny_config(epochs=2), workers=1, progress=False)
+    assert res.steps == a.steps
+    assert abs(res.final_loss - a.final_loss) < 1e-6
+    assert _losses(tmp_path / "ray") == pytest.approx(_losses(run_a), abs=1e-6)
