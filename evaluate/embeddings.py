@@ -1,0 +1,181 @@
+"""Product embeddings as the evaluation sees them, and the training-free frozen baselines.
+
+An :class:`EmbeddingSet` is N product vectors with their ids, category labels and
+instance ids (``''`` when unknown). It is saved as a plain ``.npz`` (strings as unicode
+arrays, no pickle) so that an index can be rebuilt from it alone.
+
+:func:`frozen_baselines` reads the feature stores written by ``extract/`` and returns the
+baselines that need no training: each modality's pooled backbone vector, and their
+concatenation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+NPZ_FORMAT_VERSION = 1
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as float32; all-zero rows stay zero."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        return l2_normalize(x[None, :], eps)[0]
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(norms > eps, x / np.maximum(norms, eps), 0.0).astype(np.float32)
+
+
+@dataclass
+class EmbeddingSet:
+    """N product embeddings with their ids, category labels and instance ids."""
+
+    ids: list[str]
+    vectors: np.ndarray  # float32 [N, D]
+    labels: list[str]
+    instances: list[str]
+
+    def __post_init__(self) -> None:
+        self.ids = [str(i) for i in self.ids]
+        self.labels = [str(s) for s in self.labels]
+        self.instances = [str(s) for s in self.instances]
+        self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
+        n = len(self.ids)
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != n:
+            raise ValueError(f"vectors must be [N, D] with N={n} (the number of ids), "
+                             f"got shape {self.vectors.shape}")
+        if len(self.labels) != n or len(self.instances) != n:
+            raise ValueError(f"ids ({n}), labels ({len(self.labels)}) and instances "
+                             f"({len(self.instances)}) differ in length")
+        if len(set(self.ids)) != n:
+            raise ValueError("ids are not unique")
+        if not np.isfinite(self.vectors).all():
+            raise ValueError("vectors contain NaN or infinite values")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def normalized(self) -> "EmbeddingSet":
+        """A copy with L2-normalized vectors (zero rows stay zero)."""
+        return EmbeddingSet(list(self.ids), l2_normalize(self.vectors), list(self.labels),
+                            list(self.instances))
+
+    def subset(self, rows: np.ndarray | list[int]) -> "EmbeddingSet":
+        """The items at the given row positions (or boolean mask), in that order."""
+        sel = np.asarray(rows)
+        idx = np.flatnonzero(sel) if sel.dtype == bool else sel.astype(np.int64).reshape(-1)
+        return EmbeddingSet([self.ids[i] for i in idx], self.vectors[idx],
+                            [self.labels[i] for i in idx], [self.instances[i] for i in idx])
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``path`` (``.npz``, no pickle) atomically. Returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(
+                    f,
+                    format_version=np.array(NPZ_FORMAT_VERSION, dtype=np.int64),
+                    ids=np.array(self.ids, dtype=np.str_),
+                    vectors=self.vectors,
+                    labels=np.array(self.labels, dtype=np.str_),
+                    instances=np.array(self.instances, dtype=np.str_),
+                )
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EmbeddingSet":
+        """Read a set written by :meth:`save`. Raises ValueError naming the file if unreadable."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"embeddings file {path} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = {"ids", "vectors", "labels", "instances"} - set(z.files)
+                if missing:
+                    raise ValueError(f"missing arrays {sorted(missing)}")
+                vectors = z["vectors"]
+                if vectors.ndim == 1 and vectors.size == 0:
+                    vectors = vectors.reshape(0, 0)
+                return cls(ids=z["ids"].tolist(), vectors=vectors,
+                           labels=z["labels"].tolist(), instances=z["instances"].tolist())
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"cannot read embeddings file {path}: {e}; rewrite it with "
+                             f"EmbeddingSet.save") from e
+
+
+# ----------------------------------------------------------------------------- frozen baselines
+
+FROZEN_PREFIX = "frozen_"
+CONCAT_NAME = "concat_frozen"
+
+
+def frozen_baselines(features_dir: str | Path,
+                     modalities: tuple[str, ...] | None = None) -> dict[str, EmbeddingSet]:
+    """Training-free baselines from the feature stores under ``features_dir``.
+
+    Returns ``frozen_<modality>`` for every modality whose store exists (the store's pooled
+    vector, L2-normalized; an item whose modality is absent, ``counts == 0``, gets a zero
+    vector) and ``concat_frozen`` (the L2-normalized pooled vectors of all present
+    modalities concatenated, then L2-normalized as a whole). Modalities without a store
+    are skipped with a warning. Raises ``StoreError`` if no store exists or the stores do
+    not join (different corpus, code, or item order).
+    """
+    from extract.store import MODALITIES, StoreError, list_shards, open_stores
+
+    root = Path(features_dir)
+    if not root.is_dir():
+        raise StoreError(f"feature directory {root} does not exist; run pipelines/extract.py first")
+    wanted = tuple(modalities) if modalities is not None else MODALITIES
+    present = []
+    for m in wanted:
+        if list_shards(root, m):
+            present.append(m)
+        else:
+            log.warning("no %s store under %s; skipping the frozen_%s baseline", m, root / m, m)
+    if not present:
+        raise StoreError(f"no feature stores under {root} (looked for {list(wanted)}); "
+                         f"run pipelines/extract.py first")
+    stores = open_stores(root, present)
+
+    out: dict[str, EmbeddingSet] = {}
+    ref_ids: list[str] | None = None
+    ref_labels: list[str] = []
+    ref_instances: list[str] = []
+    parts: list[np.ndarray] = []
+    for m in present:
+        data = stores[m].load()
+        if ref_ids is None:
+            ref_ids, ref_labels, ref_instances = data.ids, data.labels, data.instances
+        elif data.ids != ref_ids:
+            raise StoreError(f"cannot join stores {root / present[0]} and {root / m}: their items "
+                             f"differ in id or order; re-extract both into a fresh directory")
+        pooled = np.asarray(data.pooled, dtype=np.float32).copy()
+        pooled[np.asarray(data.counts) <= 0] = 0.0
+        vec = l2_normalize(pooled)
+        n_absent = int((np.asarray(data.counts) <= 0).sum())
+        if n_absent:
+            log.info("frozen_%s: %d of %d items lack the modality (zero vectors)", m, n_absent,
+                     len(data.ids))
+        out[FROZEN_PREFIX + m] = EmbeddingSet(list(ref_ids), vec, list(ref_labels),
+                                              list(ref_instances))
+        parts.append(vec)
+    assert ref_ids is not None
+    out[CONCAT_NAME] = EmbeddingSet(list(ref_ids), l2_normalize(np.concatenate(parts, axis=1)),
+                                    list(ref_labels), list(ref_instances))
+    return out
