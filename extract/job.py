@@ -180,6 +180,7 @@ def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | P
                  log_to_driver=True, include_dashboard=False if address is None else None)
     infos = ray.get(ray.remote(num_cpus=1)(describe_backbones).remote(cfg.to_dict()))
     manifest = {"schema_version": store.SCHEMA_VERSION, "corpus": str(Path(corpus_path).resolve()),
+                "media_root": str(media_root.resolve()),
                 "corpus_fingerprint": fingerprint, "code_version": code, "config": cfg.feature_fields(),
                 "backbones": infos, "n_items": n, "n_shards": len(plan)}
     check_manifest(out, manifest)

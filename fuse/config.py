@@ -54,14 +54,20 @@ class ScaleConfig:
     masked_losses: bool = True
     mask_prob: float = 0.15
     mask_loss: str = "mse"  # "mse" or "smooth_l1" on the LayerNorm'd frozen token feature
+    # SIMCL on the modality encoders' pooled outputs ("encoder": align before fusing, no
+    # shortcut through the joint transformer) or on the fused ones ("fusion")
+    contrast_on: str = "encoder"
+    # product embedding: sum of the modality encoders' pooled outputs ("encoder", the space
+    # SIMCL aligns; best fine-grained retrieval on the demo) or of the fused ones ("fusion")
+    embed_from: str = "encoder"
 
     # ---- optimisation
-    lr: float = 1e-4
+    lr: float = 3e-4
     warmup_steps: int = 10  # linear warm-up from 0, then constant (paper: Adam, warm-up)
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     batch_size: int = 64
-    epochs: int = 5
+    epochs: int = 8
     seed: int = 0
 
     # ---- checkpoints and logs
@@ -104,6 +110,10 @@ class ScaleConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.contrast_on not in ("encoder", "fusion"):
+            raise ConfigError(f"contrast_on must be 'encoder' or 'fusion', got {self.contrast_on!r}")
+        if self.embed_from not in ("encoder", "fusion"):
+            raise ConfigError(f"embed_from must be 'encoder' or 'fusion', got {self.embed_from!r}")
         if self.mask_loss not in ("mse", "smooth_l1"):
             raise ConfigError(f"mask_loss must be 'mse' or 'smooth_l1', got {self.mask_loss!r}")
         if self.checkpoint_unit not in ("epoch", "step"):

@@ -41,7 +41,8 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
 
 
 def embed_store(run_dir: str | Path, features_dir: str | Path, modalities: Sequence[str] | None = None,
-                batch_size: int = 256, device: str = "auto", progress: bool = False) -> dict[str, Any]:
+                batch_size: int = 256, device: str = "auto", progress: bool = False,
+                source: str | None = None) -> dict[str, Any]:
     """Embed every item of the stores under ``features_dir`` with the model of ``run_dir``.
 
     ``modalities``: the subset to use (default: all the model was trained on).
@@ -71,13 +72,15 @@ def embed_store(run_dir: str | Path, features_dir: str | Path, modalities: Seque
     sampler = EpochBatchSampler(ds, batch_size, seed=0, shuffle=False, drop_last=False)
     loader = make_loader(ds, sampler, info["config"].loader_workers)
     cols = [trained.index(m) for m in mods]
-    vecs, pooled, pres, imps = [], [], [], []
+    source = source or info["config"].embed_from
+    vecs, pooled, enc_pooled, pres, imps = [], [], [], [], []
     from tqdm.auto import tqdm
     with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
             out = model(to_device(batch, dev))
-            vecs.append(product_embedding(out).cpu())
+            vecs.append(product_embedding(out, source).cpu())
             pooled.append(out.pooled[:, cols].float().cpu())
+            enc_pooled.append(out.enc_pooled[:, cols].float().cpu())
             pres.append(out.present[:, cols].cpu())
             imps.append(torch.stack([out.importances[:, j] for j in cols], 1).float().cpu())
     return {
@@ -85,6 +88,7 @@ def embed_store(run_dir: str | Path, features_dir: str | Path, modalities: Seque
         "modalities": mods,
         "vectors": torch.cat(vecs).numpy().astype(np.float32),
         "pooled": torch.cat(pooled).numpy().astype(np.float32),
+        "enc_pooled": torch.cat(enc_pooled).numpy().astype(np.float32),
         "presence": torch.cat(pres).numpy().astype(bool),
         "importances": torch.cat(imps).numpy().astype(np.float32),
     }

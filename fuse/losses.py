@@ -20,7 +20,7 @@ log-mel bands) on the same footing, so the per-modality losses are comparable an
 near 1; a contrastive variant would need in-batch negatives of masked tokens that are
 often near-duplicates (neighbouring patches, repeated key strings), which makes it noisy
 at small batch sizes. Each sample's loss is the mean over its masked tokens, scaled by
-the sample's importance W[m, m]; a modality's masked loss is the mean over its samples
+the sample's importance W[m, m] (detached: W learns from SIMCL); a modality's masked loss is the mean over its samples
 with a masked token; the masked loss is the mean over modalities that had any.
 
 Total = SIMCL + masked loss (weight 1 each). Uniform pair weights and switching masked
@@ -105,16 +105,21 @@ def masked_losses(out: ModelOutput, tokens: Mapping[str, Tensor], kind: str = "m
         cnt = torch.zeros(B, device=err.device).index_add(0, rows, torch.ones_like(err))
         has = cnt > 0
         per_sample = sums[has] / cnt[has]
-        imp = out.importances[has, out.modalities.index(m)].float()
+        # The importance scales the masked loss but takes no gradient from it: otherwise the
+        # cheapest way to lower this term is to shrink every W[m, m] by making the harmonizer's
+        # f_m all alike (W tends to uniform, 1/sqrt(M)). W learns from SIMCL's agreement alone.
+        imp = out.importances[has, out.modalities.index(m)].float().detach()
         weighted[m] = (imp * per_sample).mean()
         recon[m] = per_sample.mean().detach()
     return weighted, recon
 
 
 def scale_loss(out: ModelOutput, batch: Mapping[str, Any], temperature: float = 0.07,
-               mask_kind: str = "mse") -> LossTerms:
-    """Total SCALE loss of one batch: SIMCL + mean masked loss."""
-    simcl, per_pair = simcl_loss(out.pooled, out.present, out.weights, out.modalities, temperature)
+               mask_kind: str = "mse", contrast_on: str = "encoder") -> LossTerms:
+    """Total SCALE loss of one batch: SIMCL (on the encoders' or the fused pooled outputs)
+    + mean masked loss."""
+    pooled = out.enc_pooled if contrast_on == "encoder" else out.pooled
+    simcl, per_pair = simcl_loss(pooled, out.present, out.weights, out.modalities, temperature)
     mask, recon = masked_losses(out, batch["tokens"], mask_kind)
     masked = torch.stack(list(mask.values())).mean() if mask else simcl * 0.0
     return LossTerms(simcl + masked, simcl, masked, per_pair, mask, recon)

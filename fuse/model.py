@@ -193,12 +193,13 @@ class ScaleModel(nn.Module):
         return ModelOutput(self.modalities, present, pooled, enc_pooled, W, imp, masked)
 
 
-def product_embedding(out: ModelOutput) -> Tensor:
-    """The paper's product embedding: sum of the present modalities' pooled outputs, L2-normalized.
+def product_embedding(out: ModelOutput, source: str = "fusion") -> Tensor:
+    """The paper's product embedding: sum of the present modalities' pooled outputs, L2-normalized
+    (``source``: the fused pooled outputs, or the modality encoders' before fusion).
 
     An item with no present modality gets a zero vector.
     """
-    s = out.pooled.float().sum(dim=1)
+    s = (out.pooled if source == "fusion" else out.enc_pooled).float().sum(dim=1)
     return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 

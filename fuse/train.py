@@ -110,7 +110,7 @@ class Objective(nn.Module):
     def forward(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None
                 ) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.model(batch, masks)
-        terms = scale_loss(out, batch, self.cfg.temperature, self.cfg.mask_loss)
+        terms = scale_loss(out, batch, self.cfg.temperature, self.cfg.mask_loss, self.cfg.contrast_on)
         stats: dict[str, Tensor] = {"loss": terms.total.detach(), "loss_simcl": terms.simcl.detach(),
                                     "loss_mask": terms.masked.detach()}
         stats.update({f"loss_mask_{m}": v.detach() for m, v in terms.mask.items()})

@@ -1,0 +1,43 @@
+"""Stage 3: evaluate SCALE against the frozen baselines with FAISS retrieval, a linear probe
+and k-means clustering; writes EVAL/metrics.json, report.md, plots and gallery.html.
+
+    python pipelines/evaluate.py --features FEATS --checkpoint RUN --out EVAL [--uniform-checkpoint RUN_U]
+    python pipelines/evaluate.py --out EVAL --rebuild-index      # rebuild the index from saved embeddings
+"""
+
+import argparse
+
+import _cli
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--features", help="feature directory (pipelines/extract.py --out)")
+    ap.add_argument("--checkpoint", help="training run directory (pipelines/train.py --out)")
+    ap.add_argument("--uniform-checkpoint", help="run trained with harmonize: false (the scale_uniform method)")
+    ap.add_argument("--out", required=True, help="evaluation output directory")
+    ap.add_argument("--media-root", help="media root for the gallery images (default: from the store manifest)")
+    ap.add_argument("--rebuild-index", action="store_true",
+                    help="only rebuild OUT/index/scale from OUT/embeddings/scale.npz and re-check the metrics")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args()
+    _cli.setup_logging(a.verbose)
+    from evaluate.run import rebuild_and_check, run_evaluation
+
+    if a.rebuild_index:
+        return rebuild_and_check(a.out)
+    if not a.features or not a.checkpoint:
+        ap.error("--features and --checkpoint are required (unless --rebuild-index)")
+    m = run_evaluation(a.features, a.checkpoint, a.out, a.uniform_checkpoint, a.media_root, a.seed)
+    from evaluate.headline import format_headline
+
+    import sys
+    print(format_headline(m), file=sys.stderr)
+    return {"out": a.out, "items": m["items"], "seconds": m["seconds"], "index": m["index"],
+            "scale": {"coarse_mAP@1": m["methods"]["scale"]["coarse"]["mAP@1"],
+                      "fine_mAP@1": m["methods"]["scale"]["fine"]["mAP@1"]}}
+
+
+if __name__ == "__main__":
+    _cli.run(main)
