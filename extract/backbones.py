@@ -126,6 +126,15 @@ class ImageBackbone:
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _describe(self, spec: str, pretrained: bool, whash: str) -> BackboneInfo:
+        """Shapes from one forward pass of a blank image, plus the preprocessing parameters."""
+        with torch.inference_mode():
+            t, p = self._forward(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device))
+        return BackboneInfo(spec, dim=t.shape[-1], pooled_dim=p.shape[-1], max_tokens=t.shape[1],
+                            pretrained=pretrained, weights_hash=whash,
+                            preprocessing={"image_size": self.image_size, "mean": list(self.mean),
+                                           "std": list(self.std), "resize": "short-side bicubic + center crop"})
+
     @torch.inference_mode()
     def encode(self, images: np.ndarray, batch_size: int = 64) -> Encoded:
         toks, pools = [], []
@@ -181,12 +190,7 @@ class OpenClipImage(ImageBackbone):
         cfg = getattr(visual, "preprocess_cfg", {}) or {}
         self.mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
-        with torch.inference_mode():
-            t, p = self._forward(torch.zeros(1, 3, self.image_size, self.image_size, device=device))
-        self.info = BackboneInfo(spec, dim=t.shape[-1], pooled_dim=p.shape[-1], max_tokens=t.shape[1],
-                                 pretrained=pretrained, weights_hash=whash,
-                                 preprocessing={"image_size": self.image_size, "mean": list(self.mean),
-                                                "std": list(self.std), "resize": "short-side bicubic + center crop"})
+        self.info = self._describe(spec, pretrained, whash)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, tokens = self.model(x)
@@ -236,12 +240,7 @@ class TimmImage(ImageBackbone):
         if weights and converted and "lite" in name:
             # TF-ported EfficientNet-Lite weights expect (x - 127) / 128 inputs
             self.mean = self.std = (0.5, 0.5, 0.5)
-        with torch.inference_mode():
-            t, p = self._forward(torch.zeros(1, 3, self.image_size, self.image_size, device=device))
-        self.info = BackboneInfo(spec, dim=t.shape[-1], pooled_dim=p.shape[-1], max_tokens=t.shape[1],
-                                 pretrained=pretrained, weights_hash=whash,
-                                 preprocessing={"image_size": self.image_size, "mean": list(self.mean),
-                                                "std": list(self.std), "resize": "short-side bicubic + center crop"})
+        self.info = self._describe(spec, pretrained, whash)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmap = self.model.forward_features(x)  # [B, C, H, W]
