@@ -60,6 +60,9 @@ class ScaleConfig:
     # product embedding: sum of the modality encoders' pooled outputs ("encoder", the space
     # SIMCL aligns; best fine-grained retrieval on the demo) or of the fused ones ("fusion")
     embed_from: str = "encoder"
+    # "sqrt_m": W (unit rows) times sqrt(present modalities), so equal agreement weighs 1 and
+    # harmonizing changes the relative weights, not the temperature; "none": W as it is
+    weight_scale: str = "sqrt_m"
 
     # ---- optimisation
     lr: float = 3e-4
@@ -110,6 +113,8 @@ class ScaleConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.weight_scale not in ("sqrt_m", "none"):
+            raise ConfigError(f"weight_scale must be 'sqrt_m' or 'none', got {self.weight_scale!r}")
         if self.contrast_on not in ("encoder", "fusion"):
             raise ConfigError(f"contrast_on must be 'encoder' or 'fusion', got {self.contrast_on!r}")
         if self.embed_from not in ("encoder", "fusion"):

@@ -63,11 +63,23 @@ def info_nce(logits: Tensor) -> Tensor:
     return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
 
 
+def weight_scale(present: Tensor) -> Tensor:
+    """sqrt(number of present modalities) per sample [B]: W's rows are unit vectors, so when
+    all modalities agree equally every entry is 1/sqrt(M). Multiplying by sqrt(M) keeps W's
+    relative, per-sample weighting but makes that neutral case 1, so harmonized and uniform
+    training use the same effective temperature (W ~ 0.45 for five modalities would otherwise
+    double it)."""
+    return present.float().sum(-1).clamp_min(1).sqrt()
+
+
 def simcl_loss(pooled: Tensor, present: Tensor, weights: Tensor, modalities: list[str],
-               temperature: float = 0.07) -> tuple[Tensor, dict[str, Tensor]]:
-    """SIMCL over all pairs. pooled [B, M, d], present Bool [B, M], weights W [B, M, M]."""
+               temperature: float = 0.07, rescale: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+    """SIMCL over all pairs. pooled [B, M, d], present Bool [B, M], weights W [B, M, M];
+    ``rescale`` multiplies W by :func:`weight_scale`."""
     z = F.normalize(pooled.float(), dim=-1)
     W = weights.float()
+    if rescale:
+        W = W * weight_scale(present)[:, None, None]
     M = z.shape[1]
     per_pair: dict[str, Tensor] = {}
     for a in range(M):
@@ -84,7 +96,7 @@ def simcl_loss(pooled: Tensor, present: Tensor, weights: Tensor, modalities: lis
     return torch.stack(list(per_pair.values())).mean(), per_pair
 
 
-def masked_losses(out: ModelOutput, tokens: Mapping[str, Tensor], kind: str = "mse"
+def masked_losses(out: ModelOutput, tokens: Mapping[str, Tensor], kind: str = "mse", rescale: bool = False
                   ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Per-modality masked-modelling losses (importance-weighted) and plain reconstruction errors."""
     weighted: dict[str, Tensor] = {}
@@ -109,17 +121,19 @@ def masked_losses(out: ModelOutput, tokens: Mapping[str, Tensor], kind: str = "m
         # cheapest way to lower this term is to shrink every W[m, m] by making the harmonizer's
         # f_m all alike (W tends to uniform, 1/sqrt(M)). W learns from SIMCL's agreement alone.
         imp = out.importances[has, out.modalities.index(m)].float().detach()
+        if rescale:
+            imp = imp * weight_scale(out.present[has])
         weighted[m] = (imp * per_sample).mean()
         recon[m] = per_sample.mean().detach()
     return weighted, recon
 
 
 def scale_loss(out: ModelOutput, batch: Mapping[str, Any], temperature: float = 0.07,
-               mask_kind: str = "mse", contrast_on: str = "encoder") -> LossTerms:
+               mask_kind: str = "mse", contrast_on: str = "encoder", rescale: bool = False) -> LossTerms:
     """Total SCALE loss of one batch: SIMCL (on the encoders' or the fused pooled outputs)
     + mean masked loss."""
     pooled = out.enc_pooled if contrast_on == "encoder" else out.pooled
-    simcl, per_pair = simcl_loss(pooled, out.present, out.weights, out.modalities, temperature)
-    mask, recon = masked_losses(out, batch["tokens"], mask_kind)
+    simcl, per_pair = simcl_loss(pooled, out.present, out.weights, out.modalities, temperature, rescale)
+    mask, recon = masked_losses(out, batch["tokens"], mask_kind, rescale)
     masked = torch.stack(list(mask.values())).mean() if mask else simcl * 0.0
     return LossTerms(simcl + masked, simcl, masked, per_pair, mask, recon)

@@ -18,7 +18,7 @@ def test_shipped_yaml_equals_the_defaults() -> None:
     d = ScaleConfig()
     assert (d.d_model, d.heads, d.encoder_layers, d.fusion_layers, d.dropout) == (256, 4, 2, 2, 0.1)
     assert (d.mask_prob, d.temperature, d.lr, d.batch_size, d.harmonize, d.masked_losses) == \
-        (0.15, 0.07, 1e-4, 64, True, True)
+        (0.15, 0.07, 3e-4, 64, True, True)
 
 
 def test_yaml_values_overrides_and_canonical_modality_order(tmp_path) -> None:

@@ -134,3 +134,23 @@ def test_total_loss_switches_through_one_path() -> None:
     assert set(full.mask) == set(SMALL_SHAPES) and float(full.masked) > 0
     assert nomask.mask == {} and float(nomask.masked) == 0.0
     assert torch.isfinite(full.total)
+
+
+def test_rescaled_weights_make_equal_agreement_neutral() -> None:
+    """W with unit rows and equal entries (1/sqrt(M)) times sqrt(M) is the plain InfoNCE of W = 1;
+    a sample with fewer present modalities is rescaled by its own count."""
+    torch.manual_seed(0)
+    B, M, d = 6, 3, 8
+    pooled = torch.randn(B, M, d)
+    present = torch.ones(B, M, dtype=torch.bool)
+    mods = ["image", "text", "table"]
+    equal = torch.full((B, M, M), 1 / math.sqrt(M))
+    ones = torch.ones(B, M, M)
+    plain, _ = simcl_loss(pooled, present, ones, mods)
+    rescaled, _ = simcl_loss(pooled, present, equal, mods, rescale=True)
+    unscaled, _ = simcl_loss(pooled, present, equal, mods)
+    assert torch.allclose(plain, rescaled, atol=1e-6)
+    assert not torch.allclose(plain, unscaled, atol=1e-3)  # unscaled W softens every logit
+    from fuse.losses import weight_scale
+    present[0, 2] = False
+    assert torch.allclose(weight_scale(present)[:2], torch.tensor([math.sqrt(2), math.sqrt(3)]))
