@@ -47,6 +47,7 @@ class Product:
     video: str | None = None
     audio: str | None = None  # None + video present: audio comes from the video
     line: int = 0
+    errors: dict[str, str] = field(default_factory=dict)  # modality -> why its value was unusable
 
     @property
     def audio_source(self) -> str | None:
@@ -98,6 +99,18 @@ def parse_table(value: Any) -> list[tuple[str, str]] | None:
     return pairs or None
 
 
+def _table(value: Any) -> tuple[list[tuple[str, str]] | None, str | None]:
+    """A record's table and, when a non-empty value yields no pair, why (a table failure:
+    the item's other modalities are kept)."""
+    try:
+        pairs = parse_table(value)
+    except ValueError as e:
+        return None, f"table not usable: {e}"
+    if pairs is None and value not in (None, "", {}, []):
+        return None, f"malformed table {str(value)[:80]!r}: no 'key#:#value' pair with a key"
+    return pairs, None
+
+
 def _scalar(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return ", ".join(str(x) for x in v)
@@ -128,17 +141,38 @@ def media_name_from_url(v: str) -> str:
     return v
 
 
-def _product(obj: dict[str, Any], line: int) -> Product:
-    pid = obj.get("id")
+def _utf8(v: Any) -> Any:
+    """Strings made encodable as UTF-8: a JSON escape such as "\\ud800" (a lone surrogate)
+    becomes '?', in nested lists and objects too (Arrow and HDF5 refuse such strings)."""
+    if isinstance(v, str):
+        return v.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(v, list):
+        return [_utf8(x) for x in v]
+    if isinstance(v, dict):
+        return {_utf8(k): _utf8(x) for k, x in v.items()}
+    return v
+
+
+def _check_id(pid: Any) -> None:
     if pid is None or (isinstance(pid, str) and not pid.strip()):
         raise ValueError("missing 'id'")
     if not isinstance(pid, (str, int)):
         raise ValueError(f"'id' must be a string, got {type(pid).__name__}")
+    if isinstance(pid, str) and _utf8(pid) != pid:
+        raise ValueError(f"'id' {pid.encode('utf-8', 'replace').decode()!r} is not valid Unicode text")
+
+
+def _product(obj: dict[str, Any], line: int) -> Product:
+    pid = obj.get("id")
+    _check_id(pid)
+    obj = _utf8(obj)
+    table, table_error = _table(obj.get("table"))
     return Product(
         id=str(pid), label=str(obj.get("label") or ""), instance=str(obj.get("instance") or ""),
-        title=_clean_title(obj.get("title")), table=parse_table(obj.get("table")),
+        title=_clean_title(obj.get("title")), table=table,
         image=_media(obj.get("image"), "image"), video=_media(obj.get("video"), "video"),
         audio=_media(obj.get("audio"), "audio"), line=line,
+        errors={"table": table_error} if table_error else {},
     )
 
 
@@ -165,17 +199,21 @@ def iter_m5product(path: str | Path) -> Iterator[Product | BadRecord]:
         raise CorpusError(f"{path}: M5Product JSON must be an object keyed by product id")
     for n, (pid, rec) in enumerate(data.items(), start=1):
         try:
+            _check_id(pid)
             if not isinstance(rec, dict):
                 raise ValueError("record is not an object")
+            rec = _utf8(rec)
             url, video = _media(rec.get("url"), "url"), _media(rec.get("video"), "video")
+            table, table_error = _table(rec.get("pv"))
             yield Product(
                 id=str(pid), label=str(rec.get("label") or ""), instance=str(rec.get("instance") or ""),
-                title=_clean_title(rec.get("title")), table=parse_table(rec.get("pv")),
+                title=_clean_title(rec.get("title")), table=table,
                 image=media_name_from_url(url) if url else None,
                 video=media_name_from_url(video) if video else None, line=n,
+                errors={"table": table_error} if table_error else {},
             )
         except ValueError as e:
-            yield BadRecord(f"id {pid}", str(e))
+            yield BadRecord(f"id {_utf8(pid)}", str(e))
 
 
 def read_corpus(path: str | Path, fmt: str = "auto") -> Corpus:

@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import os
+import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,12 +68,53 @@ def plan_shards(n_items: int, shard_size: int) -> list[range]:
 
 
 def committed(out: Path, n_shards: int) -> set[int]:
-    """Shards whose failure part and every modality file exist."""
+    """Shards whose failure part and every modality file exist and open; an unreadable one
+    (truncated, damaged) is extracted again."""
     done = set()
     for k in store.committed_shards(out):
         if k < n_shards and all(store.shard_path(out, m, k).exists() for m in store.MODALITIES):
+            try:
+                for m in store.MODALITIES:
+                    store.read_provenance(store.shard_path(out, m, k))
+            except store.StoreError as e:
+                log.warning("%s; extracting shard %d again", str(e).split(". ")[0], k)
+                continue
             done.add(k)
     return done
+
+
+_TEMP_RE = re.compile(r"\.tmp(\d+)$")
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete temporary files (``<name>.tmp<pid>``) that a killed run left behind; files of a
+    process that is still alive are kept. They never count as shards (see store.list_shards)."""
+    removed = []
+    for d in [out, out / store.FAILURE_PARTS, *(out / m for m in store.MODALITIES)]:
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            m = _TEMP_RE.search(p.name)
+            if not m or not p.is_file():
+                continue
+            pid = int(m.group(1))
+            if pid != os.getpid() and _alive(pid):
+                continue
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    if removed:
+        log.info("removed %d temporary file(s) of an interrupted run under %s", len(removed), out)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -128,7 +171,8 @@ class ShardWriter:
                     data.entities[r] = feats[f"{m}.entities"]
             self.bytes += store.write_shard(store.shard_path(self.out, m, shard), data, prov, shard)
         for r, i in enumerate(self.plan[shard]):
-            for m, err in sorted(rows[i][1].items()):
+            errs = {**prods[r].errors, **rows[i][1]}  # the corpus' own (e.g. a malformed table), then decode/encode
+            for m, err in sorted(errs.items()):
                 failures.append({"id": ids[r], "modality": m, "error": err, "shard": shard})
         store.write_failure_part(self.out, shard, failures)
         self.written += 1
@@ -158,6 +202,41 @@ def cluster_plan(cfg: ExtractConfig) -> dict[str, Any]:
     return {"actors": n, "cpus": actor_cpus, "gpus": 0.0, "threads": threads, "cluster_cpus": cpus}
 
 
+def _answers(address: str, timeout: float = 3.0) -> bool:
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def ray_address(address: str | None) -> str | None:
+    """The address to give ray.init. Without one, Ray joins the cluster named by $RAY_ADDRESS,
+    else the one last started with ``ray start`` on this machine (its address is kept in
+    /tmp/ray/ray_current_cluster), and waits for ever when that one is gone (a head that was
+    killed leaves the file behind). A dead $RAY_ADDRESS is an error; a dead last cluster is
+    skipped for a private local Ray."""
+    if address is not None:
+        return address
+    env = os.environ.get("RAY_ADDRESS", "")
+    if env:
+        if ":" in env and not env.startswith(("ray://", "http://", "https://")) and not _answers(env):
+            raise ConnectionError(f"no Ray cluster answers at $RAY_ADDRESS={env}; start it, or unset RAY_ADDRESS "
+                                  f"to use a local Ray")
+        return None
+    try:
+        from ray._private.utils import get_ray_address_file, read_ray_address
+        last, where = read_ray_address(), get_ray_address_file(None)
+    except Exception:  # a Ray without these helpers: leave it to Ray
+        return None
+    if last and not _answers(last):
+        log.warning("the Ray cluster last started on this machine (%s, named in %s) does not answer; "
+                    "starting a local Ray instead", last, where)
+        return "local"
+    return None
+
+
 def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | Path, cfg: ExtractConfig,
                    address: str | None = None, fmt: str = "auto") -> JobStats:
     import ray
@@ -176,14 +255,16 @@ def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | P
     plan = plan_shards(n, cfg.shard_size)
 
     if not ray.is_initialized():
+        address = ray_address(address)
         ray.init(address=address, ignore_reinit_error=True, logging_level=logging.WARNING,
-                 log_to_driver=True, include_dashboard=False if address is None else None)
+                 log_to_driver=True, include_dashboard=False if address in (None, "local") else None)
     infos = ray.get(ray.remote(num_cpus=1)(describe_backbones).remote(cfg.to_dict()))
     manifest = {"schema_version": store.SCHEMA_VERSION, "corpus": str(Path(corpus_path).resolve()),
                 "media_root": str(media_root.resolve()),
                 "corpus_fingerprint": fingerprint, "code_version": code, "config": cfg.feature_fields(),
                 "backbones": infos, "n_items": n, "n_shards": len(plan)}
     check_manifest(out, manifest)
+    remove_stale_temps(out)
     store.write_json_atomic(out / store.MANIFEST, manifest)
     provs = provenances(infos, fingerprint, code)
 

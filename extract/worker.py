@@ -50,9 +50,14 @@ def _pool() -> ProcessPoolExecutor:
 
 
 def _reset_pool() -> None:
+    """Drop the decoder process, killing it if it still runs (a hung decoder must not keep a CPU)."""
     global _POOL
     if _POOL is not None:
+        procs = list((getattr(_POOL, "_processes", None) or {}).values())
         _POOL.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
     _POOL = None
 
 

@@ -38,7 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import (Checkpoint, CheckpointError, check_provenance, latest_checkpoint, load_state,
-                         load_weights, provenance_to_json, save_checkpoint, write_json_atomic)
+                         load_weights, provenance_to_json, remove_stale_temps, save_checkpoint,
+                         write_json_atomic)
 from .config import ConfigError, ScaleConfig
 from .losses import scale_loss
 from .masking import choose_masks
@@ -110,7 +111,8 @@ class Objective(nn.Module):
     def forward(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None
                 ) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.model(batch, masks)
-        terms = scale_loss(out, batch, self.cfg.temperature, self.cfg.mask_loss, self.cfg.contrast_on)
+        terms = scale_loss(out, batch, self.cfg.temperature, self.cfg.mask_loss, self.cfg.contrast_on,
+                           self.cfg.harmonize and self.cfg.weight_scale == "sqrt_m")
         stats: dict[str, Tensor] = {"loss": terms.total.detach(), "loss_simcl": terms.simcl.detach(),
                                     "loss_mask": terms.masked.detach()}
         stats.update({f"loss_mask_{m}": v.detach() for m, v in terms.mask.items()})
@@ -307,6 +309,7 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
     total_steps = steps_per_epoch * cfg.epochs
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)
         cfg.to_yaml(run_dir / "config.yaml")
         write_json_atomic(run_dir / "provenance.json", provenance_to_json(ds.provenance))
     runlog = _RunLog(run_dir, resumed_from, cfg.tensorboard, dist.is_main)

@@ -27,7 +27,13 @@ setsid ray start --head --block --port="$GCS" --dashboard-port="$DASH" --dashboa
   --runtime-env-agent-port="$(port)" --metrics-export-port="$(port)" --disable-usage-stats \
   > "$OUT/ray-head.log" 2>&1 &
 HEAD_PID=$!
-cleanup() { kill -TERM -- "-$HEAD_PID" 2>/dev/null || true; wait "$HEAD_PID" 2>/dev/null || true; }
+# SIGTERM stops the head but leaves its address in ray_current_cluster, where a later ray.init()
+# without an address would wait for ever for it: remove it when it names this head
+RAY_ADDR_FILE="${RAY_TMPDIR:-${TMPDIR:-/tmp}}/ray/ray_current_cluster"
+cleanup() {
+  kill -TERM -- "-$HEAD_PID" 2>/dev/null || true; wait "$HEAD_PID" 2>/dev/null || true
+  if grep -q ":$GCS\$" "$RAY_ADDR_FILE" 2>/dev/null; then rm -f "$RAY_ADDR_FILE"; fi
+}
 trap cleanup EXIT
 ADDR="http://127.0.0.1:$DASH"
 for _ in $(seq 90); do curl -s -o /dev/null "$ADDR/api/version" && break; sleep 1; done

@@ -29,6 +29,7 @@ def main() -> dict:
         return rebuild_and_check(a.out)
     if not a.features or not a.checkpoint:
         ap.error("--features and --checkpoint are required (unless --rebuild-index)")
+    _cli.check_out_dir(a.out)
     m = run_evaluation(a.features, a.checkpoint, a.out, a.uniform_checkpoint, a.media_root, a.seed)
     from evaluate.headline import format_headline
 

@@ -28,9 +28,11 @@ def main() -> dict:
     from extract.config import load_config
     from extract.job import run_extraction
 
+    _cli.check_ray_address(a.address)
     cfg_path = a.config or (_cli.ROOT / "configs" / "offline.yaml")
     cfg = load_config(cfg_path, shard_size=a.shard_size)
     media_root = a.media_root or str(Path(a.corpus).resolve().parent)
+    _cli.prepare_ray_driver()
     return run_extraction(a.corpus, media_root, a.out, cfg, address=a.address, fmt=a.format).summary()
 
 

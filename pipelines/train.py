@@ -48,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     from fuse.config import ConfigError, ScaleConfig
     from fuse.train import TrainingDiverged, train
 
+    import _cli
+
     try:
+        _cli.check_out_dir(args.out)
+        if args.workers is not None and args.ray_address:
+            _cli.check_ray_address(args.ray_address, "--ray-address")
         if args.epochs is not None and args.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
         cfg = ScaleConfig.from_yaml(args.config) if args.config is not None else None
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.workers < 1:
                 raise ConfigError(f"--workers must be >= 1, got {args.workers}")
             from fuse.distributed import train_distributed
+            _cli.prepare_ray_driver()
             result = train_distributed(args.features, args.out, cfg, workers=args.workers,
                                        use_gpu=args.gpu, address=args.ray_address, **kw)
         else:
@@ -64,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except (StoreError, ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (StoreError, ConfigError, CheckpointError, OSError, ValueError) as e:
+        print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted; continue with --resume --out {args.out}", file=sys.stderr)
