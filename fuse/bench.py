@@ -4,25 +4,35 @@
 run with ``impl="sdpa"`` and with ``impl="naive"`` on the same padded input, interleaving
 the two so that both see the same machine load, and returns their times and the ratio.
 It is for benchmark scripts (``pipelines/bench.py``), not for tests.
+
+Also here, for the same scripts: the peak memory of both paths (:func:`attention_memory`),
+which aten kernel SDPA runs (:func:`sdpa_kernels`), the training loader's samples/s
+(:func:`loader_benchmark`), the train step's samples/s (:func:`train_step_benchmark`) and
+HDF5 shard reads against raw file reads (:func:`store_read_benchmark`).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .attention import Transformer
 
 
 def attention_benchmark(batch: int = 64, length: int = 213, d_model: int = 256, heads: int = 4,
                         layers: int = 2, repeats: int = 5, device: str = "cpu", backward: bool = True,
-                        seed: int = 0) -> dict[str, Any]:
-    """Median seconds per forward(+backward) of the SDPA and naive paths, and naive/sdpa."""
+                        seed: int = 0, dropout: float = 0.0) -> dict[str, Any]:
+    """Median seconds per forward(+backward) of the SDPA and naive paths, and naive/sdpa.
+
+    ``dropout`` > 0 runs the blocks in training mode with that dropout (attention dropout
+    included), as the model trains; 0 runs them in eval mode."""
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)
-    net = Transformer(d_model, heads, layers).to(dev).eval()
+    net = Transformer(d_model, heads, layers, dropout=dropout).to(dev).train(dropout > 0)
     x = torch.randn(batch, length, d_model, generator=g).to(dev)
     lengths = torch.randint(length // 2, length + 1, (batch,), generator=g)
     key = (torch.arange(length)[None, :] < lengths[:, None]).to(dev)
@@ -50,5 +60,310 @@ def attention_benchmark(batch: int = 64, length: int = 213, d_model: int = 256, 
             times[impl].append(run(impl))
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     return {"device": str(dev), "batch": batch, "length": length, "d_model": d_model, "heads": heads,
-            "layers": layers, "backward": backward, "sdpa_s": med["sdpa"], "naive_s": med["naive"],
+            "layers": layers, "backward": backward, "dropout": dropout, "sdpa_s": med["sdpa"], "naive_s": med["naive"],
             "naive_over_sdpa": med["naive"] / med["sdpa"]}
+
+
+# ----------------------------------------------------------------------------- fusion length, memory
+
+def fusion_length(max_tokens: dict[str, int]) -> int:
+    """The joint transformer's sequence length: a first token plus ``max_tokens`` per modality."""
+    return int(sum(int(t) + 1 for t in max_tokens.values()))
+
+
+def attention_matrix_bytes(batch: int, length: int, heads: int, layers: int, dtype_bytes: int = 4) -> int:
+    """Bytes of one layer's [B, H, L, L] score matrix times ``layers`` (what the naive path keeps
+    for backward per matrix it materialises; fused kernels never hold it whole)."""
+    return batch * heads * length * length * dtype_bytes * layers
+
+
+def _peak_allocated(fn: Any) -> int:
+    """Peak bytes allocated by torch's CPU allocator while ``fn()`` runs, above the level at its
+    start: read from torch.profiler's memory records (``profile_memory=True``)."""
+    import json
+    import os
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+        fn()
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as fh:
+            trace = json.load(fh)
+    finally:
+        os.unlink(path)
+    recs = sorted((e for e in trace.get("traceEvents", []) if e.get("name") == "[memory]"
+                   and int(e.get("args", {}).get("Device Type", 0)) == 0), key=lambda e: float(e["ts"]))
+    if not recs:
+        return 0
+    # Total Allocated is after each (de)allocation; its start level is before the first record
+    start = int(recs[0]["args"]["Total Allocated"]) - int(recs[0]["args"]["Bytes"])
+    return max(int(r["args"]["Total Allocated"]) for r in recs) - start
+
+
+def _padded_key(batch: int, length: int, g: torch.Generator) -> Tensor:
+    lengths = torch.randint(length // 2, length + 1, (batch,), generator=g)
+    return torch.arange(length)[None, :] < lengths[:, None]
+
+
+def _peak(step: Any, dev: torch.device) -> int:
+    """Peak bytes above the starting level while ``step()`` runs (after one warm-up call)."""
+    step()  # warm-up: lazily made buffers do not count
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        step()
+        torch.cuda.synchronize(dev)
+        return int(torch.cuda.max_memory_allocated(dev) - base)
+    return _peak_allocated(step)
+
+
+def attention_op_benchmark(batch: int = 64, length: int = 213, heads: int = 4, head_dim: int = 64,
+                           repeats: int = 5, device: str = "cpu", backward: bool = True, dropout: float = 0.0,
+                           seed: int = 0, memory: bool = True) -> dict[str, Any]:
+    """The attention op alone: ``F.scaled_dot_product_attention`` against :func:`naive_attention`
+    on the same q, k, v [B, H, L, dh] and boolean key-padding mask; median seconds per
+    forward(+backward), interleaved; ``naive_over_sdpa``; with ``memory`` also the peak memory
+    of one call of each (see :func:`attention_memory` for how it is measured)."""
+    import torch.nn.functional as F
+
+    from .attention import naive_attention
+
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    qkv = [torch.randn(batch, heads, length, head_dim, generator=g).to(dev) for _ in range(3)]
+    mask = _padded_key(batch, length, g).to(dev)[:, None, None, :]
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    grad_out = torch.randn(batch, heads, length, head_dim, generator=g).to(dev, dtype)
+    fns = {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout),
+           "naive": lambda q, k, v: naive_attention(q, k, v, mask, dropout)}
+    times: dict[str, list[float]] = {"sdpa": [], "naive": []}
+
+    def run(impl: str) -> float:
+        q, k, v = (t.detach().to(dtype).requires_grad_(backward) for t in qkv)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t = time.perf_counter()
+        o = fns[impl](q, k, v)
+        if backward:  # a dense upstream gradient (sum().backward() would hand the matmuls a stride-0 one)
+            o.backward(grad_out)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - t
+
+    for impl in ("sdpa", "naive"):
+        run(impl)
+    for _ in range(repeats):
+        for impl in ("sdpa", "naive"):
+            times[impl].append(run(impl))
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    peaks = {impl: _peak(lambda impl=impl: run(impl), dev) if memory else 0 for impl in ("sdpa", "naive")}
+    return {"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "batch": batch, "length": length,
+            "heads": heads, "head_dim": head_dim, "backward": backward, "dropout": dropout,
+            "sdpa_s": med["sdpa"], "naive_s": med["naive"], "naive_over_sdpa": med["naive"] / med["sdpa"],
+            "sdpa_peak_mb": peaks["sdpa"] / 1e6, "naive_peak_mb": peaks["naive"] / 1e6,
+            "peak_naive_over_sdpa": peaks["naive"] / max(peaks["sdpa"], 1),
+            "score_matrix_mb_analytic": attention_matrix_bytes(batch, length, heads, 1,
+                                                               2 if dev.type == "cuda" else 4) / 1e6,
+            "memory_method": _MEM_METHOD[dev.type == "cuda"]}
+
+
+_MEM_METHOD = {False: "torch.profiler profile_memory: peak of torch's CPU allocator above the start level",
+               True: "torch.cuda.max_memory_allocated above the start level"}
+
+
+def attention_memory(batch: int = 64, length: int = 213, d_model: int = 256, heads: int = 4, layers: int = 2,
+                     backward: bool = True, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """Peak memory of one forward(+backward) of the whole Transformer (``layers`` blocks, MLPs
+    included) through the SDPA and the naive path (same weights, eval mode).
+
+    On CUDA: ``torch.cuda.max_memory_allocated``. On CPU: the peak of torch's CPU allocator as
+    recorded by torch.profiler (``profile_memory=True``). Both relative to the level at the start.
+    """
+    g = torch.Generator().manual_seed(seed)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    net = Transformer(d_model, heads, layers).to(dev).eval()
+    x = torch.randn(batch, length, d_model, generator=g).to(dev)
+    key = _padded_key(batch, length, g).to(dev)
+
+    def step(impl: str) -> None:
+        net.impl = impl
+        xi = x.detach().requires_grad_(backward)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=cuda):
+            y = net(xi, key)
+        if backward:
+            y.float().sum().backward()
+        net.zero_grad(set_to_none=True)
+
+    peaks = {impl: _peak(lambda impl=impl: step(impl), dev) for impl in ("sdpa", "naive")}
+    return {"method": _MEM_METHOD[cuda], "device": str(dev), "batch": batch, "length": length, "heads": heads,
+            "layers": layers, "backward": backward, "sdpa_peak_mb": peaks["sdpa"] / 1e6,
+            "naive_peak_mb": peaks["naive"] / 1e6, "naive_over_sdpa": peaks["naive"] / max(peaks["sdpa"], 1),
+            "score_matrix_mb_analytic": attention_matrix_bytes(batch, length, heads, layers,
+                                                               2 if cuda else 4) / 1e6}
+
+
+def sdpa_kernels(batch: int = 8, length: int = 213, d_model: int = 256, heads: int = 4,
+                 dropout: float = 0.0) -> list[str]:
+    """The aten attention ops one Block's SDPA call runs (with a padding mask), from torch.profiler:
+    tells a fused kernel (``_scaled_dot_product_flash_attention*``) from the math fallback."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .attention import Block
+
+    blk = Block(d_model, heads, dropout=dropout)
+    blk.train(dropout > 0)
+    x = torch.randn(batch, length, d_model)
+    key = torch.ones(batch, length, dtype=torch.bool)
+    key[:, length // 2:] = False
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        blk.attention(x, key, "sdpa")
+    names = {e.name for e in prof.events()}
+    return sorted(n for n in names if "attention" in n or n in ("aten::softmax", "aten::_softmax", "aten::bmm"))
+
+
+# ----------------------------------------------------------------------------- loader, train step, reads
+
+def loader_benchmark(features_dir: str | Path, batch_size: int = 64, min_seconds: float = 2.0,
+                     workers: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Samples/s of the training loader (FeatureDataset + EpochBatchSampler + make_loader)."""
+    from .reader import EpochBatchSampler, FeatureDataset, make_loader
+
+    t = time.perf_counter()
+    ds = FeatureDataset(features_dir)
+    open_s = time.perf_counter() - t
+    sampler = EpochBatchSampler(ds, batch_size, seed)
+    loader = make_loader(ds, sampler, workers)
+    n = epochs = 0
+    t = time.perf_counter()
+    while epochs < 2 or time.perf_counter() - t < min_seconds:
+        sampler.set_epoch(epochs)
+        for b in loader:
+            n += len(b["ids"])
+        epochs += 1
+    sec = time.perf_counter() - t
+    return {"items": len(ds), "batch_size": batch_size, "in_memory": ds.in_memory, "workers": workers,
+            "open_s": open_s, "epochs": epochs, "samples": n, "seconds": sec, "samples_per_s": n / sec,
+            "shapes": {m: [s.max_tokens, s.dim] for m, s in ds.shapes.items()}}
+
+
+def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: int = 64,
+                         cfg: Any = None, device: str = "auto") -> dict[str, Any]:
+    """Samples/s of forward+backward+optimizer step of ScaleModel (default config unless ``cfg``)
+    on batches from the training loader (collected beforehand, so loading is not timed).
+
+    Mirrors the step of :func:`fuse.train.train`: masks, loss, finite check, clip, AdamW step."""
+    import math
+
+    from .config import ScaleConfig
+    from .masking import choose_masks
+    from .model import ScaleModel, count_parameters
+    from .reader import EpochBatchSampler, FeatureDataset, make_loader
+    from .train import Objective, param_groups, resolve_device, to_device
+
+    cfg = cfg or ScaleConfig()
+    prev = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        dev = resolve_device(device)
+        ds = FeatureDataset(features_dir, cfg.modalities)
+        sampler = EpochBatchSampler(ds, batch_size, cfg.seed)
+        batches: list[dict[str, Any]] = []
+        epoch = 0
+        while len(batches) < steps + 1:
+            sampler.set_epoch(epoch)
+            batches += [to_device(b, dev) for b in make_loader(ds, sampler, 0)]
+            epoch += 1
+        torch.manual_seed(cfg.seed)
+        model = ScaleModel(cfg, {m: (s.max_tokens, s.dim) for m, s in ds.shapes.items()}).to(dev)
+        objective = Objective(model, cfg)
+        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+        model.train()
+
+        def step(batch: dict[str, Any]) -> None:
+            masks = choose_masks(batch, model.modalities, cfg.mask_prob, gen) if cfg.masked_losses else None
+            with autocast:
+                total, _ = objective(batch, masks)
+            if not bool(torch.isfinite(total.detach())):
+                raise RuntimeError("non-finite loss in the train-step benchmark")
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            float(gn)
+            opt.step()
+
+        step(batches[0])  # warm-up
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        n = 0
+        for b in batches[1:steps + 1]:
+            step(b)
+            n += len(b["ids"])
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        sec = time.perf_counter() - t
+        seq = fusion_length({m: s.max_tokens for m, s in ds.shapes.items()})
+        return {"device": str(dev), "threads": torch.get_num_threads(), "steps": steps, "batch_size": batch_size,
+                "samples": n, "seconds": sec, "samples_per_s": n / sec, "step_s": sec / steps,
+                "parameters": count_parameters(model), "fusion_length": seq, "dropout": cfg.dropout}
+    finally:
+        torch.set_num_threads(prev)
+
+
+def store_read_benchmark(features_dir: str | Path, work: str | Path) -> dict[str, Any]:
+    """HDF5 read MB/s (every shard of every modality through ``extract.store.read_shard``) against
+    plain reads of a raw file of the same total size. Nothing is dropped from the page cache:
+    each is read twice and the second read is timed (both are warm-cache figures)."""
+    import os
+
+    from extract.store import MODALITIES, list_shards, read_shard
+
+    shards = [p for m in MODALITIES for p in list_shards(features_dir, m)]
+    file_bytes = sum(p.stat().st_size for p in shards)
+
+    def hdf5_pass() -> tuple[float, int]:
+        t = time.perf_counter()
+        tok = 0
+        for p in shards:
+            data, _ = read_shard(p)
+            tok += data.tokens.nbytes
+        return time.perf_counter() - t, tok
+
+    raw = Path(work) / "raw-read.bin"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    with open(raw, "wb") as fh:
+        left = file_bytes
+        block = os.urandom(1 << 20)
+        while left > 0:
+            fh.write(block[:min(left, len(block))])
+            left -= len(block)
+
+    def raw_pass() -> float:
+        t = time.perf_counter()
+        with open(raw, "rb") as fh:
+            data = fh.read()
+        assert len(data) == file_bytes
+        return time.perf_counter() - t
+
+    try:
+        hdf5_pass()
+        h_s, tok_bytes = hdf5_pass()
+        raw_pass()
+        r_s = raw_pass()
+    finally:
+        raw.unlink(missing_ok=True)
+    h_rate, r_rate = file_bytes / 1e6 / h_s, file_bytes / 1e6 / r_s
+    return {"shards": len(shards), "mb": file_bytes / 1e6, "token_mb": tok_bytes / 1e6,
+            "hdf5_s": h_s, "hdf5_mb_per_s": h_rate, "raw_s": r_s, "raw_mb_per_s": r_rate,
+            "store_read_efficiency": h_rate / r_rate,
+            "method": "warm page cache: each read twice, the 2nd timed; MB = total shard file bytes"}
