@@ -13,7 +13,11 @@ HDF5 shard reads against raw file reads (:func:`store_read_benchmark`).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,54 +127,110 @@ def _peak(step: Any, dev: torch.device) -> int:
     return _peak_allocated(step)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+
+
+@contextlib.contextmanager
+def heap_regime(warm: bool) -> Iterator[str]:
+    """Put glibc's malloc in a known state for timing code that allocates large blocks.
+
+    The naive path allocates [B, H, L, L] score matrices (tens of MB) on every call. Whether
+    each is a fresh ``mmap`` whose pages fault in on first touch (``warm=False``: glibc's
+    128 KiB thresholds) or a reuse of heap pages already touched (``warm=True``: thresholds
+    raised, as a long training process reaches by itself) changes the naive path's time by
+    up to 2x. Yields the regime's name ("warm heap", "cold heap", or "default" where glibc's
+    mallopt is not available). Leaves glibc at its fixed 128 KiB thresholds, memory trimmed.
+    """
+    libc = None
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            libc = None
+    if libc is None or not hasattr(libc, "mallopt"):
+        yield "default"
+        return
+    big = 1 << 30
+    libc.mallopt(_M_MMAP_THRESHOLD, big if warm else _GLIBC_DEFAULT_THRESHOLD)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2 * big if warm else _GLIBC_DEFAULT_THRESHOLD)
+    libc.malloc_trim(0)
+    try:
+        yield "warm heap" if warm else "cold heap"
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        libc.malloc_trim(0)
+
+
 def attention_op_benchmark(batch: int = 64, length: int = 213, heads: int = 4, head_dim: int = 64,
                            repeats: int = 5, device: str = "cpu", backward: bool = True, dropout: float = 0.0,
-                           seed: int = 0, memory: bool = True) -> dict[str, Any]:
+                           seed: int = 0, memory: bool = True, regimes: bool = True) -> dict[str, Any]:
     """The attention op alone: ``F.scaled_dot_product_attention`` against :func:`naive_attention`
-    on the same q, k, v [B, H, L, dh] and boolean key-padding mask; median seconds per
-    forward(+backward), interleaved; ``naive_over_sdpa``; with ``memory`` also the peak memory
-    of one call of each (see :func:`attention_memory` for how it is measured)."""
+    on the same q, k, v [B, H, L, dh] and boolean key-padding mask; median seconds per call,
+    the two interleaved.
+
+    ``naive_over_sdpa``: forward(+``backward``) with a warm heap (see :func:`heap_regime`; on
+    CUDA the caching allocator makes this moot). With ``regimes`` (CPU) also the same with a cold
+    heap (``naive_over_sdpa_cold_heap``) and forward only, warm (``forward_naive_over_sdpa``).
+    With ``memory`` also the peak memory of one call of each (as :func:`attention_memory`)."""
     import torch.nn.functional as F
 
     from .attention import naive_attention
 
     dev = torch.device(device)
+    cuda = dev.type == "cuda"
     g = torch.Generator().manual_seed(seed)
     qkv = [torch.randn(batch, heads, length, head_dim, generator=g).to(dev) for _ in range(3)]
     mask = _padded_key(batch, length, g).to(dev)[:, None, None, :]
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if cuda else torch.float32
     grad_out = torch.randn(batch, heads, length, head_dim, generator=g).to(dev, dtype)
     fns = {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout),
            "naive": lambda q, k, v: naive_attention(q, k, v, mask, dropout)}
-    times: dict[str, list[float]] = {"sdpa": [], "naive": []}
 
-    def run(impl: str) -> float:
-        q, k, v = (t.detach().to(dtype).requires_grad_(backward) for t in qkv)
-        if dev.type == "cuda":
+    def run(impl: str, bw: bool) -> float:
+        q, k, v = (t.detach().to(dtype).requires_grad_(bw) for t in qkv)
+        if cuda:
             torch.cuda.synchronize(dev)
         t = time.perf_counter()
         o = fns[impl](q, k, v)
-        if backward:  # a dense upstream gradient (sum().backward() would hand the matmuls a stride-0 one)
+        if bw:  # a dense upstream gradient (sum().backward() would hand the matmuls a stride-0 one)
             o.backward(grad_out)
-        if dev.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(dev)
         return time.perf_counter() - t
 
-    for impl in ("sdpa", "naive"):
-        run(impl)
-    for _ in range(repeats):
-        for impl in ("sdpa", "naive"):
-            times[impl].append(run(impl))
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    peaks = {impl: _peak(lambda impl=impl: run(impl), dev) if memory else 0 for impl in ("sdpa", "naive")}
-    return {"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "batch": batch, "length": length,
-            "heads": heads, "head_dim": head_dim, "backward": backward, "dropout": dropout,
-            "sdpa_s": med["sdpa"], "naive_s": med["naive"], "naive_over_sdpa": med["naive"] / med["sdpa"],
-            "sdpa_peak_mb": peaks["sdpa"] / 1e6, "naive_peak_mb": peaks["naive"] / 1e6,
-            "peak_naive_over_sdpa": peaks["naive"] / max(peaks["sdpa"], 1),
-            "score_matrix_mb_analytic": attention_matrix_bytes(batch, length, heads, 1,
-                                                               2 if dev.type == "cuda" else 4) / 1e6,
-            "memory_method": _MEM_METHOD[dev.type == "cuda"]}
+    def medians(bw: bool) -> dict[str, float]:
+        times: dict[str, list[float]] = {"sdpa": [], "naive": []}
+        for impl in ("sdpa", "naive"):  # warm-up
+            run(impl, bw)
+        for _ in range(repeats):
+            for impl in ("sdpa", "naive"):
+                times[impl].append(run(impl, bw))
+        return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+    out: dict[str, Any] = {"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "batch": batch,
+                           "length": length, "heads": heads, "head_dim": head_dim, "backward": backward,
+                           "dropout": dropout}
+    if regimes and not cuda:
+        with heap_regime(False) as name:
+            cold = medians(backward)
+        out.update(cold_heap_sdpa_s=cold["sdpa"], cold_heap_naive_s=cold["naive"],
+                   naive_over_sdpa_cold_heap=cold["naive"] / cold["sdpa"], cold_regime=name)
+    with heap_regime(not cuda) as name:
+        med = medians(backward)
+        out.update(sdpa_s=med["sdpa"], naive_s=med["naive"], naive_over_sdpa=med["naive"] / med["sdpa"],
+                   regime=name if not cuda else "CUDA caching allocator")
+        if regimes and backward:
+            fwd = medians(False)
+            out.update(forward_sdpa_s=fwd["sdpa"], forward_naive_s=fwd["naive"],
+                       forward_naive_over_sdpa=fwd["naive"] / fwd["sdpa"])
+    peaks = {impl: _peak(lambda impl=impl: run(impl, backward), dev) if memory else 0 for impl in ("sdpa", "naive")}
+    out.update(sdpa_peak_mb=peaks["sdpa"] / 1e6, naive_peak_mb=peaks["naive"] / 1e6,
+               peak_naive_over_sdpa=peaks["naive"] / max(peaks["sdpa"], 1),
+               score_matrix_mb_analytic=attention_matrix_bytes(batch, length, heads, 1, 2 if cuda else 4) / 1e6,
+               memory_method=_MEM_METHOD[cuda])
+    return out
 
 
 _MEM_METHOD = {False: "torch.profiler profile_memory: peak of torch's CPU allocator above the start level",
