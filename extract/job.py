@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -83,38 +82,13 @@ def committed(out: Path, n_shards: int) -> set[int]:
     return done
 
 
-_TEMP_RE = re.compile(r"\.tmp(\d+)$")
-
-
 def remove_stale_temps(out: Path) -> list[Path]:
     """Delete temporary files (``<name>.tmp<pid>``) that a killed run left behind; files of a
     process that is still alive are kept. They never count as shards (see store.list_shards)."""
-    removed = []
-    for d in [out, out / store.FAILURE_PARTS, *(out / m for m in store.MODALITIES)]:
-        if not d.is_dir():
-            continue
-        for p in d.iterdir():
-            m = _TEMP_RE.search(p.name)
-            if not m or not p.is_file():
-                continue
-            pid = int(m.group(1))
-            if pid != os.getpid() and _alive(pid):
-                continue
-            p.unlink(missing_ok=True)
-            removed.append(p)
+    removed = store.remove_stale_temps([out, out / store.FAILURE_PARTS, *(out / m for m in store.MODALITIES)])
     if removed:
         log.info("removed %d temporary file(s) of an interrupted run under %s", len(removed), out)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_manifest(out: Path, manifest: dict[str, Any]) -> None:

@@ -174,6 +174,36 @@ def _atomic_target(path: Path) -> Path:
     return path.with_name(path.name + f".tmp{os.getpid()}")
 
 
+_TEMP_RE = re.compile(r"\.tmp(\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(dirs: Iterable[str | Path]) -> list[Path]:
+    """Delete the temporary files (``<name>.tmp<pid>``, see :func:`write_shard`) that a killed
+    writer left in ``dirs``; those of a process still alive are kept. Returns the files removed."""
+    removed = []
+    for d in map(Path, dirs):
+        for p in sorted(d.iterdir()) if d.is_dir() else []:
+            m = _TEMP_RE.search(p.name)
+            if not m or not p.is_file():
+                continue
+            pid = int(m.group(1))
+            if pid != os.getpid() and _alive(pid):
+                continue  # its writer is still running
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def write_shard(path: str | Path, data: ShardData, prov: Provenance, shard_index: int) -> int:
     """Write one shard atomically (temporary name, fsync, rename). Returns bytes written."""
     path = Path(path)

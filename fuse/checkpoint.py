@@ -75,25 +75,9 @@ def _replace_atomic(write: Any, path: Path) -> None:
 def remove_stale_temps(run_dir: str | Path) -> list[Path]:
     """Delete the temporary files (``<name>.tmp<pid>``) a killed run left in ``run_dir`` and its
     checkpoints; those of a process still alive are kept. Returns the files removed."""
-    import re
+    from extract.store import remove_stale_temps as remove
 
-    removed = []
-    for d in (Path(run_dir), checkpoint_dir(run_dir)):
-        for p in sorted(d.iterdir()) if d.is_dir() else []:
-            m = re.search(r"\.tmp(\d+)$", p.name)
-            if not m or not p.is_file():
-                continue
-            pid = int(m.group(1))
-            if pid != os.getpid():
-                try:
-                    os.kill(pid, 0)
-                    continue  # its writer is still running
-                except ProcessLookupError:
-                    pass
-                except PermissionError:
-                    continue
-            p.unlink(missing_ok=True)
-            removed.append(p)
+    removed = remove([Path(run_dir), checkpoint_dir(run_dir)])
     if removed:
         log.info("removed %d temporary file(s) of an interrupted run under %s", len(removed), run_dir)
     return removed
