@@ -286,6 +286,19 @@ def test_a_hung_decoder_is_killed_after_the_timeout(monkeypatch):
     with pytest.raises(DecodeError, match="longer than"):
         worker._isolated(signal.sigtimedwait, [signal.SIGUSR2], 120, timeout=4)
     assert procs and worker._POOL is None
+    import time
+    from pathlib import Path
+
+    def running(pid: int) -> bool:  # the OS's view: gone, or a zombie waiting to be reaped, is not running
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
     for p in procs:
-        p.join(10)
-        assert not p.is_alive()
+        p.join(10)  # (the pool's own thread may reap it first; is_alive() is then unreliable)
+        deadline = time.time() + 20
+        while running(p.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not running(p.pid)
