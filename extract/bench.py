@@ -64,10 +64,16 @@ def bare_rates(corpus: Path, media_root: Path, cfg: ExtractConfig, n: int, threa
     decode_row(rows[0], root, cfg)  # start the isolated decoder process outside the timing
     t = time.perf_counter()
     decoded = []
+    failed: dict[str, int] = {}
     for r in rows:
         blob, errs = decode_row(r, root, cfg)
         decoded.append({"media": unpack(blob), "errors": errs, "title": r["title"], "table": r["table"]})
+        for m in errs:
+            failed[m] = failed.get(m, 0) + 1
     decode_s = time.perf_counter() - t
+    if sum(failed.values()) > max(2, len(rows) // 10):
+        log.warning("decoding failed for %s of %d items: %s", failed, len(rows),
+                    "; ".join(sorted({e for d in decoded for e in d["errors"].values()}))[:300])
 
     prev = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
@@ -84,7 +90,8 @@ def bare_rates(corpus: Path, media_root: Path, cfg: ExtractConfig, n: int, threa
         device = bb.device
     finally:
         torch.set_num_threads(prev)
-    return {"items": len(rows), "decode_s": decode_s, "decode_items_per_s": len(rows) / decode_s,
+    return {"items": len(rows), "decode_failures": failed, "decode_s": decode_s,
+            "decode_items_per_s": len(rows) / decode_s,
             "model_s": model_s, "model_items_per_s": len(rows) / model_s, "torch_threads": threads,
             "batch_size": cfg.batch_size, "device": device}
 
