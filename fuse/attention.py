@@ -4,7 +4,9 @@
 key padding mask, out projection, MLP). Its attention runs through
 ``torch.nn.functional.scaled_dot_product_attention`` with a boolean ``attn_mask`` (True =
 the key takes part), so on GPU PyTorch picks a fused kernel (memory-efficient attention
-supports masks; flash attention is used where no mask is needed). The same block can run
+supports masks; flash attention is used where no mask is needed; on CPU the flash kernel
+takes the mask but not attention dropout, so ``attn_dropout`` > 0 sends training to the
+unfused math path). The same block can run
 a naive reference ``softmax(Q K^T / sqrt(d)) V`` (``impl="naive"``, same weights), used by
 the tests to check the fused path and by benchmarks to measure it.
 
@@ -51,7 +53,8 @@ def ensure_one_key(key_mask: Tensor) -> Tensor:
 class Block(nn.Module):
     """One pre-LN transformer layer: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, d_model: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 attn_dropout: float = 0.0) -> None:
         super().__init__()
         if d_model % heads:
             raise ValueError(f"d_model {d_model} not divisible by heads {heads}")
@@ -62,14 +65,14 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d_model)
         hidden = int(d_model * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model))
-        self.dropout = dropout
-        self.drop = nn.Dropout(dropout)
+        self.attn_dropout = attn_dropout  # on the attention probabilities
+        self.drop = nn.Dropout(dropout)  # on the residual branches
 
     def attention(self, x: Tensor, key_mask: Tensor | None, impl: str = "sdpa") -> Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, L]
-        p = self.dropout if self.training else 0.0
+        p = self.attn_dropout if self.training else 0.0
         if impl == "sdpa":
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         elif impl == "naive":
@@ -87,9 +90,9 @@ class Transformer(nn.Module):
     """A stack of :class:`Block` with a final LayerNorm; ``impl`` selects the attention."""
 
     def __init__(self, d_model: int, heads: int, layers: int, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, attn_dropout: float = 0.0) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Block(d_model, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(d_model, heads, mlp_ratio, dropout, attn_dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(d_model)
         self.impl = "sdpa"
 

@@ -45,7 +45,10 @@ class ScaleConfig:
     encoder_layers: int = 2  # per-modality transformer
     fusion_layers: int = 2  # joint transformer
     mlp_ratio: float = 4.0
-    dropout: float = 0.1
+    dropout: float = 0.1  # on the residual branches (attention output, MLP)
+    # on the attention probabilities; 0 keeps training on the fused SDPA kernel on CPU (its
+    # flash kernel has no dropout; CUDA's kernels do), as ViT / timm default to
+    attn_dropout: float = 0.0
 
     # ---- losses
     temperature: float = 0.07
@@ -105,8 +108,9 @@ class ScaleConfig:
                      "harmonizer_dim"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         if self.temperature <= 0:

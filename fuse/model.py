@@ -95,7 +95,7 @@ class ModalityEncoder(nn.Module):
         self.cls = nn.Parameter(torch.randn(d) * 0.02)
         self.mask_emb = nn.Parameter(torch.randn(d) * 0.02)
         self.pos = nn.Parameter(torch.randn(max_tokens + 1, d) * 0.02)
-        self.encoder = Transformer(d, cfg.heads, cfg.encoder_layers, cfg.mlp_ratio, cfg.dropout)
+        self.encoder = Transformer(d, cfg.heads, cfg.encoder_layers, cfg.mlp_ratio, cfg.dropout, cfg.attn_dropout)
         self.type_emb = nn.Parameter(torch.randn(d) * 0.02)
         self.fusion_pos = nn.Parameter(torch.randn(max_tokens + 1, d) * 0.02)
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, dim))
@@ -133,7 +133,8 @@ class ScaleModel(nn.Module):
         self.modalities: list[str] = list(cfg.modalities)
         self.shapes = {m: (int(shapes[m][0]), int(shapes[m][1])) for m in self.modalities}
         self.encoders = nn.ModuleDict({m: ModalityEncoder(*self.shapes[m], cfg) for m in self.modalities})
-        self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, cfg.mlp_ratio, cfg.dropout)
+        self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, cfg.mlp_ratio, cfg.dropout,
+                                  cfg.attn_dropout)
         self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim)
 
     def set_attention(self, impl: str) -> None:

@@ -16,7 +16,8 @@ def test_shipped_yaml_equals_the_defaults() -> None:
     assert ScaleConfig.from_yaml(ROOT / "configs" / "scale.yaml") == ScaleConfig()
     assert tuple(ALL_MODALITIES) == tuple(MODALITIES)
     d = ScaleConfig()
-    assert (d.d_model, d.heads, d.encoder_layers, d.fusion_layers, d.dropout) == (256, 4, 2, 2, 0.1)
+    assert (d.d_model, d.heads, d.encoder_layers, d.fusion_layers, d.dropout, d.attn_dropout) == \
+        (256, 4, 2, 2, 0.1, 0.0)
     assert (d.mask_prob, d.temperature, d.lr, d.batch_size, d.harmonize, d.masked_losses) == \
         (0.15, 0.07, 3e-4, 64, True, True)
 
@@ -38,6 +39,7 @@ def test_yaml_values_overrides_and_canonical_modality_order(tmp_path) -> None:
     ("modalities: [image, smell]\n", "unknown modalities"),
     ("d_model: 30\nheads: 4\n", "divisible"),
     ("checkpoint_unit: hour\n", "checkpoint_unit"),
+    ("attn_dropout: 1.0\n", r"attn_dropout must be in \[0, 1\)"),
     ("- a\n- b\n", "mapping"),
     ("a: [\n", "not valid YAML"),
 ])

@@ -142,6 +142,26 @@ def test_block_sdpa_equals_naive_reference() -> None:
                           naive_attention(q, k, v, m), atol=1e-5)
 
 
+def test_training_mode_keeps_the_fused_cpu_kernel_and_attn_dropout_drops() -> None:
+    """The default (attn_dropout 0) trains through SDPA's fused kernel, not the math fallback;
+    attn_dropout > 0 really drops attention probabilities in training, and only there."""
+    from fuse.bench import sdpa_kernels
+
+    kernels = sdpa_kernels(batch=2, length=24, d_model=32, heads=4, train=True)
+    assert any("flash_attention" in k for k in kernels), kernels
+    assert not any("attention_math" in k for k in kernels), kernels
+    assert any("attention_math" in k for k in sdpa_kernels(batch=2, length=24, d_model=32, heads=4,
+                                                            attn_dropout=0.5))
+    torch.manual_seed(0)
+    blk = Block(32, 4, dropout=0.0, attn_dropout=0.5)
+    x, key = torch.randn(2, 6, 32), torch.ones(2, 6, dtype=torch.bool)
+    with torch.no_grad():
+        t1, t2 = blk(x, key), blk(x, key)
+        blk.eval()
+        e1, e2 = blk(x, key), blk(x, key, "naive")
+    assert not torch.allclose(t1, t2) and torch.allclose(e1, e2, atol=1e-5)
+
+
 def test_model_sdpa_equals_naive_with_padding_and_missing() -> None:
     model = _model()
     batch = random_batch(4, present=PRESENCE, seed=5)
