@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -29,14 +30,16 @@ from .attention import Transformer
 
 def attention_benchmark(batch: int = 64, length: int = 213, d_model: int = 256, heads: int = 4,
                         layers: int = 2, repeats: int = 5, device: str = "cpu", backward: bool = True,
-                        seed: int = 0, dropout: float = 0.0) -> dict[str, Any]:
+                        seed: int = 0, dropout: float = 0.0, attn_dropout: float = 0.0) -> dict[str, Any]:
     """Median seconds per forward(+backward) of the SDPA and naive paths, and naive/sdpa.
 
-    ``dropout`` > 0 runs the blocks in training mode with that dropout (attention dropout
-    included), as the model trains; 0 runs them in eval mode."""
+    ``dropout`` (residual branches) or ``attn_dropout`` (attention probabilities) > 0 runs the
+    blocks in training mode with them, as the model trains; both 0 runs them in eval mode.
+    Malloc as the process has it (see :func:`heap_regime`)."""
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)
-    net = Transformer(d_model, heads, layers, dropout=dropout).to(dev).train(dropout > 0)
+    train = dropout > 0 or attn_dropout > 0
+    net = Transformer(d_model, heads, layers, dropout=dropout, attn_dropout=attn_dropout).to(dev).train(train)
     x = torch.randn(batch, length, d_model, generator=g).to(dev)
     lengths = torch.randint(length // 2, length + 1, (batch,), generator=g)
     key = (torch.arange(length)[None, :] < lengths[:, None]).to(dev)
@@ -64,7 +67,8 @@ def attention_benchmark(batch: int = 64, length: int = 213, d_model: int = 256, 
             times[impl].append(run(impl))
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     return {"device": str(dev), "batch": batch, "length": length, "d_model": d_model, "heads": heads,
-            "layers": layers, "backward": backward, "dropout": dropout, "sdpa_s": med["sdpa"], "naive_s": med["naive"],
+            "layers": layers, "backward": backward, "dropout": dropout, "attn_dropout": attn_dropout,
+            "sdpa_s": med["sdpa"], "naive_s": med["naive"],
             "naive_over_sdpa": med["naive"] / med["sdpa"]}
 
 
@@ -135,12 +139,16 @@ _GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 def heap_regime(warm: bool) -> Iterator[str]:
     """Put glibc's malloc in a known state for timing code that allocates large blocks.
 
-    The naive path allocates [B, H, L, L] score matrices (tens of MB) on every call. Whether
-    each is a fresh ``mmap`` whose pages fault in on first touch (``warm=False``: glibc's
-    128 KiB thresholds) or a reuse of heap pages already touched (``warm=True``: thresholds
-    raised, as a long training process reaches by itself) changes the naive path's time by
-    up to 2x. Yields the regime's name ("warm heap", "cold heap", or "default" where glibc's
-    mallopt is not available). Leaves glibc at its fixed 128 KiB thresholds, memory trimmed.
+    The naive path allocates [B, H, L, L] score matrices (tens of MB) on every call. glibc
+    serves a block above its mmap threshold with a fresh ``mmap`` whose pages fault in on first
+    touch; its dynamic threshold follows freed blocks up, but only to 32 MiB
+    (``DEFAULT_MMAP_THRESHOLD_MAX``). So a training process whose score matrices are larger
+    (64 x 4 x 213 x 213 float32 = 44 MiB) faults them in on every step, for as long as it runs:
+    that is the process default, measured without this context. ``warm=True`` raises both
+    thresholds to 1 GiB (what ``MALLOC_MMAP_THRESHOLD_`` would do), so blocks are reused from the
+    heap: the naive path's best case. ``warm=False`` pins glibc's initial 128 KiB thresholds.
+    Yields the regime's name ("warm heap", "cold heap", or "default" where glibc's mallopt is
+    not available). Leaves glibc at its fixed 128 KiB thresholds, memory trimmed.
     """
     libc = None
     if sys.platform.startswith("linux"):
@@ -163,6 +171,14 @@ def heap_regime(warm: bool) -> Iterator[str]:
         libc.malloc_trim(0)
 
 
+def _minor_faults() -> int:
+    try:
+        import resource
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+    except (ImportError, OSError):
+        return 0
+
+
 def attention_op_benchmark(batch: int = 64, length: int = 213, heads: int = 4, head_dim: int = 64,
                            repeats: int = 5, device: str = "cpu", backward: bool = True, dropout: float = 0.0,
                            seed: int = 0, memory: bool = True, regimes: bool = True) -> dict[str, Any]:
@@ -170,10 +186,12 @@ def attention_op_benchmark(batch: int = 64, length: int = 213, heads: int = 4, h
     on the same q, k, v [B, H, L, dh] and boolean key-padding mask; median seconds per call,
     the two interleaved.
 
-    ``naive_over_sdpa``: forward(+``backward``) with a warm heap (see :func:`heap_regime`; on
-    CUDA the caching allocator makes this moot). With ``regimes`` (CPU) also the same with a cold
-    heap (``naive_over_sdpa_cold_heap``) and forward only, warm (``forward_naive_over_sdpa``).
-    With ``memory`` also the peak memory of one call of each (as :func:`attention_memory`)."""
+    ``naive_over_sdpa``: forward(+``backward``) with malloc as the process has it, as in
+    training (see :func:`heap_regime`; ``naive_faults_mb_per_call``: the page faults the naive
+    path pays per call there). With ``regimes`` also forward only (``forward_naive_over_sdpa``)
+    and, on CPU, the naive path's best case with a warm heap (``naive_over_sdpa_warm_heap``; on
+    CUDA the caching allocator makes this moot). With ``memory`` also the peak memory of one
+    call of each (as :func:`attention_memory`)."""
     import torch.nn.functional as F
 
     from .attention import naive_attention
@@ -200,31 +218,36 @@ def attention_op_benchmark(batch: int = 64, length: int = 213, heads: int = 4, h
             torch.cuda.synchronize(dev)
         return time.perf_counter() - t
 
+    faults: dict[str, list[int]] = {"sdpa": [], "naive": []}
+
     def medians(bw: bool) -> dict[str, float]:
         times: dict[str, list[float]] = {"sdpa": [], "naive": []}
         for impl in ("sdpa", "naive"):  # warm-up
             run(impl, bw)
         for _ in range(repeats):
             for impl in ("sdpa", "naive"):
+                f0 = _minor_faults()
                 times[impl].append(run(impl, bw))
+                faults[impl].append(_minor_faults() - f0)
         return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
     out: dict[str, Any] = {"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "batch": batch,
                            "length": length, "heads": heads, "head_dim": head_dim, "backward": backward,
                            "dropout": dropout}
+    med = medians(backward)
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    out.update(sdpa_s=med["sdpa"], naive_s=med["naive"], naive_over_sdpa=med["naive"] / med["sdpa"],
+               regime="CUDA caching allocator" if cuda else "process default (glibc malloc as training has it)",
+               **{f"{k}_faults_mb_per_call": sorted(v)[len(v) // 2] * page / 2**20 for k, v in faults.items()})
+    if regimes and backward:
+        fwd = medians(False)
+        out.update(forward_sdpa_s=fwd["sdpa"], forward_naive_s=fwd["naive"],
+                   forward_naive_over_sdpa=fwd["naive"] / fwd["sdpa"])
     if regimes and not cuda:
-        with heap_regime(False) as name:
-            cold = medians(backward)
-        out.update(cold_heap_sdpa_s=cold["sdpa"], cold_heap_naive_s=cold["naive"],
-                   naive_over_sdpa_cold_heap=cold["naive"] / cold["sdpa"], cold_regime=name)
-    with heap_regime(not cuda) as name:
-        med = medians(backward)
-        out.update(sdpa_s=med["sdpa"], naive_s=med["naive"], naive_over_sdpa=med["naive"] / med["sdpa"],
-                   regime=name if not cuda else "CUDA caching allocator")
-        if regimes and backward:
-            fwd = medians(False)
-            out.update(forward_sdpa_s=fwd["sdpa"], forward_naive_s=fwd["naive"],
-                       forward_naive_over_sdpa=fwd["naive"] / fwd["sdpa"])
+        with heap_regime(True) as name:
+            warm = medians(backward)
+        out.update(warm_heap_sdpa_s=warm["sdpa"], warm_heap_naive_s=warm["naive"],
+                   naive_over_sdpa_warm_heap=warm["naive"] / warm["sdpa"], warm_regime=name)
     peaks = {impl: _peak(lambda impl=impl: run(impl, backward), dev) if memory else 0 for impl in ("sdpa", "naive")}
     out.update(sdpa_peak_mb=peaks["sdpa"] / 1e6, naive_peak_mb=peaks["naive"] / 1e6,
                peak_naive_over_sdpa=peaks["naive"] / max(peaks["sdpa"], 1),
@@ -270,15 +293,15 @@ def attention_memory(batch: int = 64, length: int = 213, d_model: int = 256, hea
 
 
 def sdpa_kernels(batch: int = 8, length: int = 213, d_model: int = 256, heads: int = 4,
-                 dropout: float = 0.0) -> list[str]:
+                 attn_dropout: float = 0.0, train: bool = False) -> list[str]:
     """The aten attention ops one Block's SDPA call runs (with a padding mask), from torch.profiler:
     tells a fused kernel (``_scaled_dot_product_flash_attention*``) from the math fallback."""
     from torch.profiler import ProfilerActivity, profile
 
     from .attention import Block
 
-    blk = Block(d_model, heads, dropout=dropout)
-    blk.train(dropout > 0)
+    blk = Block(d_model, heads, attn_dropout=attn_dropout)
+    blk.train(train or attn_dropout > 0)
     x = torch.randn(batch, length, d_model)
     key = torch.ones(batch, length, dtype=torch.bool)
     key[:, length // 2:] = False
@@ -314,9 +337,10 @@ def loader_benchmark(features_dir: str | Path, batch_size: int = 64, min_seconds
 
 
 def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: int = 64,
-                         cfg: Any = None, device: str = "auto") -> dict[str, Any]:
+                         cfg: Any = None, device: str = "auto", attention: str = "sdpa") -> dict[str, Any]:
     """Samples/s of forward+backward+optimizer step of ScaleModel (default config unless ``cfg``)
-    on batches from the training loader (collected beforehand, so loading is not timed).
+    on batches from the training loader (collected beforehand, so loading is not timed);
+    ``attention`` "naive" runs the same model through the reference attention.
 
     Mirrors the step of :func:`fuse.train.train`: masks, loss, finite check, clip, AdamW step."""
     import math
@@ -343,6 +367,7 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
             epoch += 1
         torch.manual_seed(cfg.seed)
         model = ScaleModel(cfg, {m: (s.max_tokens, s.dim) for m, s in ds.shapes.items()}).to(dev)
+        model.set_attention(attention)
         objective = Objective(model, cfg)
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -375,7 +400,8 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
         seq = fusion_length({m: s.max_tokens for m, s in ds.shapes.items()})
         return {"device": str(dev), "threads": torch.get_num_threads(), "steps": steps, "batch_size": batch_size,
                 "samples": n, "seconds": sec, "samples_per_s": n / sec, "step_s": sec / steps,
-                "parameters": count_parameters(model), "fusion_length": seq, "dropout": cfg.dropout}
+                "parameters": count_parameters(model), "fusion_length": seq, "dropout": cfg.dropout,
+                "attn_dropout": cfg.attn_dropout, "attention": attention}
     finally:
         torch.set_num_threads(prev)
 

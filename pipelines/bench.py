@@ -43,6 +43,7 @@ log = logging.getLogger("bench")
 
 # (key, comparison, threshold, description)
 TARGETS = [
+    ("extract_efficiency", ">=", 0.7, "job items/s (4N items, start-up incl.) / bare backbone items/s"),
     ("extract_scaling", "<=", 4.4, "time(4N)/time(N) of the extraction job"),
     ("loader_headroom", ">=", 5.0, "loader samples/s / train-step samples/s"),
     ("sdpa_speedup", ">=", 1.3, "naive / SDPA attention-op time, fusion length, batch 64, fwd+bwd"),
@@ -82,6 +83,22 @@ def machine_info() -> dict[str, Any]:
             "os": platform.platform()}
 
 
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy over ``seconds`` (from /proc/stat; NaN elsewhere): what other
+    processes take while this one sleeps."""
+    def sample() -> tuple[int, int]:
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = f[3] + (f[4] if len(f) > 4 else 0)
+        return sum(f) - idle, sum(f)
+    try:
+        b0, t0 = sample()
+        time.sleep(seconds)
+        b1, t1 = sample()
+        return (b1 - b0) / max(t1 - t0, 1)
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def check(value: float, op: str, threshold: float) -> str:
     if value is None or not math.isfinite(value):
         return "MISS"
@@ -110,7 +127,8 @@ def table(r: dict[str, Any]) -> str:
     add("extract", "job items/s, steady (4N-N)/(t4N-tN)", ex["job_steady_items_per_s"])
     add("extract", f"bare backbone items/s ({n} pre-decoded, batch {ex['bare']['batch_size']})",
         ex["model_items_per_s"])
-    add("extract", "extract_efficiency (job / bare)", h["extract_efficiency"])
+    add("extract", "extract_efficiency (job / bare)", h["extract_efficiency"], "extract_efficiency")
+    add("extract", "extract_efficiency, steady (steady job / bare)", ex["extract_efficiency_steady"])
     add("extract", "decode items/s (1 process)", ex["decode_items_per_s"])
     add("extract", "shard write MB/s (write_shard, fsync)", ex["write_mb_per_s"])
     add("extract", f"job seconds N={n} / 4N={big}", f"{ex['job_n']['seconds']:.1f} / {ex['job_scaled']['seconds']:.1f}")
@@ -124,14 +142,22 @@ def table(r: dict[str, Any]) -> str:
     add("store", "HDF5 read MB/s (read_shard, warm)", st["read"]["hdf5_mb_per_s"])
     add("store", "raw file read MB/s (warm)", st["read"]["raw_mb_per_s"])
     add("store", "store_read_efficiency", h["store_read_efficiency"])
-    a, at = fu["attention_op"], fu["attention_op_train"]
+    a = fu["attention_op"]
     add("fusion", f"attention op fwd+bwd ms, SDPA / naive (B={a['batch']}, L={a['length']}, H={a['heads']}, "
-        f"dh={a['head_dim']}, padding mask, {a['regime']})", f"{a['sdpa_s'] * 1e3:.0f} / {a['naive_s'] * 1e3:.0f}")
+        f"dh={a['head_dim']}, padding mask, malloc: {a['regime']})", f"{a['sdpa_s'] * 1e3:.0f} / {a['naive_s'] * 1e3:.0f}")
     add("fusion", "sdpa_speedup (attention op, fwd+bwd)", h["sdpa_speedup"], "sdpa_speedup")
+    if "naive_faults_mb_per_call" in a:
+        add("fusion", "page faults per call MB, SDPA / naive (score matrices > glibc's 32 MiB mmap cap)",
+            f"{a['sdpa_faults_mb_per_call']:.0f} / {a['naive_faults_mb_per_call']:.0f}")
     if "forward_naive_over_sdpa" in a:
         add("fusion", "sdpa speedup, forward only (inference)", a["forward_naive_over_sdpa"])
-    add("fusion", f"sdpa speedup fwd+bwd, training mode (attention dropout {at['dropout']}: math kernel)",
-        at["naive_over_sdpa"])
+    if "naive_over_sdpa_warm_heap" in a:
+        add("fusion", "sdpa speedup fwd+bwd, warm heap (malloc tuned: the naive path's best case)",
+            a["naive_over_sdpa_warm_heap"])
+    if fu.get("attention_op_attn_dropout"):
+        ad = fu["attention_op_attn_dropout"]
+        add("fusion", f"sdpa speedup fwd+bwd with attention dropout {ad['dropout']} (CPU: math kernel)",
+            ad["naive_over_sdpa"])
     add("fusion", "peak MB SDPA / naive (op, fwd+bwd, profiler)", f"{a['sdpa_peak_mb']:.0f} / {a['naive_peak_mb']:.0f}")
     add("fusion", "peak-memory ratio naive/SDPA (op)", a["peak_naive_over_sdpa"])
     if fu.get("attention_model"):
@@ -139,6 +165,11 @@ def table(r: dict[str, Any]) -> str:
         add("fusion", f"fusion transformer ({am['layers']} layers) fwd+bwd speedup, eval / train mode",
             f"{am['naive_over_sdpa']:.2f} / {amt['naive_over_sdpa']:.2f}")
         add("fusion", "fusion transformer peak MB SDPA / naive", f"{mm['sdpa_peak_mb']:.0f} / {mm['naive_peak_mb']:.0f}")
+    if fu.get("train_step"):
+        ts = fu["train_step"]
+        add("fusion", "train step s, SDPA / naive attention (ScaleModel, batch 64)",
+            f"{ts['sdpa']['step_s']:.2f} / {ts['naive']['step_s']:.2f}")
+        add("fusion", "train-step speedup from SDPA", ts["naive_over_sdpa"])
     add("fusion", "training samples/s (ScaleModel, batch 64)", h["train_samples_per_s"])
     for ix in r["index"]:
         last = ix is r["index"][-1]
@@ -159,8 +190,9 @@ def table(r: dict[str, Any]) -> str:
     out.append("")
     out.append(f"Machine: {mi['cpu']}, {mi['cores']} cores, {mi['ram_gb']} GB RAM, GPU: {mi['gpu'] or 'none'}; "
                f"torch {mi['torch']}, faiss {mi['faiss']}, ray {mi['ray']}, python {mi['python']}. "
-               f"Mode: {r['mode']}, total {r['seconds']:.0f} s; 1-min load average at start / end: "
-               f"{mi['load_avg_1min_start_end'][0]:.1f} / {mi['load_avg_1min_start_end'][1]:.1f}.")
+               f"Mode: {r['mode']}, total {r['seconds']:.0f} s; CPUs busy with other processes just before / "
+               f"after the run: {100 * mi['cpu_busy_by_others_start_end'][0]:.0f}% / "
+               f"{100 * mi['cpu_busy_by_others_start_end'][1]:.0f}%.")
     return "\n".join(out)
 
 
@@ -188,13 +220,14 @@ def main() -> dict[str, Any]:
     from extract.bench import extraction_benchmark, vit_b32_throughput
     from extract.config import load_config
     from fuse.bench import (attention_benchmark, attention_memory, attention_op_benchmark, fusion_length,
-                            heap_regime, loader_benchmark, sdpa_kernels, store_read_benchmark,
+                            loader_benchmark, sdpa_kernels, store_read_benchmark,
                             train_step_benchmark)
 
     t_all = time.perf_counter()
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    if load0 > 0.5 * (os.cpu_count() or 1):
-        log.warning("load average %.1f before the run: other processes share the CPUs, timings will suffer", load0)
+    busy0 = cpu_busy()
+    if busy0 > 0.25:
+        log.warning("%.0f%% of the CPUs are busy before the run: other processes share them, timings will "
+                    "suffer", 100 * busy0)
     quick = a.quick
     n = a.items or (16 if quick else 64)
     cfg = load_config(a.config or _cli.ROOT / "configs" / ("tiny.yaml" if quick else "offline.yaml"))
@@ -222,25 +255,32 @@ def main() -> dict[str, Any]:
             mt, src = r["extract"]["max_tokens"], "the extracted store"
         L = fusion_length(mt)
         log.info("fusion: SDPA vs naive at L=%d (%s), batch 64", L, src)
-        drop = r["store"]["train"]["dropout"]
+        drop, attn_drop = r["store"]["train"]["dropout"], r["store"]["train"]["attn_dropout"]
         rep = 3 if quick else 7
         r["fusion"] = {
-            "length": L, "length_from": src, "max_tokens": mt, "train_dropout": drop,
-            # the attention op alone (q, k, v -> o), the model's boolean padding mask, fwd+bwd
+            "length": L, "length_from": src, "max_tokens": mt, "train_dropout": drop, "train_attn_dropout": attn_drop,
+            # the attention op alone (q, k, v -> o), the model's boolean padding mask, fwd+bwd, in
+            # glibc's default state (what training has); also forward only and with a warm heap
             "attention_op": attention_op_benchmark(64, L, 4, 64, repeats=rep),
-            # the same in training mode: attention dropout as the default config trains
-            "attention_op_train": attention_op_benchmark(64, L, 4, 64, repeats=2 if quick else 5,
-                                                         dropout=drop, memory=not quick, regimes=False),
+            # which aten kernels SDPA runs: eval, training as configured, with attention dropout
             "kernels_eval": sdpa_kernels(length=L),
-            "kernels_train": sdpa_kernels(length=L, dropout=drop),
+            "kernels_train": sdpa_kernels(length=L, attn_dropout=attn_drop, train=True),
+            "kernels_attn_dropout": sdpa_kernels(length=L, attn_dropout=0.1),
             "train_samples_per_s": r["store"]["train"]["samples_per_s"],
         }
-        if not quick:  # the whole 2-layer fusion transformer (MLPs, projections, norms included)
-            with heap_regime(True):
-                r["fusion"]["attention_model"] = attention_benchmark(64, L, 256, 4, 2, repeats=5)
-                r["fusion"]["attention_model_train"] = attention_benchmark(64, L, 256, 4, 2, repeats=3,
-                                                                           dropout=drop)
+        if not quick:
+            # what attention dropout would cost: on CPU it sends SDPA to the math kernel
+            r["fusion"]["attention_op_attn_dropout"] = attention_op_benchmark(
+                64, L, 4, 64, repeats=5, dropout=0.1, memory=False, regimes=False)
+            # the whole 2-layer fusion transformer (MLPs, projections, norms included)
+            r["fusion"]["attention_model"] = attention_benchmark(64, L, 256, 4, 2, repeats=5)
+            r["fusion"]["attention_model_train"] = attention_benchmark(64, L, 256, 4, 2, repeats=3, dropout=drop,
+                                                                       attn_dropout=attn_drop)
             r["fusion"]["memory_model"] = attention_memory(64, L, 256, 4, 2)
+            # the real training step (ScaleModel, default config), SDPA vs naive, one after the other
+            steps = {impl: train_step_benchmark(feats, steps=8, batch_size=64, attention=impl)
+                     for impl in ("sdpa", "naive")}
+            r["fusion"]["train_step"] = {**steps, "naive_over_sdpa": steps["naive"]["step_s"] / steps["sdpa"]["step_s"]}
 
         r["index"] = []
         for size in sizes:
@@ -259,7 +299,8 @@ def main() -> dict[str, Any]:
     ex, st, last = r["extract"], r["store"], r["index"][-1]
     r["headline"] = {
         "extract_job_items_per_s": ex["job_items_per_s"], "extract_bare_items_per_s": ex["model_items_per_s"],
-        "extract_efficiency": ex["extract_efficiency"], "extract_scaling": ex["extract_scaling"],
+        "extract_efficiency": ex["extract_efficiency"], "extract_efficiency_steady": ex["extract_efficiency_steady"],
+        "extract_scaling": ex["extract_scaling"],
         "extract_startup_s": ex["startup_s"], "decode_items_per_s": ex["decode_items_per_s"],
         "model_items_per_s": ex["model_items_per_s"], "write_mb_per_s": ex["write_mb_per_s"],
         "loader_samples_per_s": st["loader"]["samples_per_s"], "train_samples_per_s": st["train"]["samples_per_s"],
@@ -268,7 +309,8 @@ def main() -> dict[str, Any]:
         "store_read_efficiency": st["read"]["store_read_efficiency"],
         "sdpa_speedup": r["fusion"]["attention_op"]["naive_over_sdpa"],
         "sdpa_speedup_forward": r["fusion"]["attention_op"].get("forward_naive_over_sdpa", float("nan")),
-        "sdpa_speedup_train_mode": r["fusion"]["attention_op_train"]["naive_over_sdpa"],
+        "sdpa_speedup_warm_heap": r["fusion"]["attention_op"].get("naive_over_sdpa_warm_heap", float("nan")),
+        "sdpa_speedup_train_step": r["fusion"].get("train_step", {}).get("naive_over_sdpa", float("nan")),
         "attention_peak_memory_ratio": r["fusion"]["attention_op"]["peak_naive_over_sdpa"],
         "faiss_speedup": last["faiss_speedup"], "ann_recall@10": last["ann_recall@10"],
         "faiss_n": last["n"], "faiss_build_s": last["build_s"],
@@ -278,7 +320,7 @@ def main() -> dict[str, Any]:
     r["targets"] = [{"key": k, "op": op, "threshold": th, "what": what, "value": r["headline"][k],
                      "status": check(r["headline"][k], op, th)} for k, op, th, what in TARGETS]
     r["seconds"] = time.perf_counter() - t_all
-    r["machine"]["load_avg_1min_start_end"] = [load0, os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")]
+    r["machine"]["cpu_busy_by_others_start_end"] = [busy0, cpu_busy()]
     text = table(r)
     print(text, flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
