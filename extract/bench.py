@@ -7,11 +7,12 @@
   ``n`` items and on all ``scale * n`` items (same Ray session);
 * decodes the first ``n`` items in this process with :func:`extract.worker.decode_row`
   (decode items/s), then times only :meth:`extract.worker.Backbones.encode_rows` on those
-  pre-decoded rows in batches of ``cfg.batch_size`` (the bare model items/s);
+  pre-decoded rows in batches of ``cfg.batch_size``, one torch thread per core of the machine
+  (the bare model items/s: the backbones with the whole machine to themselves);
 * rewrites the shards the big job produced with :func:`extract.store.write_shard` (write MB/s).
 
 ``extract_efficiency`` = job items/s (the ``scale * n`` job, start-up included) / bare model
-items/s; ``extract_scaling`` = time(scale * n) / time(n). The fixed start-up cost is the
+items/s (``extract_efficiency_n``: the same for the ``n`` job); ``extract_scaling`` = time(scale * n) / time(n). The fixed start-up cost is the
 intercept of the line through the two job times, ``(scale * t(n) - t(scale * n)) / (scale - 1)``
 (per job: the backbones loaded for the provenance, the model actor started, Ray Data planning).
 It is for benchmark scripts, not for tests.
@@ -115,13 +116,6 @@ def write_rate(feats: Path, tmp: Path, repeats: int = 2) -> dict[str, Any]:
     return {"shards": len(shards), "mb": nbytes / 1e6, "seconds": best, "mb_per_s": nbytes / 1e6 / best}
 
 
-def cluster_threads(cfg: ExtractConfig) -> int:
-    """Torch threads of one model actor, as the job sizes it (see ``extract.job.cluster_plan``)."""
-    from extract.job import cluster_plan
-
-    return int(cluster_plan(cfg)["threads"])
-
-
 def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: int = 4, seed: int = 0,
                          num_cpus: int | None = None, warmup_items: int = 4) -> dict[str, Any]:
     """Job vs bare-model throughput, per-stage rates and scaling (see the module docstring).
@@ -129,11 +123,11 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
     Starts (and shuts down) a local Ray with ``num_cpus`` CPUs unless Ray is initialised.
     Leaves the corpus and the ``scale * n`` store under ``work`` (``work/feats_big``).
     """
-    import os
-
     import ray
 
     from extract.demo_corpus import make_corpus
+    from extract.job import cluster_plan
+    from extract.worker import cpu_threads
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -146,7 +140,7 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
 
     started = False
     if not ray.is_initialized():
-        cpus = num_cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        cpus = num_cpus or cpu_threads()
         t = time.perf_counter()
         ray.init(address="local", num_cpus=int(cpus or 1), include_dashboard=False,
                  logging_level=logging.ERROR, log_to_driver=False)
@@ -155,7 +149,7 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
     else:
         ray_init_s = 0.0
     try:
-        threads = cluster_threads(cfg)
+        plan = cluster_plan(cfg)
         # a first job on a few items starts Ray's worker processes (imports of torch & co.);
         # the timed jobs after it pay only the per-job start-up (backbone loads, actor start)
         warm = _subset_corpus(big, work / "corpus_warm.jsonl", min(n, warmup_items))
@@ -166,7 +160,8 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
     finally:
         if started:
             ray.shutdown()
-    bare = bare_rates(small, corpus_dir, cfg, n, threads)
+    cores = int(num_cpus or cpu_threads())
+    bare = bare_rates(small, corpus_dir, cfg, n, cores)
     write = write_rate(work / "feats_big", work / "rewrite")
 
     t_n, t_big = job_n["seconds"], job_big["seconds"]
@@ -176,7 +171,7 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
     return {
         "config": {k: getattr(cfg, k) for k in ("image", "text", "audio", "batch_size", "decode_batch_size",
                                                  "shard_size", "isolate_decoders")},
-        "n": n, "scale": scale, "corpus_seconds": corpus_s, "ray_init_s": ray_init_s,
+        "n": n, "scale": scale, "corpus_seconds": corpus_s, "ray_init_s": ray_init_s, "actor_pool": plan,
         "job_warmup": job_warm, "job_n": job_n, "job_scaled": job_big,
         "job_items_per_s": job_big["items_per_s"],
         "job_steady_items_per_s": steady,
@@ -188,6 +183,7 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
         "write_mb_per_s": write["mb_per_s"],
         "extract_efficiency": job_big["items_per_s"] / bare["model_items_per_s"],
         "extract_efficiency_steady": steady / bare["model_items_per_s"],
+        "extract_efficiency_n": job_n["items_per_s"] / bare["model_items_per_s"],
         "extract_scaling": t_big / t_n,
         "max_tokens": {m: int(i.get("max_tokens", 0)) for m, i in manifest.get("backbones", {}).items()},
         "features_dir": str(work / "feats_big"),

@@ -154,14 +154,24 @@ class ShardWriter:
 
 
 def cluster_plan(cfg: ExtractConfig) -> dict[str, Any]:
-    """Actor pool size, CPUs and GPUs per actor, from the cluster's resources.
-
-    One CPU is always left to the decode tasks: an actor pool that takes every CPU starves
-    them and the stream never moves."""
+    """Actor pool size, CPUs and GPUs per actor, from the cluster's resources (see :func:`pool_plan`)."""
     import ray
 
     res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+    return pool_plan(float(res.get("CPU", 1)), float(res.get("GPU", 0)), cfg)
+
+
+def pool_plan(cpus: float, gpus: float, cfg: ExtractConfig) -> dict[str, Any]:
+    """Actor pool size, CPUs, GPUs and torch threads per actor for a cluster with ``cpus`` / ``gpus``.
+
+    One CPU is always left to the decode tasks: an actor pool that takes every CPU starves
+    them and the stream never moves. On a small node where that leaves one actor (2 CPUs),
+    the pool is one single-threaded actor per core, each on a share of the CPUs left over,
+    rather than one actor with a thread per core: a multi-threaded forward stalls at every
+    parallel region while a decode task or Ray itself holds one of the cores (measured on
+    2 cores: 7.0 items/s for one 2-thread actor, 9.7 for two 1-thread ones, the bare
+    2-thread model 10). It costs one more copy of the backbones in memory. ``num_actors`` set
+    in the config is kept as it is."""
     use_gpu = gpus >= 1 and cfg.use_gpu != "no"
     if cfg.use_gpu == "yes" and not use_gpu:
         raise RuntimeError("use_gpu: yes, but the Ray cluster has no GPU")
@@ -171,7 +181,10 @@ def cluster_plan(cfg: ExtractConfig) -> dict[str, Any]:
         return {"actors": n, "cpus": actor_cpus, "gpus": 1.0, "threads": int(actor_cpus), "cluster_cpus": cpus}
     actor_cpus = min(cfg.actor_cpus, max(cpus - 1, 0.5))
     n = cfg.num_actors or max(1, int((cpus - 1) // actor_cpus))
-    # torch in the actor may use the decode CPU too when the pool is a single actor on a small node
+    if n == 1 and not cfg.num_actors and 2 <= cpus < 3:
+        n = int(cpus)
+        return {"actors": n, "cpus": (cpus - 1) / n, "gpus": 0.0, "threads": 1, "cluster_cpus": cpus}
+    # an actor the config asked to be alone may use the decode CPU too
     threads = max(1, int(cpus // n)) if n == 1 else max(1, int(actor_cpus))
     return {"actors": n, "cpus": actor_cpus, "gpus": 0.0, "threads": threads, "cluster_cpus": cpus}
 

@@ -140,13 +140,15 @@ def heap_regime(warm: bool) -> Iterator[str]:
     """Put glibc's malloc in a known state for timing code that allocates large blocks.
 
     The naive path allocates [B, H, L, L] score matrices (tens of MB) on every call. glibc
-    serves a block above its mmap threshold with a fresh ``mmap`` whose pages fault in on first
-    touch; its dynamic threshold follows freed blocks up, but only to 32 MiB
-    (``DEFAULT_MMAP_THRESHOLD_MAX``). So a training process whose score matrices are larger
-    (64 x 4 x 213 x 213 float32 = 44 MiB) faults them in on every step, for as long as it runs:
-    that is the process default, measured without this context. ``warm=True`` raises both
-    thresholds to 1 GiB (what ``MALLOC_MMAP_THRESHOLD_`` would do), so blocks are reused from the
-    heap: the naive path's best case. ``warm=False`` pins glibc's initial 128 KiB thresholds.
+    serves such a block from free heap memory when it has a big enough chunk, whose pages were
+    touched before; otherwise, above its mmap threshold, with a fresh ``mmap`` whose pages fault
+    in on first touch. The dynamic threshold follows freed blocks up only to 32 MiB
+    (``DEFAULT_MMAP_THRESHOLD_MAX``), so score matrices above that (64 x 4 x 213 x 213 float32 =
+    44 MiB) fault unless the heap happens to hold that much free memory: a fresh process faults
+    on all of them, a process that has trained for a while on some. That history-dependent state
+    is the process default, measured without this context. ``warm=True`` raises both thresholds
+    to 1 GiB (what ``MALLOC_MMAP_THRESHOLD_`` would do): blocks are reused from the heap, the
+    naive path's best case. ``warm=False`` pins glibc's initial 128 KiB thresholds.
     Yields the regime's name ("warm heap", "cold heap", or "default" where glibc's mallopt is
     not available). Leaves glibc at its fixed 128 KiB thresholds, memory trimmed.
     """
@@ -186,9 +188,9 @@ def attention_op_benchmark(batch: int = 64, length: int = 213, heads: int = 4, h
     on the same q, k, v [B, H, L, dh] and boolean key-padding mask; median seconds per call,
     the two interleaved.
 
-    ``naive_over_sdpa``: forward(+``backward``) with malloc as the process has it, as in
-    training (see :func:`heap_regime`; ``naive_faults_mb_per_call``: the page faults the naive
-    path pays per call there). With ``regimes`` also forward only (``forward_naive_over_sdpa``)
+    ``naive_over_sdpa``: forward(+``backward``) with malloc as the calling process has it (the
+    benchmark calls it after the real train steps; see :func:`heap_regime`;
+    ``naive_faults_mb_per_call``: the page faults the naive path pays per call there). With ``regimes`` also forward only (``forward_naive_over_sdpa``)
     and, on CPU, the naive path's best case with a warm heap (``naive_over_sdpa_warm_heap``; on
     CUDA the caching allocator makes this moot). With ``memory`` also the peak memory of one
     call of each (as :func:`attention_memory`)."""
@@ -237,7 +239,7 @@ def attention_op_benchmark(batch: int = 64, length: int = 213, heads: int = 4, h
     med = medians(backward)
     page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
     out.update(sdpa_s=med["sdpa"], naive_s=med["naive"], naive_over_sdpa=med["naive"] / med["sdpa"],
-               regime="CUDA caching allocator" if cuda else "process default (glibc malloc as training has it)",
+               regime="CUDA caching allocator" if cuda else "as this process has it",
                **{f"{k}_faults_mb_per_call": sorted(v)[len(v) // 2] * page / 2**20 for k, v in faults.items()})
     if regimes and backward:
         fwd = medians(False)

@@ -13,7 +13,7 @@ target next to its measured value, PASS/MISS) and writes every figure to a JSON 
   gpu       (when CUDA is there) open_clip ViT-B-32 image encoding images/s in bf16, SDPA on GPU
 
 --quick: tiny backbones, N=16, 100k vectors only (about 1.5 min on 2 cores); default: the
-offline backbones (configs/offline.yaml), N=64 and 4N=256, 100k and 1M vectors (10-15 min).
+offline backbones (configs/offline.yaml), N=256 and 4N=1024, 100k and 1M vectors (15-20 min).
 """
 
 from __future__ import annotations
@@ -125,10 +125,14 @@ def table(r: dict[str, Any]) -> str:
     n, big = ex["n"], ex["n"] * ex["scale"]
     add("extract", f"job items/s ({big} items, start-up incl.)", ex["job_items_per_s"])
     add("extract", "job items/s, steady (4N-N)/(t4N-tN)", ex["job_steady_items_per_s"])
-    add("extract", f"bare backbone items/s ({n} pre-decoded, batch {ex['bare']['batch_size']})",
+    add("extract", f"bare backbone items/s ({n} pre-decoded, batch {ex['bare']['batch_size']}, {ex['bare']['torch_threads']} threads)",
         ex["model_items_per_s"])
     add("extract", "extract_efficiency (job / bare)", h["extract_efficiency"], "extract_efficiency")
+    add("extract", f"extract_efficiency of the N={n} job (start-up weighs more)", ex["extract_efficiency_n"])
     add("extract", "extract_efficiency, steady (steady job / bare)", ex["extract_efficiency_steady"])
+    pool = ex["actor_pool"]
+    add("extract", "model actor pool (actors x torch threads, CPUs each)",
+        f"{pool['actors']} x {pool['threads']}, {pool['cpus']:g}")
     add("extract", "decode items/s (1 process)", ex["decode_items_per_s"])
     add("extract", "shard write MB/s (write_shard, fsync)", ex["write_mb_per_s"])
     add("extract", f"job seconds N={n} / 4N={big}", f"{ex['job_n']['seconds']:.1f} / {ex['job_scaled']['seconds']:.1f}")
@@ -144,7 +148,7 @@ def table(r: dict[str, Any]) -> str:
     add("store", "store_read_efficiency", h["store_read_efficiency"])
     a = fu["attention_op"]
     add("fusion", f"attention op fwd+bwd ms, SDPA / naive (B={a['batch']}, L={a['length']}, H={a['heads']}, "
-        f"dh={a['head_dim']}, padding mask, malloc: {a['regime']})", f"{a['sdpa_s'] * 1e3:.0f} / {a['naive_s'] * 1e3:.0f}")
+        f"dh={a['head_dim']}, padding mask, malloc {a['regime']}, after the train steps)", f"{a['sdpa_s'] * 1e3:.0f} / {a['naive_s'] * 1e3:.0f}")
     add("fusion", "sdpa_speedup (attention op, fwd+bwd)", h["sdpa_speedup"], "sdpa_speedup")
     if "naive_faults_mb_per_call" in a:
         add("fusion", "page faults per call MB, SDPA / naive (score matrices > glibc's 32 MiB mmap cap)",
@@ -201,7 +205,7 @@ def main() -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="small and fast (tiny backbones, N=16, 100k vectors)")
     ap.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON file to write (default bench.json)")
     ap.add_argument("--md", type=Path, default=None, help="also write the table as Markdown to this file")
-    ap.add_argument("--items", type=int, default=None, help="N (default 16 quick, 64 full)")
+    ap.add_argument("--items", type=int, default=None, help="N (default 16 quick, 256 full)")
     ap.add_argument("--config", type=Path, default=None,
                     help="extraction config (default configs/tiny.yaml quick, configs/offline.yaml full)")
     ap.add_argument("--sizes", default=None, help="index gallery sizes, comma-separated (default 100000[,1000000])")
@@ -229,7 +233,7 @@ def main() -> dict[str, Any]:
         log.warning("%.0f%% of the CPUs are busy before the run: other processes share them, timings will "
                     "suffer", 100 * busy0)
     quick = a.quick
-    n = a.items or (16 if quick else 64)
+    n = a.items or (16 if quick else 256)
     cfg = load_config(a.config or _cli.ROOT / "configs" / ("tiny.yaml" if quick else "offline.yaml"))
     sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else ([100_000] if quick else [100_000, 1_000_000])
     work = a.work or Path(tempfile.mkdtemp(prefix="scale-bench-"))

@@ -80,3 +80,24 @@ def test_resume_skips_finished_shards_and_redoes_lost_ones(extracted, demo_corpu
     finally:
         ray.shutdown()
     assert store.read_manifest(work)["config"]["video_max_frames"] == tiny_config.video_max_frames
+
+
+def test_pool_plan_leaves_a_cpu_to_decode_and_splits_small_nodes() -> None:
+    from extract.config import ExtractConfig
+    from extract.job import pool_plan
+
+    cfg = ExtractConfig()
+    for cpus in (1.0, 2.0, 4.0, 16.0):
+        p = pool_plan(cpus, 0.0, cfg)
+        # the actors never hold every CPU: the decode tasks always have one
+        assert p["actors"] * p["cpus"] <= max(cpus - 1, 0.5) + 1e-9, (cpus, p)
+        assert p["threads"] >= 1 and p["gpus"] == 0.0
+    two = pool_plan(2.0, 0.0, cfg)  # one single-threaded actor per core on half a CPU each
+    assert (two["actors"], two["cpus"], two["threads"]) == (2, 0.5, 1)
+    assert pool_plan(16.0, 0.0, cfg)["actors"] == 15
+    alone = pool_plan(2.0, 0.0, ExtractConfig(num_actors=1))  # asked for: one actor, all cores
+    assert (alone["actors"], alone["threads"]) == (1, 2)
+    gpu = pool_plan(8.0, 2.0, cfg)
+    assert (gpu["actors"], gpu["gpus"]) == (2, 1.0)
+    with pytest.raises(RuntimeError, match="no GPU"):
+        pool_plan(8.0, 0.0, ExtractConfig(use_gpu="yes"))
