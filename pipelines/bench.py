@@ -13,7 +13,7 @@ target next to its measured value, PASS/MISS) and writes every figure to a JSON 
   gpu       (when CUDA is there) open_clip ViT-B-32 image encoding images/s in bf16, SDPA on GPU
 
 --quick: tiny backbones, N=16, 100k vectors only (about 1.5 min on 2 cores); default: the
-offline backbones (configs/offline.yaml), N=256 and 4N=1024, 100k and 1M vectors (15-20 min).
+offline backbones (configs/offline.yaml), N=256 and 4N=1024, 100k and 1M vectors (about 11 min).
 """
 
 from __future__ import annotations
