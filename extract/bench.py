@@ -138,11 +138,11 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
     big = corpus_dir / "corpus.jsonl"
     small = _subset_corpus(big, work / f"corpus_{n}.jsonl", n)
 
+    cores = int(num_cpus or cpu_threads())
     started = False
     if not ray.is_initialized():
-        cpus = num_cpus or cpu_threads()
         t = time.perf_counter()
-        ray.init(address="local", num_cpus=int(cpus or 1), include_dashboard=False,
+        ray.init(address="local", num_cpus=cores, include_dashboard=False,
                  logging_level=logging.ERROR, log_to_driver=False)
         ray_init_s = time.perf_counter() - t
         started = True
@@ -160,7 +160,6 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
     finally:
         if started:
             ray.shutdown()
-    cores = int(num_cpus or cpu_threads())
     bare = bare_rates(small, corpus_dir, cfg, n, cores)
     write = write_rate(work / "feats_big", work / "rewrite")
 

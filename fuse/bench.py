@@ -35,7 +35,7 @@ def attention_benchmark(batch: int = 64, length: int = 213, d_model: int = 256, 
 
     ``dropout`` (residual branches) or ``attn_dropout`` (attention probabilities) > 0 runs the
     blocks in training mode with them, as the model trains; both 0 runs them in eval mode.
-    Malloc as the process has it (see :func:`heap_regime`)."""
+    Malloc as the process has it (see :func:`warm_heap`)."""
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     train = dropout > 0 or attn_dropout > 0
@@ -136,8 +136,8 @@ _GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 
 
 @contextlib.contextmanager
-def heap_regime(warm: bool) -> Iterator[str]:
-    """Put glibc's malloc in a known state for timing code that allocates large blocks.
+def warm_heap() -> Iterator[str]:
+    """glibc's malloc set to reuse freed heap memory, for timing code that allocates large blocks.
 
     The naive path allocates [B, H, L, L] score matrices (tens of MB) on every call. glibc
     serves such a block from free heap memory when it has a big enough chunk, whose pages were
@@ -146,11 +146,10 @@ def heap_regime(warm: bool) -> Iterator[str]:
     (``DEFAULT_MMAP_THRESHOLD_MAX``), so score matrices above that (64 x 4 x 213 x 213 float32 =
     44 MiB) fault unless the heap happens to hold that much free memory: a fresh process faults
     on all of them, a process that has trained for a while on some. That history-dependent state
-    is the process default, measured without this context. ``warm=True`` raises both thresholds
-    to 1 GiB (what ``MALLOC_MMAP_THRESHOLD_`` would do): blocks are reused from the heap, the
-    naive path's best case. ``warm=False`` pins glibc's initial 128 KiB thresholds.
-    Yields the regime's name ("warm heap", "cold heap", or "default" where glibc's mallopt is
-    not available). Leaves glibc at its fixed 128 KiB thresholds, memory trimmed.
+    is the process default, measured without this context. Here both thresholds are raised to
+    1 GiB (what ``MALLOC_MMAP_THRESHOLD_`` would do): blocks are reused from the heap, the
+    naive path's best case. Yields the regime's name ("warm heap", or "default" where glibc's
+    mallopt is not available). Leaves glibc at its fixed 128 KiB thresholds, memory trimmed.
     """
     libc = None
     if sys.platform.startswith("linux"):
@@ -162,11 +161,11 @@ def heap_regime(warm: bool) -> Iterator[str]:
         yield "default"
         return
     big = 1 << 30
-    libc.mallopt(_M_MMAP_THRESHOLD, big if warm else _GLIBC_DEFAULT_THRESHOLD)
-    libc.mallopt(_M_TRIM_THRESHOLD, 2 * big if warm else _GLIBC_DEFAULT_THRESHOLD)
+    libc.mallopt(_M_MMAP_THRESHOLD, big)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2 * big)
     libc.malloc_trim(0)
     try:
-        yield "warm heap" if warm else "cold heap"
+        yield "warm heap"
     finally:
         libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
@@ -189,7 +188,7 @@ def attention_op_benchmark(batch: int = 64, length: int = 213, heads: int = 4, h
     the two interleaved.
 
     ``naive_over_sdpa``: forward(+``backward``) with malloc as the calling process has it (the
-    benchmark calls it after the real train steps; see :func:`heap_regime`;
+    benchmark calls it after the real train steps; see :func:`warm_heap`;
     ``naive_faults_mb_per_call``: the page faults the naive path pays per call there). With ``regimes`` also forward only (``forward_naive_over_sdpa``)
     and, on CPU, the naive path's best case with a warm heap (``naive_over_sdpa_warm_heap``; on
     CUDA the caching allocator makes this moot). With ``memory`` also the peak memory of one
@@ -246,7 +245,7 @@ def attention_op_benchmark(batch: int = 64, length: int = 213, heads: int = 4, h
         out.update(forward_sdpa_s=fwd["sdpa"], forward_naive_s=fwd["naive"],
                    forward_naive_over_sdpa=fwd["naive"] / fwd["sdpa"])
     if regimes and not cuda:
-        with heap_regime(True) as name:
+        with warm_heap() as name:
             warm = medians(backward)
         out.update(warm_heap_sdpa_s=warm["sdpa"], warm_heap_naive_s=warm["naive"],
                    naive_over_sdpa_warm_heap=warm["naive"] / warm["sdpa"], warm_regime=name)

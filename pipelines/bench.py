@@ -59,6 +59,8 @@ def machine_info() -> dict[str, Any]:
     import ray
     import torch
 
+    from extract.worker import cpu_threads
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -74,7 +76,7 @@ def machine_info() -> dict[str, Any]:
                 ram = int(line.split()[1]) / (1 << 20)
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cpu_threads()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": cores, "ram_gb": round(ram, 1), "gpu": gpu,
             "gpu_count": torch.cuda.device_count() if gpu else 0, "python": platform.python_version(),
@@ -263,8 +265,8 @@ def main() -> dict[str, Any]:
         rep = 3 if quick else 7
         r["fusion"] = {
             "length": L, "length_from": src, "max_tokens": mt, "train_dropout": drop, "train_attn_dropout": attn_drop,
-            # the attention op alone (q, k, v -> o), the model's boolean padding mask, fwd+bwd, in
-            # glibc's default state (what training has); also forward only and with a warm heap
+            # the attention op alone (q, k, v -> o), the model's boolean padding mask, fwd+bwd, with
+            # malloc as this process has it after the train steps; also forward only, warm heap
             "attention_op": attention_op_benchmark(64, L, 4, 64, repeats=rep),
             # which aten kernels SDPA runs: eval, training as configured, with attention dropout
             "kernels_eval": sdpa_kernels(length=L),
