@@ -37,7 +37,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import h5py
 import numpy as np
@@ -169,9 +169,23 @@ def committed_shards(root: str | Path) -> set[int]:
 
 # ----------------------------------------------------------------------------- write / read
 
-def _atomic_target(path: Path) -> Path:
+def replace_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Make ``path`` appear whole or not at all: ``write(tmp)`` fills ``<name>.tmp<pid>`` (parent
+    folders made), which is fsynced and renamed over ``path``; on any error the temporary file
+    is removed and ``path`` keeps what it held. Every atomic write of the pipeline (shards,
+    failure parts, manifests, checkpoints) goes through here. Returns ``path``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 _TEMP_RE = re.compile(r"\.tmp(\d+)$")
@@ -188,7 +202,7 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temps(dirs: Iterable[str | Path]) -> list[Path]:
-    """Delete the temporary files (``<name>.tmp<pid>``, see :func:`write_shard`) that a killed
+    """Delete the temporary files (``<name>.tmp<pid>``, see :func:`replace_atomic`) that a killed
     writer left in ``dirs``; those of a process still alive are kept. Returns the files removed."""
     removed = []
     for d in map(Path, dirs):
@@ -205,10 +219,8 @@ def remove_stale_temps(dirs: Iterable[str | Path]) -> list[Path]:
 
 
 def write_shard(path: str | Path, data: ShardData, prov: Provenance, shard_index: int) -> int:
-    """Write one shard atomically (temporary name, fsync, rename). Returns bytes written."""
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
+    """Write one shard atomically (see :func:`replace_atomic`). Returns bytes written."""
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("ids", data=np.array(data.ids, dtype=object), dtype=_STR)
             f.create_dataset("labels", data=np.array(data.labels, dtype=object), dtype=_STR)
@@ -221,12 +233,8 @@ def write_shard(path: str | Path, data: ShardData, prov: Provenance, shard_index
             for k, v in prov.to_attrs().items():
                 f.attrs[k] = v
             f.attrs["shard_index"] = shard_index
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    path = replace_atomic(path, write)
     return path.stat().st_size
 
 
@@ -422,10 +430,13 @@ def code_version() -> str:
 # ----------------------------------------------------------------------------- manifest & failures
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    tmp = _atomic_target(path)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    replace_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True)))
+
+
+def _write_jsonl(tmp: Path, records: list[dict[str, Any]]) -> None:
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
 
 
 def read_manifest(root: str | Path) -> dict[str, Any] | None:
@@ -440,14 +451,7 @@ def read_manifest(root: str | Path) -> dict[str, Any] | None:
 
 def write_failure_part(root: str | Path, index: int, records: list[dict[str, Any]]) -> None:
     """Write a shard's failure records atomically; this commits the shard."""
-    path = failure_part_path(root, index)
-    tmp = _atomic_target(path)
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_atomic(failure_part_path(root, index), lambda tmp: _write_jsonl(tmp, records))
 
 
 def read_failures(root: str | Path) -> list[dict[str, Any]]:
@@ -462,10 +466,5 @@ def read_failures(root: str | Path) -> list[dict[str, Any]]:
 def merge_failures(root: str | Path, extra: list[dict[str, Any]] | None = None) -> int:
     """Rewrite FEATS/failures.jsonl from the shard parts (plus job-level records). Returns count."""
     recs = list(extra or []) + read_failures(root)
-    path = Path(root) / FAILURES
-    tmp = _atomic_target(path)
-    with open(tmp, "w") as f:
-        for r in recs:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    replace_atomic(Path(root) / FAILURES, lambda tmp: _write_jsonl(tmp, recs))
     return len(recs)

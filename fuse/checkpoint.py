@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from extract.store import Provenance, StoreError
+from extract.store import Provenance, StoreError, replace_atomic, write_json_atomic
+from extract.store import remove_stale_temps as _remove_temps
 
 from .config import ConfigError, ScaleConfig
 
@@ -56,37 +56,13 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / CKPT_DIR
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(path.name + f".tmp{os.getpid()}")
-
-
-def _replace_atomic(write: Any, path: Path) -> None:
-    tmp = _tmp(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def remove_stale_temps(run_dir: str | Path) -> list[Path]:
     """Delete the temporary files (``<name>.tmp<pid>``) a killed run left in ``run_dir`` and its
     checkpoints; those of a process still alive are kept. Returns the files removed."""
-    from extract.store import remove_stale_temps as remove
-
-    removed = remove([Path(run_dir), checkpoint_dir(run_dir)])
+    removed = _remove_temps([Path(run_dir), checkpoint_dir(run_dir)])
     if removed:
         log.info("removed %d temporary file(s) of an interrupted run under %s", len(removed), run_dir)
     return removed
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomic(lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True)), path)
 
 
 def provenance_to_json(prov: dict[str, Provenance]) -> dict[str, dict[str, Any]]:
@@ -106,8 +82,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, stat
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "step": str(step), "config": json.dumps(cfg.to_dict()),
             "provenance": json.dumps(provenance_to_json(provenance))}
-    _replace_atomic(lambda p: save_file(tensors, str(p), metadata=meta), ck.weights)
-    _replace_atomic(lambda p: torch.save(state, p), ck.state)
+    replace_atomic(ck.weights, lambda p: save_file(tensors, str(p), metadata=meta))
+    replace_atomic(ck.state, lambda p: torch.save(state, p))
     write_json_atomic(d / LATEST, {"step": step, "weights": ck.weights.name, "state": ck.state.name})
     old = sorted(d.glob("step-*.safetensors"))
     for w in old[:-keep] if keep > 0 else []:

@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from extract.store import write_json_atomic
+
 from .checkpoint import (Checkpoint, CheckpointError, check_provenance, latest_checkpoint, load_state,
-                         load_weights, provenance_to_json, remove_stale_temps, save_checkpoint,
-                         write_json_atomic)
+                         load_weights, provenance_to_json, remove_stale_temps, save_checkpoint)
 from .config import ConfigError, ScaleConfig
 from .losses import scale_loss
 from .masking import choose_masks
