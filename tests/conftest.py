@@ -18,6 +18,18 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """FAISS on one OpenMP thread for a test module: deterministic HNSW construction, and no
+    OpenMP spinning on a shared 2-core machine (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    import faiss
+
+    prev = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(prev)
+
+
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 32-item demo corpus (with corrupt and missing media) shared by the extraction tests."""

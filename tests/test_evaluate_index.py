@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import faiss
 import numpy as np
 import pytest
 
@@ -14,13 +13,7 @@ from evaluate.index import (IndexFileError, IndexSpec, ann_recall_at_k, build_in
                             search)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    # deterministic HNSW construction, and no OpenMP spinning on a shared 2-core machine
-    prev = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def clustered(n: int, dim: int = 32, n_clusters: int = 40, noise: float = 0.35, seed: int = 0):

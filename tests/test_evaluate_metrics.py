@@ -15,12 +15,7 @@ from evaluate.metrics import (RETRIEVAL_KEYS, classification, clustering, cross_
                               retrieval_metrics, retrieval_scores, stratified_split)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    prev = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 # ----------------------------------------------------------------------------- retrieval

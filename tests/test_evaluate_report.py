@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,12 +17,7 @@ from evaluate.report import (ABLATION_KEYS, assemble_metrics, render_markdown, v
 from evaluate.tasks import ABLATION_NAMES, evaluate_ablation, evaluate_methods, evaluate_set, index_report
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    prev = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def make_set(n_cls: int = 6, per_cls: int = 20, dim: int = 16, noise: float = 0.3,
