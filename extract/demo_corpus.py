@@ -767,20 +767,26 @@ def _write_video(path: Path, frames: Iterable[Image.Image | np.ndarray], audio: 
                 c.mux(p)
         for p in vs.encode():
             c.mux(p)
-        pts = 0
-        for s in range(0, len(audio), 1024):
-            chunk = np.ascontiguousarray(audio[s:s + 1024], np.float32)
-            fr = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
-            fr.sample_rate = AUDIO_SR
-            fr.pts = pts
-            fr.time_base = Fraction(1, AUDIO_SR)
-            pts += len(chunk)
-            for p in aus.encode(fr):
-                c.mux(p)
-        for p in aus.encode():
-            c.mux(p)
+        mux_mono_audio(c, aus, audio, AUDIO_SR)
     finally:
         c.close()
+
+
+def mux_mono_audio(container: Any, stream: Any, samples: np.ndarray, rate: int) -> None:
+    """Encode float mono ``samples`` at ``rate`` Hz into the PyAV audio ``stream`` of
+    ``container`` (1024-sample frames) and flush it."""
+    import av
+
+    pts = 0
+    for s in range(0, len(samples), 1024):
+        chunk = np.ascontiguousarray(samples[s:s + 1024], np.float32)
+        fr = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+        fr.sample_rate, fr.pts, fr.time_base = rate, pts, Fraction(1, rate)
+        pts += len(chunk)
+        for p in stream.encode(fr):
+            container.mux(p)
+    for p in stream.encode():
+        container.mux(p)
 
 
 def _garbage_jpg(rng: np.random.Generator) -> bytes:

@@ -21,6 +21,7 @@ import pytest
 
 from extract import store
 from extract.decode import CRASH_HOOK_ENV
+from extract.demo_corpus import mux_mono_audio
 
 CRASH_MARKER = "CRASHME"
 MODS = store.MODALITIES
@@ -67,16 +68,7 @@ def _audio_only_mp4(path: Path) -> None:
         s = c.add_stream("aac", rate=16000)
         s.layout = "mono"
         t = np.linspace(0, 2, 32000, dtype=np.float32)
-        pts = 0
-        for i in range(0, len(t), 1024):
-            chunk = np.ascontiguousarray(0.3 * np.sin(2 * np.pi * 440 * t[i:i + 1024]), np.float32)
-            fr = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
-            fr.sample_rate, fr.pts, fr.time_base = 16000, pts, Fraction(1, 16000)
-            pts += len(chunk)
-            for p in s.encode(fr):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+        mux_mono_audio(c, s, 0.3 * np.sin(2 * np.pi * 440 * t), 16000)
     finally:
         c.close()
 
