@@ -136,7 +136,7 @@ def frozen_baselines(features_dir: str | Path,
     are skipped with a warning. Raises ``StoreError`` if no store exists or the stores do
     not join (different corpus, code, or item order).
     """
-    from extract.store import MODALITIES, StoreError, list_shards, open_stores
+    from scalemm.store import MODALITIES, StoreError, list_shards, open_stores
 
     root = Path(features_dir)
     if not root.is_dir():

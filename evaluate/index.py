@@ -25,9 +25,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 from tqdm.auto import tqdm
+
+from scalemm.errors import UserError
+
+
+class MissingFaiss(UserError, ImportError):
+    """No FAISS wheel is installed."""
+
+
+try:
+    import faiss
+except ImportError as e:  # neither extra was installed
+    raise MissingFaiss("FAISS is not installed: pip install 'scale-pipeline[cpu]' (faiss-cpu) or "
+                       "'scale-pipeline[gpu]' (faiss-gpu-cu12), one of the two") from e
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +57,7 @@ _ID_BYTES = 8  # faiss idx_t stored per vector by IVF lists
 _PQ_M_MAX = 64
 
 
-class IndexFileError(RuntimeError):
+class IndexFileError(UserError, RuntimeError):
     """An index directory is missing, unreadable or inconsistent."""
 
 
@@ -373,14 +385,14 @@ def load_index(index_dir: str | Path, use_gpu: bool | None = None) -> IdIndex:
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise IndexFileError(f"index directory {d} lacks {missing}; rebuild it with "
-                          f"evaluate.index.rebuild_index from the saved embeddings")
+                          f"`python pipelines/evaluate.py --out EVAL --rebuild-index` from the saved embeddings")
     try:
         cpu = faiss.read_index(str(paths[0]))
         ids = json.loads(paths[1].read_text())
         spec = IndexSpec.from_json(json.loads(paths[2].read_text()))
     except (RuntimeError, ValueError) as e:
         raise IndexFileError(f"cannot read index in {d}: {e}; rebuild it with "
-                          f"evaluate.index.rebuild_index") from e
+                          f"`python pipelines/evaluate.py --out EVAL --rebuild-index`") from e
     if not isinstance(ids, list) or len(ids) != cpu.ntotal:
         raise IndexFileError(f"{paths[1]} holds {len(ids) if isinstance(ids, list) else '?'} ids but "
                           f"the index {cpu.ntotal} vectors; rebuild the index")
@@ -397,7 +409,7 @@ def load_index(index_dir: str | Path, use_gpu: bool | None = None) -> IdIndex:
 def rebuild_index(embeddings_npz: str | Path, out_dir: str | Path, spec: IndexSpec | None = None,
                   **build_kwargs: Any) -> IdIndex:
     """Rebuild and save an index from a saved :class:`EmbeddingSet` ``.npz`` alone."""
-    from evaluate.embeddings import EmbeddingSet
+    from scalemm.evaluate.embeddings import EmbeddingSet
 
     es = EmbeddingSet.load(embeddings_npz)
     built = build_index(es.vectors, es.ids, spec, **build_kwargs)

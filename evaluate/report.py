@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluate.metrics import CLASSIFICATION_KEYS, CLUSTERING_KEYS, RETRIEVAL_KEYS
+from scalemm.evaluate.metrics import CLASSIFICATION_KEYS, CLUSTERING_KEYS, RETRIEVAL_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -327,8 +327,8 @@ def write_gallery(es: Any, product_info: Mapping[str, Mapping[str, Any]], path: 
     and same instance (``inst``; grey when the query has no instance). ``neighbors``
     (rows, [N, >= k+1], query included) defaults to exact inner-product search.
     """
-    from evaluate.index import exact_search
-    from evaluate.metrics import drop_self
+    from scalemm.evaluate.index import exact_search
+    from scalemm.evaluate.metrics import drop_self
 
     n = len(es)
     rng = np.random.default_rng(seed)

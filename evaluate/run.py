@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from evaluate.embeddings import EmbeddingSet, frozen_baselines
-from evaluate.index import load_index, rebuild_index, search
-from evaluate.metrics import cross_modal_recall, retrieval_scores
-from evaluate.report import write_report
-from evaluate.tasks import ABLATION_NAMES, ABLATION_ORDER, K, evaluate_ablation, evaluate_methods, index_report
+from scalemm.evaluate.embeddings import EmbeddingSet, frozen_baselines
+from scalemm.evaluate.index import load_index, rebuild_index, search
+from scalemm.evaluate.metrics import cross_modal_recall, retrieval_scores
+from scalemm.evaluate.report import write_report
+from scalemm.evaluate.tasks import ABLATION_NAMES, ABLATION_ORDER, K, evaluate_ablation, evaluate_methods, index_report
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ def _embedding_set(res: dict[str, Any]) -> EmbeddingSet:
 
 def product_info(features: Path, media_root: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """id -> {title, image (absolute path or None)} from the corpus named in the manifest."""
-    from extract.corpus import read_corpus
-    from extract.store import read_manifest
+    from scalemm.corpus import read_corpus
+    from scalemm.store import read_manifest
 
     man = read_manifest(features) or {}
     corpus = man.get("corpus")
@@ -57,7 +57,7 @@ def product_info(features: Path, media_root: str | Path | None = None) -> dict[s
 def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path,
                    uniform_checkpoint: str | Path | None = None, media_root: str | Path | None = None,
                    seed: int = 0) -> dict[str, Any]:
-    from fuse.embed import embed_store
+    from scalemm.fuse.embed import embed_store
 
     t0 = time.time()
     features, out = Path(features), Path(out)

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluate.embeddings import EmbeddingSet
-from evaluate.index import (EXACT_THRESHOLD, ann_recall_at_k, build_index, exact_search,
+from scalemm.evaluate.embeddings import EmbeddingSet
+from scalemm.evaluate.index import (EXACT_THRESHOLD, ann_recall_at_k, build_index, exact_search,
                             save_index, search)
-from evaluate.metrics import classification, clustering, retrieval_scores
+from scalemm.evaluate.metrics import classification, clustering, retrieval_scores
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scalemm.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
-class BackboneError(ValueError):
+class BackboneError(ConfigError):
     """A backbone spec that cannot be parsed or loaded."""
 
 

@@ -7,14 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from scalemm.config import ConfigError, check_keys, read_yaml_mapping
+from scalemm.extract.backbones import validate_spec
+from scalemm.extract.decode import DecodeConfig
 
-from extract.backbones import validate_spec
-from extract.decode import DecodeConfig
-
-
-class ConfigError(ValueError):
-    """A configuration file a user must fix."""
+__all__ = ["ConfigError", "ExtractConfig", "load_config"]
 
 
 @dataclass(frozen=True)
@@ -65,23 +62,9 @@ class ExtractConfig:
 
 
 def load_config(path: str | Path | None, **overrides: Any) -> ExtractConfig:
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must be a mapping of keys to values")
-        data = data.get("extract", data)
+    data: dict[str, Any] = read_yaml_mapping(path, section="extract") if path is not None else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(ExtractConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown extraction config key(s) {unknown} in {path}; known: {sorted(names)}")
+    check_keys(data, [f.name for f in dataclasses.fields(ExtractConfig)], f"extraction config {path}")
     try:
         return ExtractConfig(**data).validate()
     except TypeError as e:

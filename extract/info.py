@@ -8,7 +8,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from extract import store
+from scalemm import store
 
 
 def present_count(modality: store.ModalityStore) -> int:

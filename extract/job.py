@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from extract import store
-from extract.config import ExtractConfig
-from extract.corpus import Corpus, Product, read_corpus
+from scalemm import store
+from scalemm.atomic import remove_stale_temps as remove_stale_temps_in
+from scalemm.corpus import Corpus, Product, read_corpus
+from scalemm.extract.config import ExtractConfig
+from scalemm.extract.version import feature_code_version
+from scalemm.ray_address import resolve_ray_address
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def committed(out: Path, n_shards: int) -> set[int]:
 def remove_stale_temps(out: Path) -> list[Path]:
     """Delete temporary files (``<name>.tmp<pid>``) that a killed run left behind; files of a
     process that is still alive are kept. They never count as shards (see store.list_shards)."""
-    removed = store.remove_stale_temps([out, out / store.FAILURE_PARTS, *(out / m for m in store.MODALITIES)])
+    removed = remove_stale_temps_in([out, out / store.FAILURE_PARTS, *(out / m for m in store.MODALITIES)])
     if removed:
         log.info("removed %d temporary file(s) of an interrupted run under %s", len(removed), out)
     return removed
@@ -189,46 +191,11 @@ def pool_plan(cpus: float, gpus: float, cfg: ExtractConfig) -> dict[str, Any]:
     return {"actors": n, "cpus": actor_cpus, "gpus": 0.0, "threads": threads, "cluster_cpus": cpus}
 
 
-def _answers(address: str, timeout: float = 3.0) -> bool:
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def ray_address(address: str | None) -> str | None:
-    """The address to give ray.init. Without one, Ray joins the cluster named by $RAY_ADDRESS,
-    else the one last started with ``ray start`` on this machine (its address is kept in
-    /tmp/ray/ray_current_cluster), and waits for ever when that one is gone (a head that was
-    killed leaves the file behind). A dead $RAY_ADDRESS is an error; a dead last cluster is
-    skipped for a private local Ray."""
-    if address is not None:
-        return address
-    env = os.environ.get("RAY_ADDRESS", "")
-    if env:
-        if ":" in env and not env.startswith(("ray://", "http://", "https://")) and not _answers(env):
-            raise ConnectionError(f"no Ray cluster answers at $RAY_ADDRESS={env}; start it, or unset RAY_ADDRESS "
-                                  f"to use a local Ray")
-        return None
-    try:
-        from ray._private.utils import get_ray_address_file, read_ray_address
-        last, where = read_ray_address(), get_ray_address_file(None)
-    except Exception:  # a Ray without these helpers: leave it to Ray
-        return None
-    if last and not _answers(last):
-        log.warning("the Ray cluster last started on this machine (%s, named in %s) does not answer; "
-                    "starting a local Ray instead", last, where)
-        return "local"
-    return None
-
-
 def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | Path, cfg: ExtractConfig,
                    address: str | None = None, fmt: str = "auto") -> JobStats:
     import ray
 
-    from extract.worker import EncodeActor, describe_backbones, make_decoder, unpack
+    from scalemm.extract.worker import EncodeActor, describe_backbones, make_decoder, unpack
 
     t0 = time.time()
     out, media_root = Path(out), Path(media_root)
@@ -237,12 +204,12 @@ def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | P
         raise store.StoreError(f"media root {media_root} is not a directory")
     check_writable(out)
     fingerprint = store.file_fingerprint(corpus_path)
-    code = store.code_version()
+    code = feature_code_version()
     n = len(corpus)
     plan = plan_shards(n, cfg.shard_size)
 
     if not ray.is_initialized():
-        address = ray_address(address)
+        address = resolve_ray_address(address)
         ray.init(address=address, ignore_reinit_error=True, logging_level=logging.WARNING,
                  log_to_driver=True, include_dashboard=False if address in (None, "local") else None)
     infos = ray.get(ray.remote(num_cpus=1)(describe_backbones).remote(cfg.to_dict()))
@@ -252,7 +219,7 @@ def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | P
                 "backbones": infos, "n_items": n, "n_shards": len(plan)}
     check_manifest(out, manifest)
     remove_stale_temps(out)
-    store.write_json_atomic(out / store.MANIFEST, manifest)
+    store.write_manifest(out, manifest)
     provs = provenances(infos, fingerprint, code)
 
     done = committed(out, len(plan))

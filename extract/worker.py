@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from extract.config import ExtractConfig
-from extract.decode import DecodeConfig, DecodeError, decode_audio, decode_image, decode_video, resolve_media
+from scalemm.extract.config import ExtractConfig
+from scalemm.extract.decode import DecodeConfig, DecodeError, decode_audio, decode_image, decode_video, resolve_media
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Backbones:
     """The three loaded backbones of a config."""
 
     def __init__(self, cfg: ExtractConfig, device: str | None = None) -> None:
-        from extract.backbones import load_audio_backbone, load_image_backbone, load_text_backbone
+        from scalemm.extract.backbones import load_audio_backbone, load_image_backbone, load_text_backbone
 
         self.cfg = cfg
         self.device = device or pick_device(cfg)
@@ -197,7 +197,7 @@ class Backbones:
             return self.image.encode(np.stack([rows[i]["media"]["image"] for i in idx]), c.batch_size * 4)
 
         def run_videos(idx: list[int]) -> Any:
-            from extract.backbones import Encoded
+            from scalemm.extract.backbones import Encoded
             frames = [rows[i]["media"]["video"] for i in idx]
             enc = self.image.encode(np.concatenate(frames), c.batch_size * 4)
             T, D = c.video_max_frames, self.image.info.pooled_dim

@@ -15,7 +15,6 @@ leaves the previous checkpoint in force.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -26,8 +25,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from extract.store import Provenance, StoreError, replace_atomic, write_json_atomic
-from extract.store import remove_stale_temps as _remove_temps
+from scalemm.atomic import remove_stale_temps as _remove_temps
+from scalemm.atomic import replace_atomic, write_json_atomic
+from scalemm.errors import UserError
+from scalemm.store import Provenance, StoreError
 
 from .config import ConfigError, ScaleConfig
 
@@ -41,7 +42,7 @@ EMBED_FIELDS = ("modality", "backbone", "weights_hash", "pretrained", "preproces
                 "max_tokens", "schema_version")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, corrupt or does not belong to this run."""
 
 
@@ -66,11 +67,11 @@ def remove_stale_temps(run_dir: str | Path) -> list[Path]:
 
 
 def provenance_to_json(prov: dict[str, Provenance]) -> dict[str, dict[str, Any]]:
-    return {m: dataclasses.asdict(p) for m, p in prov.items()}
+    return {m: p.to_json() for m, p in prov.items()}
 
 
 def provenance_from_json(d: dict[str, dict[str, Any]]) -> dict[str, Provenance]:
-    return {m: Provenance(**p) for m, p in d.items()}
+    return {m: Provenance.from_json(p) for m, p in d.items()}
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, state: dict[str, Any],

@@ -9,20 +9,16 @@ default.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-ALL_MODALITIES: tuple[str, ...] = ("image", "text", "table", "video", "audio")
-# Same tuple as extract.store.MODALITIES; kept literal so that importing the config does
-# not import h5py (fuse/ stays import-light). tests/test_fuse_config.py checks they agree.
+from scalemm.config import ConfigError, check_keys, read_yaml_mapping
+from scalemm.modalities import MODALITIES as ALL_MODALITIES
 
-
-class ConfigError(ValueError):
-    """A configuration file or value a user can fix."""
+__all__ = ["ALL_MODALITIES", "ConfigError", "ScaleConfig"]
 
 
 @dataclass
@@ -142,13 +138,7 @@ class ScaleConfig:
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "ScaleConfig":
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a mapping of settings, got {type(d).__name__}")
-        names = cls.field_names()
-        unknown = [k for k in d if k not in names]
-        if unknown:
-            k = unknown[0]
-            close = difflib.get_close_matches(str(k), names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{source}: unknown setting '{k}'{hint}; valid settings: {', '.join(names)}")
+        check_keys(d, cls.field_names(), source)
         kw = dict(d)
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         for k, v in list(kw.items()):
@@ -161,16 +151,7 @@ class ScaleConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "ScaleConfig":
         """Read a YAML file; ``overrides`` (not None) replace its values."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file "
-                              f"(configs/scale.yaml holds the defaults)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix it") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of settings")
+        data = read_yaml_mapping(path)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data, source=f"config file {path}")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,21 +29,9 @@ if TYPE_CHECKING:
     from .train import TrainResult
 
 log = logging.getLogger(__name__)
-_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _repo_first_on_path() -> None:
-    """Ray puts the driver script's folder (pipelines/) first on a worker's sys.path, where
-    pipelines/extract.py would shadow the extract package: put the repo root first instead."""
-    pipes = str(_ROOT / "pipelines")
-    sys.path[:] = [str(_ROOT)] + [p for p in sys.path if p not in (pipes, str(_ROOT))]
-    mod = sys.modules.get("extract")
-    if mod is not None and not hasattr(mod, "__path__"):
-        del sys.modules["extract"]
 
 
 def _worker_loop(conf: dict[str, Any]) -> None:
-    _repo_first_on_path()
     import ray.train
     import ray.train.torch
 
@@ -82,8 +69,7 @@ def train_distributed(features_dir: str | Path, run_dir: str | Path, cfg: ScaleC
     started = False
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 log_to_driver=True, configure_logging=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(_ROOT)}})
+                 log_to_driver=True, configure_logging=False)
         started = True
     try:
         trainer = TorchTrainer(

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from extract.store import StoreError
+from scalemm.store import StoreError
 
 from .checkpoint import EMBED_FIELDS, check_provenance, load_weights, resolve_weights
 from .model import ScaleModel, product_embedding

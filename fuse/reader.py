@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from extract.store import (MODALITIES, ModalityStore, Provenance, ShardData, StoreError, concat_shards,
+from scalemm.store import (MODALITIES, ModalityStore, Provenance, ShardData, StoreError, concat_shards,
                            list_shards, open_stores, read_shard, read_shard_index)
 
 log = logging.getLogger(__name__)

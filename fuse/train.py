@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from extract.store import write_json_atomic
+from scalemm.atomic import write_json_atomic
+from scalemm.errors import UserError
 
 from .checkpoint import (Checkpoint, CheckpointError, check_provenance, latest_checkpoint, load_state,
                          load_weights, provenance_to_json, remove_stale_temps, save_checkpoint)
@@ -55,8 +56,10 @@ RUNTIME_FIELDS = ("epochs", "device", "threads", "loader_workers", "tensorboard"
                   "keep_checkpoints", "checkpoint_every", "checkpoint_unit")
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient became NaN/inf; nothing of that step was saved."""
+class TrainingDiverged(UserError, RuntimeError):
+    """The loss or the gradient became NaN/inf; nothing of that step was saved (exit code 3)."""
+
+    exit_code = 3
 
 
 @dataclass

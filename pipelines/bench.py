@@ -1,210 +1,23 @@
 """Benchmarks of the three stages, measured side by side in one run; prints a table (each
 target next to its measured value, PASS/MISS) and writes every figure to a JSON file.
+See bench/main.py for what is measured and how.
 
-  extract   the Ray job's items/s against the bare backbones on the same pre-decoded items
-            (extract_efficiency), decode items/s, model items/s, shard write MB/s, and
-            extract_scaling = time(4N) / time(N) with the fixed start-up cost apart
-  store     training-loader samples/s against train-step samples/s (loader_headroom), HDF5
-            read MB/s against plain reads of a raw file of the same size (store_read_efficiency)
-  fusion    fused SDPA against naive softmax(QK^T)V at the fusion model's sequence length and
-            batch 64 (sdpa_speedup, peak memory), training samples/s
-  index     the chosen FAISS index against NumPy brute force at 100k and 1M clustered vectors
-            (faiss_speedup, ann_recall@10; build time apart)
-  gpu       (when CUDA is there) open_clip ViT-B-32 image encoding images/s in bf16, SDPA on GPU
-
---quick: tiny backbones, N=16, 100k vectors only (about 1.5 min on 2 cores); default: the
-offline backbones (configs/offline.yaml), N=256 and 4N=1024, 100k and 1M vectors (about 11 min).
+    python pipelines/bench.py --quick --out bench.json     # about 1.5 min on 2 cores
+    python pipelines/bench.py --out bench.json --md bench.md
 """
 
-from __future__ import annotations
-
 import argparse
-import json
-import logging
-import math
-import os
-import platform
-import shutil
-import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
-if str(Path(__file__).resolve().parent) not in {str(Path(p).resolve()) for p in sys.path if p}:
-    # a child that multiprocessing spawns (the isolated media decoder of decode_row) re-imports this
-    # script after _cli.prepare_ray_driver() took pipelines/ off sys.path: find _cli at the end of
-    # the path, behind the repository root (so that ``extract`` stays the package)
-    sys.path.append(str(Path(__file__).resolve().parent))
-import _cli  # noqa: E402
+import _bootstrap  # noqa: F401
+from scalemm import cli
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-log = logging.getLogger("bench")
-
-# (key, comparison, threshold, description)
-TARGETS = [
-    ("extract_efficiency", ">=", 0.7, "job items/s (4N items, start-up incl.) / bare backbone items/s"),
-    ("extract_scaling", "<=", 4.4, "time(4N)/time(N) of the extraction job"),
-    ("loader_headroom", ">=", 5.0, "loader samples/s / train-step samples/s"),
-    ("sdpa_speedup", ">=", 1.3, "naive / SDPA attention-op time, fusion length, batch 64, fwd+bwd"),
-    ("faiss_speedup", ">=", 20.0, "NumPy brute force / FAISS query time at the largest n"),
-    ("ann_recall@10", ">=", 0.95, "recall@10 of the chosen index vs exact at the largest n"),
-]
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def machine_info() -> dict[str, Any]:
-    import faiss
-    import h5py
-    import numpy as np
-    import ray
-    import torch
-
-    from extract.worker import cpu_threads
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = 0.0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = int(line.split()[1]) / (1 << 20)
-    except OSError:
-        pass
-    cores = cpu_threads()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": cores, "ram_gb": round(ram, 1), "gpu": gpu,
-            "gpu_count": torch.cuda.device_count() if gpu else 0, "python": platform.python_version(),
-            "torch": torch.__version__, "faiss": faiss.__version__, "ray": ray.__version__,
-            "numpy": np.__version__, "h5py": h5py.__version__, "torch_threads": torch.get_num_threads(),
-            "os": platform.platform()}
-
-
-def cpu_busy(seconds: float = 1.0) -> float:
-    """Share of all CPUs busy over ``seconds`` (from /proc/stat; NaN elsewhere): what other
-    processes take while this one sleeps."""
-    def sample() -> tuple[int, int]:
-        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = f[3] + (f[4] if len(f) > 4 else 0)
-        return sum(f) - idle, sum(f)
-    try:
-        b0, t0 = sample()
-        time.sleep(seconds)
-        b1, t1 = sample()
-        return (b1 - b0) / max(t1 - t0, 1)
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-
-
-def check(value: float, op: str, threshold: float) -> str:
-    if value is None or not math.isfinite(value):
-        return "MISS"
-    return "PASS" if (value <= threshold if op == "<=" else value >= threshold) else "MISS"
-
-
-def fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-    return str(v)
-
-
-def table(r: dict[str, Any]) -> str:
-    """The Markdown table of the headline figures with their targets."""
-    h = r["headline"]
-    ex, st, fu = r["extract"], r["store"], r["fusion"]
-    targets = {t["key"]: t for t in r["targets"]}
-    rows: list[tuple[str, str, Any, str]] = []
-
-    def add(section: str, label: str, value: Any, key: str | None = None) -> None:
-        t = targets.get(key or "")
-        rows.append((section, label, value, f"{t['op']} {fmt(t['threshold'])} {t['status']}" if t else ""))
-
-    n, big = ex["n"], ex["n"] * ex["scale"]
-    add("extract", f"job items/s ({big} items, start-up incl.)", ex["job_items_per_s"])
-    add("extract", "job items/s, steady (4N-N)/(t4N-tN)", ex["job_steady_items_per_s"])
-    add("extract", f"bare backbone items/s ({n} pre-decoded, batch {ex['bare']['batch_size']}, {ex['bare']['torch_threads']} threads)",
-        ex["model_items_per_s"])
-    add("extract", "extract_efficiency (job / bare)", h["extract_efficiency"], "extract_efficiency")
-    add("extract", f"extract_efficiency of the N={n} job (start-up weighs more)", ex["extract_efficiency_n"])
-    add("extract", "extract_efficiency, steady (steady job / bare)", ex["extract_efficiency_steady"])
-    pool = ex["actor_pool"]
-    add("extract", "model actor pool (actors x torch threads, CPUs each)",
-        f"{pool['actors']} x {pool['threads']}, {pool['cpus']:g}")
-    add("extract", "decode items/s (1 process)", ex["decode_items_per_s"])
-    add("extract", "shard write MB/s (write_shard, fsync)", ex["write_mb_per_s"])
-    add("extract", f"job seconds N={n} / 4N={big}", f"{ex['job_n']['seconds']:.1f} / {ex['job_scaled']['seconds']:.1f}")
-    add("extract", "extract_scaling time(4N)/time(N)", h["extract_scaling"], "extract_scaling")
-    add("extract", "per-job start-up s (intercept of the two jobs)", ex["startup_s"])
-    add("extract", f"cold start s: ray.init + first job ({ex['job_warmup']['items']} items)",
-        f"{ex['ray_init_s']:.1f} + {ex['job_warmup']['seconds']:.1f}")
-    add("store", "loader samples/s (batch 64)", st["loader"]["samples_per_s"])
-    add("store", "train-step samples/s (fwd+bwd+AdamW)", st["train"]["samples_per_s"])
-    add("store", "loader_headroom", h["loader_headroom"], "loader_headroom")
-    add("store", "HDF5 read MB/s (read_shard, warm)", st["read"]["hdf5_mb_per_s"])
-    add("store", "raw file read MB/s (warm)", st["read"]["raw_mb_per_s"])
-    add("store", "store_read_efficiency", h["store_read_efficiency"])
-    a = fu["attention_op"]
-    add("fusion", f"attention op fwd+bwd ms, SDPA / naive (B={a['batch']}, L={a['length']}, H={a['heads']}, "
-        f"dh={a['head_dim']}, padding mask, malloc {a['regime']}, after the train steps)", f"{a['sdpa_s'] * 1e3:.0f} / {a['naive_s'] * 1e3:.0f}")
-    add("fusion", "sdpa_speedup (attention op, fwd+bwd)", h["sdpa_speedup"], "sdpa_speedup")
-    if "naive_faults_mb_per_call" in a:
-        add("fusion", "page faults per call MB, SDPA / naive (score matrices > glibc's 32 MiB mmap cap)",
-            f"{a['sdpa_faults_mb_per_call']:.0f} / {a['naive_faults_mb_per_call']:.0f}")
-    if "forward_naive_over_sdpa" in a:
-        add("fusion", "sdpa speedup, forward only (inference)", a["forward_naive_over_sdpa"])
-    if "naive_over_sdpa_warm_heap" in a:
-        add("fusion", "sdpa speedup fwd+bwd, warm heap (malloc tuned: the naive path's best case)",
-            a["naive_over_sdpa_warm_heap"])
-    if fu.get("attention_op_attn_dropout"):
-        ad = fu["attention_op_attn_dropout"]
-        add("fusion", f"sdpa speedup fwd+bwd with attention dropout {ad['dropout']} (CPU: math kernel)",
-            ad["naive_over_sdpa"])
-    add("fusion", "peak MB SDPA / naive (op, fwd+bwd, profiler)", f"{a['sdpa_peak_mb']:.0f} / {a['naive_peak_mb']:.0f}")
-    add("fusion", "peak-memory ratio naive/SDPA (op)", a["peak_naive_over_sdpa"])
-    if fu.get("attention_model"):
-        am, amt, mm = fu["attention_model"], fu["attention_model_train"], fu["memory_model"]
-        add("fusion", f"fusion transformer ({am['layers']} layers) fwd+bwd speedup, eval / train mode",
-            f"{am['naive_over_sdpa']:.2f} / {amt['naive_over_sdpa']:.2f}")
-        add("fusion", "fusion transformer peak MB SDPA / naive", f"{mm['sdpa_peak_mb']:.0f} / {mm['naive_peak_mb']:.0f}")
-    if fu.get("train_step"):
-        ts = fu["train_step"]
-        add("fusion", "train step s, SDPA / naive attention (ScaleModel, batch 64)",
-            f"{ts['sdpa']['step_s']:.2f} / {ts['naive']['step_s']:.2f}")
-        add("fusion", "train-step speedup from SDPA", ts["naive_over_sdpa"])
-    add("fusion", "training samples/s (ScaleModel, batch 64)", h["train_samples_per_s"])
-    for ix in r["index"]:
-        last = ix is r["index"][-1]
-        tag = f"{ix['n']:,}"
-        add("index", f"{tag}: {ix['index']} build s", ix["build_s"])
-        add("index", f"{tag}: NumPy / FAISS query s (1k q)", f"{ix['numpy_query_s']:.3f} / {ix['faiss_query_s']:.4f}")
-        add("index", f"{tag}: faiss_speedup", ix["faiss_speedup"], "faiss_speedup" if last else None)
-        add("index", f"{tag}: ann_recall@10", ix["ann_recall@10"], "ann_recall@10" if last else None)
-    g = r.get("gpu") or {}
-    if g.get("vit_b32", {}).get("images_per_s"):
-        add("gpu", "ViT-B-32 images/s (bf16, batch 256)", g["vit_b32"]["images_per_s"])
-    if g.get("attention_op"):
-        add("gpu", "sdpa_speedup on GPU (bf16, op / fusion transformer)",
-            f"{g['attention_op']['naive_over_sdpa']:.2f} / {g['attention_model']['naive_over_sdpa']:.2f}")
-    out = ["| stage | metric | measured | target |", "|---|---|---|---|"]
-    out += [f"| {s} | {lab} | {fmt(v)} | {t} |" for s, lab, v, t in rows]
-    mi = r["machine"]
-    out.append("")
-    out.append(f"Machine: {mi['cpu']}, {mi['cores']} cores, {mi['ram_gb']} GB RAM, GPU: {mi['gpu'] or 'none'}; "
-               f"torch {mi['torch']}, faiss {mi['faiss']}, ray {mi['ray']}, python {mi['python']}. "
-               f"Mode: {r['mode']}, total {r['seconds']:.0f} s; CPUs busy with other processes just before / "
-               f"after the run: {100 * mi['cpu_busy_by_others_start_end'][0]:.0f}% / "
-               f"{100 * mi['cpu_busy_by_others_start_end'][1]:.0f}%.")
-    return "\n".join(out)
-
-
-def main() -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small and fast (tiny backbones, N=16, 100k vectors)")
+def main() -> dict:
+    ap = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small and fast (tiny backbones, 100k vectors)")
     ap.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON file to write (default bench.json)")
     ap.add_argument("--md", type=Path, default=None, help="also write the table as Markdown to this file")
     ap.add_argument("--items", type=int, default=None, help="N (default 16 quick, 256 full)")
@@ -215,130 +28,11 @@ def main() -> dict[str, Any]:
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one, removed)")
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args()
-    _cli.setup_logging(a.verbose)
-    _cli.prepare_ray_driver()  # pipelines/ off the workers' path: pipelines/extract.py would shadow extract/
-    for noisy in ("ray", "extract", "fuse", "evaluate", "faiss"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if not a.verbose else logging.INFO)
+    cli.setup_logging(a.verbose)
+    from scalemm.bench.main import run_bench
 
-    import torch
-
-    from evaluate.bench import index_benchmark
-    from extract.bench import extraction_benchmark, vit_b32_throughput
-    from extract.config import load_config
-    from fuse.bench import (attention_benchmark, attention_memory, attention_op_benchmark, fusion_length,
-                            loader_benchmark, sdpa_kernels, store_read_benchmark,
-                            train_step_benchmark)
-
-    t_all = time.perf_counter()
-    busy0 = cpu_busy()
-    if busy0 > 0.25:
-        log.warning("%.0f%% of the CPUs are busy before the run: other processes share them, timings will "
-                    "suffer", 100 * busy0)
-    quick = a.quick
-    n = a.items or (16 if quick else 256)
-    cfg = load_config(a.config or _cli.ROOT / "configs" / ("tiny.yaml" if quick else "offline.yaml"))
-    sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else ([100_000] if quick else [100_000, 1_000_000])
-    work = a.work or Path(tempfile.mkdtemp(prefix="scale-bench-"))
-    r: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": machine_info()}
-    try:
-        log.info("extract: N=%d and 4N=%d items with %s", n, 4 * n, a.config or cfg.image)
-        r["extract"] = extraction_benchmark(cfg, n, work / "extract", scale=4, num_cpus=a.cpus,
-                                          warmup_items=2 if quick else 4)
-        feats = Path(r["extract"]["features_dir"])
-
-        log.info("store: loader, train step, reads on %s", feats)
-        r["store"] = {"features_dir": str(feats), "loader": loader_benchmark(feats, 64, 1.0 if quick else 3.0),
-                      "train": train_step_benchmark(feats, steps=2 if quick else 8, batch_size=64),
-                      "read": store_read_benchmark(feats, work)}
-
-        # the fusion length of the real (offline) backbones, whatever store the quick run made
-        if quick:
-            from extract.worker import Backbones
-            offline = load_config(_cli.ROOT / "configs" / "offline.yaml")
-            mt = {m: i["max_tokens"] for m, i in Backbones(offline, device="cpu").infos().items()}
-            src = "configs/offline.yaml backbones"
-        else:
-            mt, src = r["extract"]["max_tokens"], "the extracted store"
-        L = fusion_length(mt)
-        log.info("fusion: SDPA vs naive at L=%d (%s), batch 64", L, src)
-        drop, attn_drop = r["store"]["train"]["dropout"], r["store"]["train"]["attn_dropout"]
-        rep = 3 if quick else 7
-        r["fusion"] = {
-            "length": L, "length_from": src, "max_tokens": mt, "train_dropout": drop, "train_attn_dropout": attn_drop,
-            # the attention op alone (q, k, v -> o), the model's boolean padding mask, fwd+bwd, with
-            # malloc as this process has it after the train steps; also forward only, warm heap
-            "attention_op": attention_op_benchmark(64, L, 4, 64, repeats=rep),
-            # which aten kernels SDPA runs: eval, training as configured, with attention dropout
-            "kernels_eval": sdpa_kernels(length=L),
-            "kernels_train": sdpa_kernels(length=L, attn_dropout=attn_drop, train=True),
-            "kernels_attn_dropout": sdpa_kernels(length=L, attn_dropout=0.1),
-            "train_samples_per_s": r["store"]["train"]["samples_per_s"],
-        }
-        if not quick:
-            # what attention dropout would cost: on CPU it sends SDPA to the math kernel
-            r["fusion"]["attention_op_attn_dropout"] = attention_op_benchmark(
-                64, L, 4, 64, repeats=5, dropout=0.1, memory=False, regimes=False)
-            # the whole 2-layer fusion transformer (MLPs, projections, norms included)
-            r["fusion"]["attention_model"] = attention_benchmark(64, L, 256, 4, 2, repeats=5)
-            r["fusion"]["attention_model_train"] = attention_benchmark(64, L, 256, 4, 2, repeats=3, dropout=drop,
-                                                                       attn_dropout=attn_drop)
-            r["fusion"]["memory_model"] = attention_memory(64, L, 256, 4, 2)
-            # the real training step (ScaleModel, default config), SDPA vs naive, one after the other
-            steps = {impl: train_step_benchmark(feats, steps=8, batch_size=64, attention=impl)
-                     for impl in ("sdpa", "naive")}
-            r["fusion"]["train_step"] = {**steps, "naive_over_sdpa": steps["naive"]["step_s"] / steps["sdpa"]["step_s"]}
-
-        r["index"] = []
-        for size in sizes:
-            log.info("index: %d clustered vectors", size)
-            r["index"].append(index_benchmark(size))
-
-        if torch.cuda.is_available():
-            log.info("gpu: ViT-B-32 bf16 and SDPA on CUDA")
-            r["gpu"] = {"vit_b32": vit_b32_throughput(),
-                        "attention_op": attention_op_benchmark(64, L, 4, 64, repeats=10, device="cuda"),
-                        "attention_model": attention_benchmark(64, L, 256, 4, 2, repeats=10, device="cuda")}
-    finally:
-        if a.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-
-    ex, st, last = r["extract"], r["store"], r["index"][-1]
-    r["headline"] = {
-        "extract_job_items_per_s": ex["job_items_per_s"], "extract_bare_items_per_s": ex["model_items_per_s"],
-        "extract_efficiency": ex["extract_efficiency"], "extract_efficiency_steady": ex["extract_efficiency_steady"],
-        "extract_scaling": ex["extract_scaling"],
-        "extract_startup_s": ex["startup_s"], "decode_items_per_s": ex["decode_items_per_s"],
-        "model_items_per_s": ex["model_items_per_s"], "write_mb_per_s": ex["write_mb_per_s"],
-        "loader_samples_per_s": st["loader"]["samples_per_s"], "train_samples_per_s": st["train"]["samples_per_s"],
-        "loader_headroom": st["loader"]["samples_per_s"] / st["train"]["samples_per_s"],
-        "hdf5_read_mb_per_s": st["read"]["hdf5_mb_per_s"], "raw_read_mb_per_s": st["read"]["raw_mb_per_s"],
-        "store_read_efficiency": st["read"]["store_read_efficiency"],
-        "sdpa_speedup": r["fusion"]["attention_op"]["naive_over_sdpa"],
-        "sdpa_speedup_forward": r["fusion"]["attention_op"].get("forward_naive_over_sdpa", float("nan")),
-        "sdpa_speedup_warm_heap": r["fusion"]["attention_op"].get("naive_over_sdpa_warm_heap", float("nan")),
-        "sdpa_speedup_train_step": r["fusion"].get("train_step", {}).get("naive_over_sdpa", float("nan")),
-        "attention_peak_memory_ratio": r["fusion"]["attention_op"]["peak_naive_over_sdpa"],
-        "faiss_speedup": last["faiss_speedup"], "ann_recall@10": last["ann_recall@10"],
-        "faiss_n": last["n"], "faiss_build_s": last["build_s"],
-    }
-    if r.get("gpu", {}).get("vit_b32", {}).get("images_per_s"):
-        r["headline"]["vit_b32_images_per_s"] = r["gpu"]["vit_b32"]["images_per_s"]
-    r["targets"] = [{"key": k, "op": op, "threshold": th, "what": what, "value": r["headline"][k],
-                     "status": check(r["headline"][k], op, th)} for k, op, th, what in TARGETS]
-    r["seconds"] = time.perf_counter() - t_all
-    r["machine"]["cpu_busy_by_others_start_end"] = [busy0, cpu_busy()]
-    text = table(r)
-    print(text, flush=True)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(r, indent=2, default=str))
-    if a.md:
-        a.md.parent.mkdir(parents=True, exist_ok=True)
-        a.md.write_text(text + "\n")
-    log.info("wrote %s", a.out)
-    return {"out": str(a.out), "mode": r["mode"], "seconds": round(r["seconds"], 1),
-            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r["headline"].items()},
-            "targets": {t["key"]: t["status"] for t in r["targets"]}}
+    return run_bench(a, ROOT / "configs")
 
 
 if __name__ == "__main__":
-    sys.exit(_cli.run(main))
+    cli.run(main)

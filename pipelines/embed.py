@@ -8,19 +8,15 @@ line is a JSON summary. The logic lives in fuse/embed.py.
 
 from __future__ import annotations
 
-import sys
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import time  # noqa: E402
+import _bootstrap  # noqa: F401
+from scalemm import cli
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Write SCALE product embeddings for a feature store.")
+def main() -> dict:
+    p = cli.ArgumentParser(description="Write SCALE product embeddings for a feature store.")
     p.add_argument("--run", required=True, type=Path, help="run directory of pipelines/train.py (or a .safetensors)")
     p.add_argument("--features", required=True, type=Path, help="feature directory to embed")
     p.add_argument("--out", required=True, type=Path, help="output .npz")
@@ -30,33 +26,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-pooled", action="store_true", help="leave the per-modality pooled outputs out")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from extract.store import StoreError
-    from fuse.checkpoint import CheckpointError
-    from fuse.config import ConfigError
-    from fuse.embed import embed_store, save_embeddings
+    args = p.parse_args()
+    cli.setup_logging(level=args.log_level)
+    from scalemm.config import ConfigError
+    from scalemm.fuse.embed import embed_store, save_embeddings
 
     mods = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
     t0 = time.perf_counter()
-    try:
-        if args.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-        res = embed_store(args.run, args.features, mods, args.batch_size, args.device,
-                          progress=not args.no_progress)
-        path = save_embeddings(res, args.out, with_pooled=not args.no_pooled)
-    except (StoreError, ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({"out": str(path), "items": len(res["ids"]), "dim": int(res["vectors"].shape[1]),
-                      "modalities": res["modalities"], "seconds": time.perf_counter() - t0}), flush=True)
-    return 0
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    res = embed_store(args.run, args.features, mods, args.batch_size, args.device, progress=not args.no_progress)
+    path = save_embeddings(res, args.out, with_pooled=not args.no_pooled)
+    return {"out": str(path), "items": len(res["ids"]), "dim": int(res["vectors"].shape[1]),
+            "modalities": res["modalities"], "seconds": time.perf_counter() - t0}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -6,12 +6,14 @@ and k-means clustering; writes EVAL/metrics.json, report.md, plots and gallery.h
 """
 
 import argparse
+import sys
 
-import _cli
+import _bootstrap  # noqa: F401
+from scalemm import cli
 
 
 def main() -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--features", help="feature directory (pipelines/extract.py --out)")
     ap.add_argument("--checkpoint", help="training run directory (pipelines/train.py --out)")
     ap.add_argument("--uniform-checkpoint", help="run trained with harmonize: false (the scale_uniform method)")
@@ -22,18 +24,16 @@ def main() -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
-    _cli.setup_logging(a.verbose)
-    from evaluate.run import rebuild_and_check, run_evaluation
+    cli.setup_logging(a.verbose)
+    from scalemm.evaluate.headline import format_headline
+    from scalemm.evaluate.run import rebuild_and_check, run_evaluation
 
     if a.rebuild_index:
         return rebuild_and_check(a.out)
     if not a.features or not a.checkpoint:
         ap.error("--features and --checkpoint are required (unless --rebuild-index)")
-    _cli.check_out_dir(a.out)
+    cli.check_out_dir(a.out)
     m = run_evaluation(a.features, a.checkpoint, a.out, a.uniform_checkpoint, a.media_root, a.seed)
-    from evaluate.headline import format_headline
-
-    import sys
     print(format_headline(m), file=sys.stderr)
     return {"out": a.out, "items": m["items"], "seconds": m["seconds"], "index": m["index"],
             "scale": {"coarse_mAP@1": m["methods"]["scale"]["coarse"]["mAP@1"],
@@ -41,4 +41,4 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    _cli.run(main)
+    cli.run(main)

@@ -7,12 +7,16 @@ Without a running cluster it starts a local Ray. The last stdout line is a JSON 
 """
 
 import argparse
+from pathlib import Path
 
-import _cli
+import _bootstrap  # noqa: F401
+from scalemm import cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", required=True, help="corpus.jsonl or an M5Product release JSON")
     ap.add_argument("--media-root", help="folder the corpus' media paths are relative to (default: the corpus' folder)")
     ap.add_argument("--out", required=True, help="feature directory to write (resumes if it exists)")
@@ -22,19 +26,16 @@ def main() -> dict:
     ap.add_argument("--address", help="Ray address (default: the job's cluster, or a local Ray)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
-    _cli.setup_logging(a.verbose)
-    from pathlib import Path
+    cli.setup_logging(a.verbose)
+    from scalemm.extract.config import load_config
+    from scalemm.extract.job import run_extraction
+    from scalemm.ray_address import check_ray_address
 
-    from extract.config import load_config
-    from extract.job import run_extraction
-
-    _cli.check_ray_address(a.address)
-    cfg_path = a.config or (_cli.ROOT / "configs" / "offline.yaml")
-    cfg = load_config(cfg_path, shard_size=a.shard_size)
+    check_ray_address(a.address)
+    cfg = load_config(a.config or ROOT / "configs" / "offline.yaml", shard_size=a.shard_size)
     media_root = a.media_root or str(Path(a.corpus).resolve().parent)
-    _cli.prepare_ray_driver()
     return run_extraction(a.corpus, media_root, a.out, cfg, address=a.address, fmt=a.format).summary()
 
 
 if __name__ == "__main__":
-    _cli.run(main)
+    cli.run(main)

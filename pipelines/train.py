@@ -5,25 +5,21 @@ Options: ``--config YAML`` (defaults: configs/scale.yaml's values), ``--epochs N
 (run under Ray Train with N workers; default: one process, no Ray), ``--gpu`` (Ray
 workers use a GPU each), ``--ray-address`` (default: $RAY_ADDRESS, else a private local
 Ray). Progress and logs go to stderr; the last stdout line is one JSON object
-(final_loss, steps, seconds, samples_per_s, importances, ...). User errors end with one
-``error: ...`` line and exit code 2 (3 when training diverged). The logic lives in
-fuse/train.py.
+(final_loss, steps, seconds, samples_per_s, importances, ...). Errors follow the convention
+of scalemm.cli (exit code 2; 3 when training diverged). The logic lives in fuse/train.py.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
+import _bootstrap  # noqa: F401
+from scalemm import cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train the SCALE fusion model on cached feature stores.")
+    p = cli.ArgumentParser(description="Train the SCALE fusion model on cached feature stores.")
     p.add_argument("--features", required=True, type=Path, help="feature directory written by pipelines/extract.py")
     p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, plot)")
     p.add_argument("--config", type=Path, default=None, help="YAML config (see configs/scale.yaml)")
@@ -39,46 +35,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from extract.store import StoreError
-    from fuse.checkpoint import CheckpointError
-    from fuse.config import ConfigError, ScaleConfig
-    from fuse.train import TrainingDiverged, train
+def main() -> dict:
+    args = parse_args()
+    cli.setup_logging(level=args.log_level)
+    from scalemm.config import ConfigError
+    from scalemm.fuse.config import ScaleConfig
+    from scalemm.fuse.train import train
+    from scalemm.ray_address import check_ray_address
 
-    import _cli
-
-    try:
-        _cli.check_out_dir(args.out)
-        if args.workers is not None and args.ray_address:
-            _cli.check_ray_address(args.ray_address, "--ray-address")
-        if args.epochs is not None and args.epochs < 1:
-            raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
-        cfg = ScaleConfig.from_yaml(args.config) if args.config is not None else None
-        kw = dict(resume=args.resume, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
-        if args.workers is not None:
-            if args.workers < 1:
-                raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-            from fuse.distributed import train_distributed
-            _cli.prepare_ray_driver()
-            result = train_distributed(args.features, args.out, cfg, workers=args.workers,
-                                       use_gpu=args.gpu, address=args.ray_address, **kw)
-        else:
-            result = train(args.features, args.out, cfg, **kw)
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except (StoreError, ConfigError, CheckpointError, OSError, ValueError) as e:
-        print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; continue with --resume --out {args.out}", file=sys.stderr)
-        return 130
-    print(json.dumps(result.to_dict()), flush=True)
-    return 0
+    cli.check_out_dir(args.out)
+    if args.workers is not None and args.ray_address:
+        check_ray_address(args.ray_address, "--ray-address")
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+    cfg = ScaleConfig.from_yaml(args.config) if args.config is not None else None
+    kw = dict(resume=args.resume, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+    if args.workers is None:
+        return train(args.features, args.out, cfg, **kw).to_dict()
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    from scalemm.fuse.distributed import train_distributed
+    return train_distributed(args.features, args.out, cfg, workers=args.workers, use_gpu=args.gpu,
+                             address=args.ray_address, **kw).to_dict()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, interrupted="interrupted; continue with --resume and the same --out")

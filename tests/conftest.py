@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import os
+import runpy
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-# the entry points' start-up: repository root first on sys.path, offline model hubs
-from pipelines._cli import ROOT
+from scalemm.cli import apply_offline_env
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+ROOT = Path(__file__).resolve().parents[1]
+apply_offline_env()
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def one_faiss_thread():
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 32-item demo corpus (with corrupt and missing media) shared by the extraction tests."""
-    from extract.demo_corpus import make_corpus
+    from scalemm.corpora.demo import make_corpus
 
     out = tmp_path_factory.mktemp("corpus")
     make_corpus(out, 32, seed=3)
@@ -37,7 +39,7 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from extract.config import load_config
+    from scalemm.extract.config import load_config
 
     return load_config(ROOT / "configs" / "tiny.yaml")
 
@@ -47,7 +49,7 @@ def extracted(demo_corpus: Path, tiny_config, tmp_path_factory: pytest.TempPathF
     """The demo corpus extracted with tiny backbones through a local Ray (in process)."""
     import ray
 
-    from extract.job import run_extraction
+    from scalemm.extract.job import run_extraction
 
     out = tmp_path_factory.mktemp("feats")
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
@@ -56,3 +58,27 @@ def extracted(demo_corpus: Path, tiny_config, tmp_path_factory: pytest.TempPathF
     finally:
         ray.shutdown()
     return out, stats
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run a pipelines/ script as ``python pipelines/<script> ARGS`` would, but in this process
+    (the imports are paid once): its ``__main__`` block runs, SystemExit gives the exit code,
+    and an exception escaping the script fails the test (the user would see a traceback)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("SCALE_DEBUG", raising=False)
+    monkeypatch.syspath_prepend(str(ROOT / "pipelines"))
+
+    def call(script: str, *args: str) -> tuple[int, str, str, float]:
+        monkeypatch.setattr(sys, "argv", [str(ROOT / "pipelines" / script), *args])
+        capsys.readouterr()
+        t0 = time.time()
+        try:
+            runpy.run_path(str(ROOT / "pipelines" / script), run_name="__main__")
+            rc = 0
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return rc, out, err, time.time() - t0
+
+    return call

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.store import MODALITIES, Provenance, ShardData, write_failure_part, write_shard
+from scalemm.store import MODALITIES, Provenance, ShardData, write_failure_part, write_shard
 
 # the real stores' token layout (max_tokens, dim)
 REAL_SHAPES: dict[str, tuple[int, int]] = {
@@ -100,7 +100,7 @@ def write_synthetic_store(root: str | Path, n_items: int = 64, shapes: dict[str,
 
 def tiny_config(**kw: Any):
     """A ScaleConfig small enough for unit tests."""
-    from fuse.config import ScaleConfig
+    from scalemm.fuse.config import ScaleConfig
     base = dict(d_model=32, heads=4, encoder_layers=1, fusion_layers=1, dropout=0.1, batch_size=16,
                 epochs=2, lr=2e-3, warmup_steps=2, seed=0, tensorboard=False, threads=2,
                 checkpoint_every=1, checkpoint_unit="epoch")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from extract.backbones import BackboneError, load_audio_backbone, load_image_backbone, load_text_backbone, parse_spec
+from scalemm.extract.backbones import BackboneError, load_audio_backbone, load_image_backbone, load_text_backbone, parse_spec
 
 
 def test_tiny_open_clip_gives_patch_tokens_and_pooled():
@@ -20,7 +20,7 @@ def test_pretrained_efficientnet_from_pypi_recognises_a_cat():
 
     b = load_image_backbone("timm:efficientnet_lite0@pkg:efficientnet_lite0")
     assert b.info.pretrained and b.info.dim == 1280 and b.info.max_tokens == 49
-    from extract.decode import square_resize
+    from scalemm.extract.decode import square_resize
     from PIL import Image
 
     img = square_resize(Image.fromarray(data.chelsea()), 224)[None]

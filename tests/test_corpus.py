@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from extract.corpus import CorpusError, media_name_from_url, parse_table, read_corpus
+from scalemm.corpus import CorpusError, media_name_from_url, parse_table, read_corpus
 
 
 def write_lines(path, lines):

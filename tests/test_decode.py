@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract.decode import (DecodeConfig, DecodeError, decode_audio, decode_image, decode_video, resolve_media,
+from scalemm.extract.decode import (DecodeConfig, DecodeError, decode_audio, decode_image, decode_video, resolve_media,
                             video_frame_indices)
 
 CFG = DecodeConfig(image_size=64, video_max_frames=4)

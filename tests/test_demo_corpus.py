@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract.corpus import parse_table, read_corpus
-from extract.demo_corpus import (
+from scalemm.corpus import parse_table, read_corpus
+from scalemm.corpora.demo import (
     AUDIO_SR,
     CATEGORIES,
     FPS,
@@ -362,11 +362,11 @@ def test_cli_bad_arguments_give_one_line(tmp_path, args):
     p = _cli("--out", str(tmp_path / "c"), *args) if args else _cli()
     assert p.returncode != 0
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    assert p.stderr.startswith("make_corpus: error:")
+    assert p.stderr.startswith("error:")
 
 
 def test_cli_refuses_a_foreign_directory(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     p = _cli("--out", str(tmp_path), "--items", "2", "--quiet")
-    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "not empty" in p.stderr

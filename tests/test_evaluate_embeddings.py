@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluate.embeddings import EmbeddingSet, frozen_baselines, l2_normalize
-from extract.store import (Provenance, ShardData, StoreError, shard_path, write_failure_part,
+from scalemm.evaluate.embeddings import EmbeddingSet, frozen_baselines, l2_normalize
+from scalemm.store import (Provenance, ShardData, StoreError, shard_path, write_failure_part,
                            write_shard)
 
 
@@ -97,7 +97,7 @@ def _write_store(root: Path, n_per_shard: int = 4, n_shards: int = 2, seed: int 
 
 def test_frozen_baselines_from_store(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pooled = _write_store(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="evaluate.embeddings"):
+    with caplog.at_level(logging.WARNING, logger="scalemm.evaluate.embeddings"):
         out = frozen_baselines(tmp_path)
     assert set(out) == {"frozen_text", "frozen_image", "frozen_table", "concat_frozen"}
     assert "video" in caplog.text and "audio" in caplog.text  # skipped stores are warned about

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from evaluate.embeddings import EmbeddingSet, l2_normalize
-from evaluate.index import (IndexFileError, IndexSpec, ann_recall_at_k, build_index, choose_index,
+from scalemm.evaluate.embeddings import EmbeddingSet, l2_normalize
+from scalemm.evaluate.index import (IndexFileError, IndexSpec, ann_recall_at_k, build_index, choose_index,
                             estimate_bytes, exact_search, load_index, rebuild_index, save_index,
                             search)
 

@@ -10,7 +10,7 @@ from sklearn.metrics import accuracy_score, f1_score, normalized_mutual_info_sco
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from evaluate.metrics import (RETRIEVAL_KEYS, classification, clustering, cross_modal_recall,
+from scalemm.evaluate.metrics import (RETRIEVAL_KEYS, classification, clustering, cross_modal_recall,
                               drop_self, fine_query_mask, hits_from_neighbors, purity_score,
                               retrieval_metrics, retrieval_scores, stratified_split)
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluate.embeddings import EmbeddingSet, l2_normalize
-from evaluate.headline import format_headline
-from evaluate.metrics import CLASSIFICATION_KEYS, CLUSTERING_KEYS, RETRIEVAL_KEYS
-from evaluate.report import (ABLATION_KEYS, assemble_metrics, render_markdown, validate_metrics,
+from scalemm.evaluate.embeddings import EmbeddingSet, l2_normalize
+from scalemm.evaluate.headline import format_headline
+from scalemm.evaluate.metrics import CLASSIFICATION_KEYS, CLUSTERING_KEYS, RETRIEVAL_KEYS
+from scalemm.evaluate.report import (ABLATION_KEYS, assemble_metrics, render_markdown, validate_metrics,
                              write_gallery, write_metrics_json, write_report)
-from evaluate.tasks import ABLATION_NAMES, evaluate_ablation, evaluate_methods, evaluate_set, index_report
+from scalemm.evaluate.tasks import ABLATION_NAMES, evaluate_ablation, evaluate_methods, evaluate_set, index_report
 
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")

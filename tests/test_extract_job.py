@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from extract import store
-from extract.info import store_info
+from scalemm import store
+from scalemm.extract.info import store_info
 
 
 def _expected(corpus):
@@ -52,7 +52,7 @@ def test_store_rows_follow_corpus_and_provenance(extracted, demo_corpus):
 def test_resume_skips_finished_shards_and_redoes_lost_ones(extracted, demo_corpus, tiny_config, tmp_path):
     import ray
 
-    from extract.job import run_extraction
+    from scalemm.extract.job import run_extraction
 
     out, _ = extracted
     work = tmp_path / "feats"
@@ -83,8 +83,8 @@ def test_resume_skips_finished_shards_and_redoes_lost_ones(extracted, demo_corpu
 
 
 def test_pool_plan_leaves_a_cpu_to_decode_and_splits_small_nodes() -> None:
-    from extract.config import ExtractConfig
-    from extract.job import pool_plan
+    from scalemm.extract.config import ExtractConfig
+    from scalemm.extract.job import pool_plan
 
     cfg = ExtractConfig()
     for cpus in (1.0, 2.0, 4.0, 16.0):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from extract.store import MODALITIES
-from fuse.config import ALL_MODALITIES, ConfigError, ScaleConfig
+from scalemm.store import MODALITIES
+from scalemm.fuse.config import ALL_MODALITIES, ConfigError, ScaleConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

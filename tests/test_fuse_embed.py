@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from extract.store import StoreError
-from fuse.embed import embed_store, load_model
-from fuse.model import product_embedding
-from fuse.reader import FeatureDataset
-from fuse.train import train
+from scalemm.store import StoreError
+from scalemm.fuse.embed import embed_store, load_model
+from scalemm.fuse.model import product_embedding
+from scalemm.fuse.reader import FeatureDataset
+from scalemm.fuse.train import train
 from fuse_helpers import tiny_config, write_synthetic_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,22 +73,11 @@ def test_modality_subset_is_the_model_with_the_others_absent(trained) -> None:
         embed_store(run, feats, modalities=["image", "smell"])
 
 
-def _main(module: str, argv: list[str], capsys) -> tuple[int, str, str]:
-    sys.path.insert(0, str(ROOT / "pipelines"))
-    try:
-        mod = __import__(module)
-        rc = mod.main(argv)
-    finally:
-        sys.path.remove(str(ROOT / "pipelines"))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def test_embed_cli_writes_npz_without_pickle(trained, tmp_path, capsys) -> None:
+def test_embed_cli_writes_npz_without_pickle(trained, tmp_path, run_cli) -> None:
     feats, run = trained
     out_path = tmp_path / "e.npz"
-    rc, out, err = _main("embed", ["--run", str(run), "--features", str(feats), "--out", str(out_path),
-                                   "--modalities", "image,text", "--no-progress"], capsys)
+    rc, out, err, _ = run_cli("embed.py", "--run", str(run), "--features", str(feats), "--out", str(out_path),
+                              "--modalities", "image,text", "--no-progress")
     assert rc == 0, err
     assert json.loads(out.strip().splitlines()[-1])["items"] == 24
     with np.load(out_path, allow_pickle=False) as z:
@@ -101,7 +90,7 @@ def test_embed_cli_writes_npz_without_pickle(trained, tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("case", ["missing_features", "bad_config_key", "corrupt_weights", "corrupt_state",
                                   "resume_nothing"])
-def test_cli_user_errors_are_one_line(case, trained, tmp_path, capsys) -> None:
+def test_cli_user_errors_are_one_line(case, trained, tmp_path, run_cli) -> None:
     feats, run = trained
     argv = ["--features", str(feats), "--out", str(tmp_path / "r"), "--no-progress"]
     expect = ""
@@ -124,7 +113,7 @@ def test_cli_user_errors_are_one_line(case, trained, tmp_path, capsys) -> None:
     else:
         argv += ["--resume"]
         expect = "no checkpoint"
-    rc, out, err = _main("train", argv, capsys)
+    rc, out, err, _ = run_cli("train.py", *argv)
     assert rc == 2, (out, err)
     assert out == ""
     lines = [ln for ln in err.splitlines() if ln.strip()]

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from fuse.losses import masked_losses, scale_loss, simcl_loss
-from fuse.masking import choose_masks, entity_mask, token_mask
-from fuse.model import ModelOutput, ScaleModel
+from scalemm.fuse.losses import masked_losses, scale_loss, simcl_loss
+from scalemm.fuse.masking import choose_masks, entity_mask, token_mask
+from scalemm.fuse.model import ModelOutput, ScaleModel
 from fuse_helpers import SMALL_SHAPES, random_batch, tiny_config
 
 torch.set_num_threads(1)
@@ -151,6 +151,6 @@ def test_rescaled_weights_make_equal_agreement_neutral() -> None:
     unscaled, _ = simcl_loss(pooled, present, equal, mods)
     assert torch.allclose(plain, rescaled, atol=1e-6)
     assert not torch.allclose(plain, unscaled, atol=1e-3)  # unscaled W softens every logit
-    from fuse.losses import weight_scale
+    from scalemm.fuse.losses import weight_scale
     present[0, 2] = False
     assert torch.allclose(weight_scale(present)[:2], torch.tensor([math.sqrt(2), math.sqrt(3)]))

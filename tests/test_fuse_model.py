@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from fuse.attention import Block, Transformer, naive_attention
-from fuse.model import ScaleModel, SelfHarmonizer, product_embedding
+from scalemm.fuse.attention import Block, Transformer, naive_attention
+from scalemm.fuse.model import ScaleModel, SelfHarmonizer, product_embedding
 from fuse_helpers import SMALL_SHAPES, random_batch, tiny_config
 
 torch.set_num_threads(1)
@@ -145,7 +145,7 @@ def test_block_sdpa_equals_naive_reference() -> None:
 def test_training_mode_keeps_the_fused_cpu_kernel_and_attn_dropout_drops() -> None:
     """The default (attn_dropout 0) trains through SDPA's fused kernel, not the math fallback;
     attn_dropout > 0 really drops attention probabilities in training, and only there."""
-    from fuse.bench import sdpa_kernels
+    from scalemm.bench.fuse import sdpa_kernels
 
     kernels = sdpa_kernels(batch=2, length=24, d_model=32, heads=4, train=True)
     assert any("flash_attention" in k for k in kernels), kernels
@@ -183,7 +183,7 @@ def test_wrong_token_shape_is_refused() -> None:
 
 
 def test_attention_benchmark_times_both_paths() -> None:
-    from fuse.bench import attention_benchmark
+    from scalemm.bench.fuse import attention_benchmark
 
     r = attention_benchmark(batch=2, length=9, d_model=16, heads=2, layers=1, repeats=1)
     assert r["sdpa_s"] > 0 and r["naive_s"] > 0

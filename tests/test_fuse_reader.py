@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from extract.store import ShardData, StoreError, open_stores, read_shard, write_shard
-from fuse.reader import EpochBatchSampler, FeatureDataset, collate, epoch_batches, make_loader
+from scalemm.store import ShardData, StoreError, open_stores, read_shard, write_shard
+from scalemm.fuse.reader import EpochBatchSampler, FeatureDataset, collate, epoch_batches, make_loader
 from fuse_helpers import SMALL_SHAPES, write_synthetic_store
 
 

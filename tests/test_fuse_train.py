@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import fuse.train as fuse_train
-from extract.store import StoreError
-from fuse.checkpoint import CheckpointError, latest_checkpoint
-from fuse.embed import embed_store
-from fuse.model import ScaleModel, product_embedding
-from fuse.reader import FeatureDataset
-from fuse.train import TrainingDiverged, train
+import scalemm.fuse.train as fuse_train
+from scalemm.store import StoreError
+from scalemm.fuse.checkpoint import CheckpointError, latest_checkpoint
+from scalemm.fuse.embed import embed_store
+from scalemm.fuse.model import ScaleModel, product_embedding
+from scalemm.fuse.reader import FeatureDataset
+from scalemm.fuse.train import TrainingDiverged, train
 from fuse_helpers import tiny_config, write_synthetic_store
 
 torch.set_num_threads(1)
@@ -165,7 +165,7 @@ def test_stores_that_do_not_fit_are_refused(small, tmp_path) -> None:
 @pytest.mark.slow
 def test_ray_train_with_one_worker_equals_single_process(small, reference, tmp_path) -> None:
     pytest.importorskip("ray.train.torch")
-    from fuse.distributed import train_distributed
+    from scalemm.fuse.distributed import train_distributed
 
     run_a, a = reference
     res = train_distributed(small, tmp_path / "ray", tiny_config(epochs=2), workers=1, progress=False)

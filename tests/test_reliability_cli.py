@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import runpy
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
-from extract import store
+from scalemm import store
 from fuse_helpers import tiny_config, write_synthetic_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,30 +34,6 @@ def cli(script: str, *args: str, timeout: float = 120) -> tuple[int, str, str, f
     p = subprocess.run([sys.executable, str(ROOT / "pipelines" / script), *args], capture_output=True, text=True,
                        timeout=timeout, env=env, cwd=ROOT)
     return p.returncode, p.stdout, p.stderr, time.time() - t0
-
-
-@pytest.fixture
-def run_cli(capsys, monkeypatch):
-    """Run a pipelines/ script as ``python pipelines/<script> ARGS`` would, but in this process
-    (the imports are paid once): its ``__main__`` block runs, SystemExit gives the exit code,
-    and an exception escaping the script fails the test (the user would see a traceback)."""
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("SCALE_DEBUG", raising=False)
-    monkeypatch.syspath_prepend(str(ROOT / "pipelines"))
-
-    def call(script: str, *args: str) -> tuple[int, str, str, float]:
-        monkeypatch.setattr(sys, "argv", [str(ROOT / "pipelines" / script), *args])
-        capsys.readouterr()
-        t0 = time.time()
-        try:
-            runpy.run_path(str(ROOT / "pipelines" / script), run_name="__main__")
-            rc = 0
-        except SystemExit as e:
-            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return rc, out, err, time.time() - t0
-
-    return call
 
 
 LOG_RECORD = re.compile(r"^(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d(,\d+)? (INFO|WARNING) ")
@@ -87,7 +62,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     """A small synthetic store and a 1-epoch run on it (two checkpoints: steps 1 and 2)."""
     import torch
 
-    from fuse.train import train
+    from scalemm.fuse.train import train
 
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("relcli")
@@ -160,7 +135,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(run_cli, trained, tmp
                 t = f["tokens"][()]
                 t[...] = np.nan
                 f["tokens"][...] = t
-    from fuse.checkpoint import latest_checkpoint
+    from scalemm.fuse.checkpoint import latest_checkpoint
 
     good = latest_checkpoint(mine)
     before = snapshot(mine / "checkpoints")
@@ -271,7 +246,7 @@ def test_real_processes_fail_fast_with_one_line(trained, tmp_path):
     rc, out, err, secs = cli("extract.py", "--corpus", str(tmp_path / "corpus.jsonl"), "--out", str(tmp_path / "f"),
                              "--config", str(TINY), "--address", "127.0.0.1:1", timeout=60)
     one_error_line(rc, out, err, "no Ray cluster answers")
-    assert rc == 1 and secs < 30
+    assert rc == 2 and secs < 30
     mine = tmp_path / "run"
     shutil.copytree(run, mine)
     ck = sorted((mine / "checkpoints").glob("*.safetensors"))[-1]
@@ -283,7 +258,26 @@ def test_real_processes_fail_fast_with_one_line(trained, tmp_path):
     rc, out, err, secs = cli("evaluate.py", "--features", str(feats), "--checkpoint", str(run),
                              "--out", str(tmp_path / "file" / "eval"))
     one_error_line(rc, out, err, "is a file")
+    assert rc == 2
+
+
+def test_a_bug_is_one_line_that_points_to_its_traceback(tmp_path, monkeypatch, run_cli):
+    """User errors are one line and exit 2 (above); an error of ours (here a bug planted in the
+    store summary) is one line too, exit 1, naming a file that holds the full traceback."""
+    import scalemm.extract.info
+
+    def broken(root):
+        return {"items": 1 / 0}
+
+    monkeypatch.setattr(scalemm.extract.info, "store_info", broken)
+    monkeypatch.setenv("SCALE_ERROR_DIR", str(tmp_path / "errors"))
+    rc, out, err, _ = run_cli("store_info.py", str(tmp_path))
+    line = one_error_line(rc, out, err, "internal error: ZeroDivisionError", "bug report")
     assert rc == 1
+    logs = list((tmp_path / "errors").glob("store_info-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in line
+    text = logs[0].read_text()
+    assert "Traceback" in text and "in broken" in text and "store_info.py" in text
 
 
 def test_a_dead_ray_cluster_is_never_waited_for(tmp_path, monkeypatch):
@@ -293,7 +287,7 @@ def test_a_dead_ray_cluster_is_never_waited_for(tmp_path, monkeypatch):
     dead $RAY_ADDRESS is one clear error."""
     import socket
 
-    from extract.job import ray_address
+    from scalemm.ray_address import resolve_ray_address as ray_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from extract import store
+from scalemm import store
 from fuse_helpers import write_synthetic_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,9 +131,9 @@ keep_checkpoints: 2
 
 @pytest.mark.slow
 def test_kill_9_of_training_then_resume_equals_an_uninterrupted_run(tmp_path):
-    from fuse.checkpoint import latest_checkpoint
-    from fuse.config import ScaleConfig
-    from fuse.train import train
+    from scalemm.fuse.checkpoint import latest_checkpoint
+    from scalemm.fuse.config import ScaleConfig
+    from scalemm.fuse.train import train
 
     feats = tmp_path / "feats"
     write_synthetic_store(feats, n_items=64, missing=0.1, seed=7)  # 8 steps per epoch, 80 in all

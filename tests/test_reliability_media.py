@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract import store
-from extract.decode import CRASH_HOOK_ENV
-from extract.demo_corpus import mux_mono_audio
+from scalemm import store
+from scalemm.extract.decode import CRASH_HOOK_ENV
+from scalemm.corpora.demo import mux_mono_audio
 
 CRASH_MARKER = "CRASHME"
 MODS = store.MODALITIES
@@ -192,7 +192,7 @@ def build_hostile_corpus(demo: Path, root: Path) -> tuple[Path, dict[tuple[str, 
 def hostile(demo_corpus, tiny_config, tmp_path_factory):
     import ray
 
-    from extract.job import run_extraction
+    from scalemm.extract.job import run_extraction
 
     root = tmp_path_factory.mktemp("hostile")
     corpus, expect, present = build_hostile_corpus(demo_corpus, root)
@@ -263,8 +263,8 @@ def test_a_hung_decoder_is_killed_after_the_timeout(monkeypatch):
     """A decoder that never returns costs one record and its process (not a CPU for ever)."""
     import signal
 
-    from extract import worker
-    from extract.decode import DecodeError
+    from scalemm.extract import worker
+    from scalemm.extract.decode import DecodeError
 
     procs, real = [], worker._reset_pool
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from extract import store
-from extract.store import Provenance, ShardData, StoreError
+from scalemm import store
+from scalemm.store import Provenance, ShardData, StoreError
 
 
 def prov(modality="image", **kw):

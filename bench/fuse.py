@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .attention import Transformer
+from scalemm.fuse.attention import Transformer
 
 
 def attention_benchmark(batch: int = 64, length: int = 213, d_model: int = 256, heads: int = 4,
@@ -195,7 +195,7 @@ def attention_op_benchmark(batch: int = 64, length: int = 213, heads: int = 4, h
     call of each (as :func:`attention_memory`)."""
     import torch.nn.functional as F
 
-    from .attention import naive_attention
+    from scalemm.fuse.attention import naive_attention
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -299,7 +299,7 @@ def sdpa_kernels(batch: int = 8, length: int = 213, d_model: int = 256, heads: i
     tells a fused kernel (``_scaled_dot_product_flash_attention*``) from the math fallback."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .attention import Block
+    from scalemm.fuse.attention import Block
 
     blk = Block(d_model, heads, attn_dropout=attn_dropout)
     blk.train(train or attn_dropout > 0)
@@ -317,7 +317,7 @@ def sdpa_kernels(batch: int = 8, length: int = 213, d_model: int = 256, heads: i
 def loader_benchmark(features_dir: str | Path, batch_size: int = 64, min_seconds: float = 2.0,
                      workers: int = 0, seed: int = 0) -> dict[str, Any]:
     """Samples/s of the training loader (FeatureDataset + EpochBatchSampler + make_loader)."""
-    from .reader import EpochBatchSampler, FeatureDataset, make_loader
+    from scalemm.fuse.reader import EpochBatchSampler, FeatureDataset, make_loader
 
     t = time.perf_counter()
     ds = FeatureDataset(features_dir)
@@ -346,11 +346,11 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
     Mirrors the step of :func:`fuse.train.train`: masks, loss, finite check, clip, AdamW step."""
     import math
 
-    from .config import ScaleConfig
-    from .masking import choose_masks
-    from .model import ScaleModel, count_parameters
-    from .reader import EpochBatchSampler, FeatureDataset, make_loader
-    from .train import Objective, param_groups, resolve_device, to_device
+    from scalemm.fuse.config import ScaleConfig
+    from scalemm.fuse.masking import choose_masks
+    from scalemm.fuse.model import ScaleModel, count_parameters
+    from scalemm.fuse.reader import EpochBatchSampler, FeatureDataset, make_loader
+    from scalemm.fuse.train import Objective, param_groups, resolve_device, to_device
 
     cfg = cfg or ScaleConfig()
     prev = torch.get_num_threads()
@@ -413,7 +413,7 @@ def store_read_benchmark(features_dir: str | Path, work: str | Path) -> dict[str
     each is read twice and the second read is timed (both are warm-cache figures)."""
     import os
 
-    from extract.store import MODALITIES, list_shards, read_shard
+    from scalemm.store import MODALITIES, list_shards, read_shard
 
     shards = [p for m in MODALITIES for p in list_shards(features_dir, m)]
     file_bytes = sum(p.stat().st_size for p in shards)

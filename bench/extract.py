@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from extract import store
-from extract.config import ExtractConfig
-from extract.corpus import read_corpus
+from scalemm import store
+from scalemm.extract.config import ExtractConfig
+from scalemm.corpus import read_corpus
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _subset_corpus(src: Path, dst: Path, n: int) -> Path:
 
 
 def _run_job(corpus: Path, media_root: Path, out: Path, cfg: ExtractConfig) -> dict[str, Any]:
-    from extract.job import run_extraction
+    from scalemm.extract.job import run_extraction
 
     if out.exists():
         shutil.rmtree(out)
@@ -56,8 +56,8 @@ def bare_rates(corpus: Path, media_root: Path, cfg: ExtractConfig, n: int, threa
     """Decode ``n`` items (one process) and time only the backbones' ``encode_rows`` on them."""
     import torch
 
-    from extract.job import product_row
-    from extract.worker import Backbones, decode_row, unpack
+    from scalemm.extract.job import product_row
+    from scalemm.extract.worker import Backbones, decode_row, unpack
 
     prods = read_corpus(corpus).products[:n]
     rows = [product_row(p, i, 0) for i, p in enumerate(prods)]
@@ -125,9 +125,9 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
     """
     import ray
 
-    from extract.demo_corpus import make_corpus
-    from extract.job import cluster_plan
-    from extract.worker import cpu_threads
+    from scalemm.corpora.demo import make_corpus
+    from scalemm.extract.job import cluster_plan
+    from scalemm.extract.worker import cpu_threads
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)

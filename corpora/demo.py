@@ -56,6 +56,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from scalemm.errors import UserError
+
 log = logging.getLogger(__name__)
 
 GENERATOR = "scale-demo-corpus"
@@ -87,7 +89,7 @@ ZIPF_EXPONENT = 1.0
 LISTINGS_P = (0.5, 0.3, 0.2)  # an instance is listed 1, 2 or 3 times
 
 
-class DemoCorpusError(ValueError):
+class DemoCorpusError(UserError, ValueError):
     """A user error: bad arguments or an output directory that cannot be used."""
 
 
@@ -1059,7 +1061,7 @@ def check_corpus(out_dir: str | Path) -> dict[str, Any]:
     "mismatches": [...]}`` where ``mismatches`` lists products whose decoding disagrees with
     ``corpus_stats.json`` (empty for a sound corpus).
     """
-    from extract.corpus import read_corpus
+    from scalemm.corpus import read_corpus
 
     out = Path(out_dir)
     corpus = read_corpus(out / CORPUS_FILE, fmt="jsonl")

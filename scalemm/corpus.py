@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
+from scalemm.errors import UserError
+
 log = logging.getLogger(__name__)
 
 MAX_TITLE_CHARS = 2000
@@ -32,7 +34,7 @@ TABLE_PAIR_SEP = "#;#"
 TABLE_KV_SEP = "#:#"
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """The corpus file as a whole cannot be read."""
 
 

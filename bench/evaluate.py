@@ -57,7 +57,7 @@ def index_benchmark(n: int, dim: int = 256, clusters: int = 1000, queries: int =
     """FAISS (chosen index) vs NumPy brute force on ``n`` clustered vectors; see the module docstring."""
     import faiss
 
-    from evaluate.index import ann_recall_at_k, build_index, choose_index, search
+    from scalemm.evaluate.index import ann_recall_at_k, build_index, choose_index, search
 
     rng = np.random.default_rng(seed)
     t = time.perf_counter()

@@ -1,0 +1,24 @@
+"""The version of the code that shapes features, recorded in every store's provenance.
+
+A change to any of these modules may change feature values, so it changes the version and
+stores extracted before it no longer join with stores extracted after. Tooling (corpus
+makers, benchmarks, the job's scheduling) is left out on purpose.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import scalemm.corpus
+import scalemm.store.format
+
+_HERE = Path(__file__).resolve().parent
+FEATURE_MODULES = (_HERE / "backbones.py", _HERE / "config.py", _HERE / "decode.py", _HERE / "worker.py",
+                   Path(scalemm.corpus.__file__), Path(scalemm.store.format.__file__))
+
+
+def feature_code_version() -> str:
+    """Package version plus a hash of :data:`FEATURE_MODULES`."""
+    from scalemm.store import sources_version
+
+    return sources_version(FEATURE_MODULES)

@@ -1,0 +1,98 @@
+"""Atomic file writes: a file appears whole or not at all.
+
+Every write of the pipeline that a crash must not leave half-done (shards, failure parts,
+manifests, checkpoints, embeddings, indexes' id maps, plots, reports) goes through
+:func:`replace_atomic`: the content is written to ``<name>.tmp<pid>``, fsynced and renamed
+over the target. :func:`remove_stale_temps` deletes what a killed writer left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+_TEMP_RE = re.compile(r"\.tmp(\d+)$")
+
+
+def replace_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Make ``path`` appear whole or not at all: ``write(tmp)`` fills ``<name>.tmp<pid>`` (parent
+    folders made), which is fsynced and renamed over ``path``; on any error the temporary file
+    is removed and ``path`` keeps what it held. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def is_temp(path: str | Path) -> bool:
+    """Whether ``path`` is a temporary file of :func:`replace_atomic`."""
+    return bool(_TEMP_RE.search(Path(path).name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(dirs: Iterable[str | Path]) -> list[Path]:
+    """Delete the temporary files (``<name>.tmp<pid>``, see :func:`replace_atomic`) that a killed
+    writer left in ``dirs``; those of a process still alive are kept. Returns the files removed."""
+    removed = []
+    for d in map(Path, dirs):
+        for p in sorted(d.iterdir()) if d.is_dir() else []:
+            m = _TEMP_RE.search(p.name)
+            if not m or not p.is_file():
+                continue
+            pid = int(m.group(1))
+            if pid != os.getpid() and _alive(pid):
+                continue  # its writer is still running
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return replace_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            for r in records:
+                f.write(json.dumps(r, sort_keys=True) + "\n")
+    return replace_atomic(path, write)
+
+
+def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """``np.savez`` (no pickles: pass strings as unicode arrays) through :func:`replace_atomic`."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    return replace_atomic(path, write)
+
+
+def save_figure_atomic(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """A matplotlib figure as PNG through :func:`replace_atomic`."""
+    return replace_atomic(path, lambda tmp: fig.savefig(tmp, format="png", **kwargs))
