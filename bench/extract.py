@@ -5,8 +5,8 @@
 * runs the full Ray job (:func:`extract.job.run_extraction`) on a few items (warm-up: Ray
   starts its worker processes; timed and reported apart as the cold start), then on the first
   ``n`` items and on all ``scale * n`` items (same Ray session);
-* decodes the first ``n`` items in this process with :func:`extract.worker.decode_row`
-  (decode items/s), then times only :meth:`extract.worker.Backbones.encode_rows` on those
+* decodes the first ``n`` items in this process with :func:`extract.decoding.decode_product`
+  (decode items/s), then times only :meth:`extract.encode.Backbones.encode_rows` on those
   pre-decoded rows in batches of ``cfg.batch_size``, one torch thread per core of the machine
   (the bare model items/s: the backbones with the whole machine to themselves);
 * rewrites the shards the big job produced with :func:`extract.store.write_shard` (write MB/s).
@@ -56,20 +56,18 @@ def bare_rates(corpus: Path, media_root: Path, cfg: ExtractConfig, n: int, threa
     """Decode ``n`` items (one process) and time only the backbones' ``encode_rows`` on them."""
     import torch
 
-    from scalemm.extract.job import product_row
-    from scalemm.extract.worker import Backbones, decode_row, unpack
+    from scalemm.extract.decoding import decode_product
+    from scalemm.extract.encode import Backbones
 
-    prods = read_corpus(corpus).products[:n]
-    rows = [product_row(p, i, 0) for i, p in enumerate(prods)]
+    rows = read_corpus(corpus).products[:n]
     root = str(media_root.resolve())
-    decode_row(rows[0], root, cfg)  # start the isolated decoder process outside the timing
+    decode_product(rows[0], root, cfg)  # start the isolated decoder process outside the timing
     t = time.perf_counter()
     decoded = []
     failed: dict[str, int] = {}
     for r in rows:
-        blob, errs = decode_row(r, root, cfg)
-        decoded.append({"media": unpack(blob), "errors": errs, "title": r["title"], "table": r["table"]})
-        for m in errs:
+        decoded.append(decode_product(r, root, cfg))
+        for m in decoded[-1]["errors"]:
             failed[m] = failed.get(m, 0) + 1
     decode_s = time.perf_counter() - t
     if sum(failed.values()) > max(2, len(rows) // 10):
@@ -127,7 +125,7 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
 
     from scalemm.corpora.demo import make_corpus
     from scalemm.extract.job import cluster_plan
-    from scalemm.extract.worker import cpu_threads
+    from scalemm.extract.device import cpu_threads
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)

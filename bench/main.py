@@ -49,7 +49,7 @@ def machine_info() -> dict[str, Any]:
     import ray
     import torch
 
-    from scalemm.extract.worker import cpu_threads
+    from scalemm.extract.device import cpu_threads
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -231,7 +231,7 @@ def run_bench(a: argparse.Namespace, configs: Path) -> dict[str, Any]:
 
         # the fusion length of the real (offline) backbones, whatever store the quick run made
         if quick:
-            from scalemm.extract.worker import Backbones
+            from scalemm.extract.encode import Backbones
             offline = load_config(configs / "offline.yaml")
             mt = {m: i["max_tokens"] for m, i in Backbones(offline, device="cpu").infos().items()}
             src = "configs/offline.yaml backbones"

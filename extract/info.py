@@ -5,18 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from scalemm import store
 
 
 def present_count(modality: store.ModalityStore) -> int:
-    n = 0
-    for p in modality.shards:
-        with h5py.File(p, "r") as f:
-            n += int(np.count_nonzero(f["counts"][()]))
-    return n
+    """Live items whose modality was extracted (count > 0)."""
+    return sum(int(np.count_nonzero(modality.read_index(k).counts)) for k in range(len(modality.shards)))
 
 
 def store_info(root: str | Path) -> dict[str, Any]:
@@ -37,6 +33,11 @@ def store_info(root: str | Path) -> dict[str, Any]:
                    "dim": prov.dim, "pooled_dim": prov.pooled_dim, "max_tokens": prov.max_tokens,
                    "backbone": prov.backbone, "pretrained": prov.pretrained, "weights_hash": prov.weights_hash,
                    "shards": len(s.shards), "mb": round(s.nbytes / 1e6, 2)}
+    last = manifest.get("last_job", {})
     return {"items": first.n_items, "expected_items": manifest.get("n_items"), "failures": n_fail,
-            "shards": len(first.shards), "corpus_fingerprint": first.provenance.corpus_fingerprint[:16],
+            "shards": len(first.shards), "generation": manifest.get("generation", 0),
+            # what the latest extraction changed: products added, extracted again (their older
+            # copy superseded) and removed from the corpus (no longer read)
+            "added": last.get("new"), "changed": last.get("changed"), "removed": last.get("removed"),
+            "corpus_fingerprint": str(manifest.get("corpus_fingerprint", first.provenance.corpus_fingerprint))[:16],
             "code_version": first.provenance.code_version, "modalities": mods}

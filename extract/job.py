@@ -1,33 +1,50 @@
-"""The extraction job: corpus -> Ray Data (decode tasks -> model actors) -> HDF5 shards.
+"""The extraction job's driver: it plans, schedules and records commits; workers do the rest.
 
-The driver plans shards of ``shard_size`` items in corpus order, skips shards already
-committed by an earlier run, streams the rest through Ray Data and writes each shard as soon
-as all its items have come back. A shard is five modality files plus a failure part,
-written last; a killed job loses at most the shards in flight.
+    scan     Ray tasks read the corpus by byte range and return per product its id, content
+             fingerprint and byte range (:mod:`scalemm.extract.scan`)
+    plan     against the store's live index: new and changed products go into new shards,
+             unchanged ones stay where they are (:mod:`scalemm.extract.plan`)
+    extract  per shard, decode tasks (a few products each) feed one model actor, which
+             encodes the whole shard and writes it itself (:mod:`scalemm.extract.actor`)
+    commit   the new generation's live index, then the manifest, each written atomically
+
+What reaches the driver is columns (about 80 bytes a product) and one small record per shard
+written; never product records, decoded media or features. A shard counts as done when its
+failure part (written last, by the actor) exists and its files read back; a killed job loses
+only the shards in flight, and its rerun makes the same plan and skips what is done.
+
+One job at a time per store: the stale temporary files a rerun removes are those of dead
+processes (by pid, on this machine).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from scalemm import store
 from scalemm.atomic import remove_stale_temps as remove_stale_temps_in
-from scalemm.corpus import Corpus, Product, read_corpus
+from scalemm.errors import UserError
 from scalemm.extract.config import ExtractConfig
+from scalemm.extract.plan import Plan, ShardTask, make_plan
+from scalemm.extract.scan import M5_DIR, ScanResult, scan_corpus
 from scalemm.extract.version import feature_code_version
 from scalemm.ray_address import resolve_ray_address
+from scalemm.store.live import LIVE_DIR
 
 log = logging.getLogger(__name__)
+
+# manifest fields a store and a job must agree on (a grown corpus is fine, see plan.py)
+MANIFEST_FIELDS = ("schema_version", "code_version", "config", "backbones")
+AHEAD = 2  # shards handed to each model actor at a time: the next one decodes while it encodes
 
 
 @dataclass
@@ -41,10 +58,25 @@ class JobStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
+        x = self.extra
         return {"items": self.items, "shards_written": self.shards_written, "shards_skipped": self.shards_skipped,
                 "failures": self.failures, "seconds": round(self.seconds, 2),
-                "items_per_s": round(self.extra.get("items_processed", 0) / self.seconds, 2) if self.seconds else 0.0,
-                "mb_written": round(self.bytes_written / 1e6, 2)}
+                "items_per_s": round(x.get("items_processed", 0) / self.seconds, 2) if self.seconds else 0.0,
+                "mb_written": round(self.bytes_written / 1e6, 2),
+                **{k: x[k] for k in ("items_processed", "new", "changed", "removed", "kept", "generation",
+                                     "driver_cpu_s", "driver_peak_rss_mb") if k in x},
+                "nodes": len(x.get("nodes", {}))}
+
+
+def check_out(out: Path) -> None:
+    """Refuse at once an ``out`` that cannot become a directory (something on its path is a
+    file), without creating anything."""
+    p = out
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise store.StoreError(f"output directory {out} cannot be written ({p} is not a directory); "
+                               f"choose another --out")
 
 
 def check_writable(out: Path) -> None:
@@ -58,46 +90,21 @@ def check_writable(out: Path) -> None:
                                f"choose another --out") from e
 
 
-def product_row(p: Product, index: int, shard: int) -> dict[str, Any]:
-    return {"idx": index, "shard": shard, "id": p.id, "label": p.label, "instance": p.instance,
-            "title": p.title or "", "table": json.dumps(p.table) if p.table else "",
-            "image": p.image or "", "video": p.video or "", "audio_src": p.audio_source or ""}
-
-
-def plan_shards(n_items: int, shard_size: int) -> list[range]:
-    return [range(s, min(s + shard_size, n_items)) for s in range(0, n_items, shard_size)]
-
-
-def committed(out: Path, n_shards: int) -> set[int]:
-    """Shards whose failure part and every modality file exist and open; an unreadable one
-    (truncated, damaged) is extracted again."""
-    done = set()
-    for k in store.committed_shards(out):
-        if k < n_shards and all(store.shard_path(out, m, k).exists() for m in store.MODALITIES):
-            try:
-                for m in store.MODALITIES:
-                    store.read_provenance(store.shard_path(out, m, k))
-            except store.StoreError as e:
-                log.warning("%s; extracting shard %d again", str(e).split(". ")[0], k)
-                continue
-            done.add(k)
-    return done
-
-
 def remove_stale_temps(out: Path) -> list[Path]:
     """Delete temporary files (``<name>.tmp<pid>``) that a killed run left behind; files of a
     process that is still alive are kept. They never count as shards (see store.list_shards)."""
-    removed = remove_stale_temps_in([out, out / store.FAILURE_PARTS, *(out / m for m in store.MODALITIES)])
+    dirs = [out, out / store.FAILURE_PARTS, out / LIVE_DIR, out / M5_DIR, *(out / m for m in store.MODALITIES)]
+    removed = remove_stale_temps_in(dirs)
     if removed:
         log.info("removed %d temporary file(s) of an interrupted run under %s", len(removed), out)
     return removed
 
 
-def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    old = store.read_manifest(out)
+def check_manifest(out: Path, old: dict[str, Any] | None, manifest: dict[str, Any]) -> None:
+    """Refuse a store extracted with other backbones, preprocessing or feature code."""
     if old is None:
         return
-    for key in ("corpus_fingerprint", "code_version", "config", "backbones", "n_items"):
+    for key in MANIFEST_FIELDS:
         if old.get(key) != manifest.get(key):
             raise store.StoreError(
                 f"{out} holds features from another run: manifest field '{key}' differs "
@@ -113,54 +120,64 @@ def provenances(infos: dict[str, dict[str, Any]], fingerprint: str, code: str) -
             for m, i in infos.items()}
 
 
-class ShardWriter:
-    """Collects encoded rows per shard and writes a shard once all its rows are in."""
+def intact(out: Path, shards: set[int]) -> set[int]:
+    """The ``shards`` that are committed and whose modality files all exist and open; a damaged
+    one (truncated, half-written) is named in a warning and extracted again."""
+    committed = store.committed_shards(out)
+    ok = set()
+    for k in sorted(shards & committed):
+        try:
+            for m in store.MODALITIES:
+                path = store.shard_path(out, m, k)
+                if not path.exists():
+                    raise store.StoreError(f"shard {path} is missing")
+                store.read_provenance(path)
+        except store.StoreError as e:
+            log.warning("%s; extracting shard %d again", str(e).split(". ")[0], k)
+            continue
+        ok.add(k)
+    return ok
 
-    def __init__(self, out: Path, corpus: Corpus, plan: list[range], provs: dict[str, store.Provenance]) -> None:
-        self.out, self.corpus, self.plan, self.provs = out, corpus, plan, provs
-        self.pending: dict[int, dict[int, tuple[dict[str, np.ndarray], dict[str, str]]]] = {}
-        self.written = 0
-        self.bytes = 0
-        self.failures = 0
 
-    def add(self, shard: int, idx: int, feats: dict[str, np.ndarray], errors: dict[str, str]) -> None:
-        self.pending.setdefault(shard, {})[idx] = (feats, errors)
-        if len(self.pending[shard]) == len(self.plan[shard]):
-            self._write(shard, self.pending.pop(shard))
+def already_written(out: Path, task: ShardTask, ok: set[int]) -> bool:
+    """Whether an earlier run of this plan committed ``task``'s shard with exactly its products."""
+    if task.shard not in ok:
+        return False
+    try:
+        data, _ = store.read_shard_index(store.shard_path(out, store.MODALITIES[0], task.shard))
+    except store.StoreError:
+        return False
+    return data.ids == task.ids and data.fingerprints == task.fingerprints
 
-    def _write(self, shard: int, rows: dict[int, tuple[dict[str, np.ndarray], dict[str, str]]]) -> None:
-        prods = [self.corpus.products[i] for i in self.plan[shard]]
-        ids, labels, insts = [p.id for p in prods], [p.label for p in prods], [p.instance for p in prods]
-        failures: list[dict[str, Any]] = []
-        for m in store.MODALITIES:
-            prov = self.provs[m]
-            data = store.ShardData.empty(ids, labels, insts, prov, with_entities=(m == "table"))
-            for r, i in enumerate(self.plan[shard]):
-                feats, _ = rows[i]
-                cnt = int(feats.get(f"{m}.count", 0))
-                if cnt <= 0:
-                    continue
-                data.tokens[r] = feats[f"{m}.tokens"]
-                data.counts[r] = cnt
-                data.pooled[r] = feats[f"{m}.pooled"]
-                if data.entities is not None and f"{m}.entities" in feats:
-                    data.entities[r] = feats[f"{m}.entities"]
-            self.bytes += store.write_shard(store.shard_path(self.out, m, shard), data, prov, shard)
-        for r, i in enumerate(self.plan[shard]):
-            errs = {**prods[r].errors, **rows[i][1]}  # the corpus' own (e.g. a malformed table), then decode/encode
-            for m, err in sorted(errs.items()):
-                failures.append({"id": ids[r], "modality": m, "error": err, "shard": shard})
-        store.write_failure_part(self.out, shard, failures)
-        self.written += 1
-        self.failures += len(failures)
 
+# ----------------------------------------------------------------------------- the actor pool
 
 def cluster_plan(cfg: ExtractConfig) -> dict[str, Any]:
-    """Actor pool size, CPUs and GPUs per actor, from the cluster's resources (see :func:`pool_plan`)."""
+    """Actor pool size, CPUs and GPUs per actor from the cluster's nodes (see :func:`pool_plan`)."""
     import ray
 
-    res = ray.cluster_resources()
-    return pool_plan(float(res.get("CPU", 1)), float(res.get("GPU", 0)), cfg)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    if not nodes:
+        res = ray.cluster_resources()
+        nodes = [{"CPU": float(res.get("CPU", 1)), "GPU": float(res.get("GPU", 0))}]
+    return node_pool_plan([float(n.get("CPU", 0)) for n in nodes], [float(n.get("GPU", 0)) for n in nodes], cfg)
+
+
+def node_pool_plan(node_cpus: list[float], node_gpus: list[float], cfg: ExtractConfig) -> dict[str, Any]:
+    """The pool for a cluster of nodes: one node's :func:`pool_plan` (the smallest node's, when
+    they differ) on every node, the actors spread over the nodes, and the decode tasks sized to
+    what a node has left (a whole CPU, or what a 1-CPU node's actor leaves of it)."""
+    small = min(range(len(node_cpus)), key=lambda i: (node_cpus[i], node_gpus[i]))
+    if len(node_cpus) == 1:
+        p = pool_plan(node_cpus[0], node_gpus[0], cfg)
+    else:
+        p = pool_plan(node_cpus[small], node_gpus[small], cfg)
+        if not cfg.num_actors:
+            p["actors"] *= len(node_cpus)
+        p["cluster_cpus"] = sum(node_cpus)
+    per_node = -(-p["actors"] // len(node_cpus))
+    left = node_cpus[small] - per_node * p["cpus"]
+    return {**p, "nodes": len(node_cpus), "decode_cpus": round(min(1.0, max(left, 0.25)), 3)}
 
 
 def pool_plan(cpus: float, gpus: float, cfg: ExtractConfig) -> dict[str, Any]:
@@ -191,68 +208,187 @@ def pool_plan(cpus: float, gpus: float, cfg: ExtractConfig) -> dict[str, Any]:
     return {"actors": n, "cpus": actor_cpus, "gpus": 0.0, "threads": threads, "cluster_cpus": cpus}
 
 
-def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | Path, cfg: ExtractConfig,
-                   address: str | None = None, fmt: str = "auto") -> JobStats:
+def start_actors(cfg: ExtractConfig, cp: dict[str, Any], out: Path) -> list[Any]:
+    """The model actors, spread over the nodes; they start loading the backbones at once."""
     import ray
 
-    from scalemm.extract.worker import EncodeActor, describe_backbones, make_decoder, unpack
+    from scalemm.extract.actor import ShardEncoder
 
-    t0 = time.time()
+    cls = ray.remote(ShardEncoder)
+    return [cls.options(num_cpus=cp["cpus"], num_gpus=cp["gpus"] or None, scheduling_strategy="SPREAD",
+                        max_restarts=0).remote(cfg.to_dict(), cp["threads"], str(out))
+            for _ in range(cp["actors"])]
+
+
+def actor_infos(actors: list[Any]) -> dict[str, dict[str, Any]]:
+    """The backbones' provenance from the first model actor to load them."""
+    import ray
+
+    try:
+        return ray.get(actors[0].infos.remote())
+    except ray.exceptions.RayActorError as e:
+        cause = getattr(e, "cause", None) or getattr(e, "base_exception", None)
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise RuntimeError(f"the model actor could not load the backbones: {e}") from e
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+class ShardRunner:
+    """Hands the plan's shards to the model actors, :data:`AHEAD` at a time each, with their
+    decode tasks; records each commit. A lost actor's shards go to the others (a node that
+    died); a shard whose decode or encode raised fails the job (the rerun resumes)."""
+
+    def __init__(self, actors: list[Any], scan: ScanResult, media_root: Path, cfg: ExtractConfig,
+                 provs: dict[str, store.Provenance], decode_cpus: float) -> None:
+        import ray
+
+        from scalemm.extract.decoding import decode_lines
+
+        self.actors = dict(enumerate(actors))
+        self.load = {i: 0 for i in self.actors}
+        self.decode = ray.remote(decode_lines).options(num_cpus=decode_cpus, max_retries=3)
+        self.args = (str(scan.corpus), str(media_root.resolve()), cfg.to_dict())
+        self.chunk = cfg.decode_batch_size
+        self.provs = {m: p.to_json() for m, p in provs.items()}
+        self.commits: list[dict[str, Any]] = []
+
+    def _submit(self, i: int, t: ShardTask) -> Any:
+        corpus, media, cfg = self.args
+        chunks = [self.decode.remote(corpus, t.spans[j:j + self.chunk], media, cfg) for j in range(0, len(t), self.chunk)]
+        return self.actors[i].write.remote(t.shard, t.ids, t.fingerprints, self.provs, *chunks)
+
+    def run(self, tasks: list[ShardTask]) -> list[dict[str, Any]]:
+        import ray
+
+        queue: deque[ShardTask] = deque(tasks)
+        running: dict[Any, tuple[int, ShardTask]] = {}
+        with tqdm(total=sum(len(t) for t in tasks), desc="extract", unit="item", mininterval=2.0) as bar:
+            while queue or running:
+                for i in list(self.actors):
+                    while self.load[i] < AHEAD and queue:
+                        t = queue.popleft()
+                        running[self._submit(i, t)] = (i, t)
+                        self.load[i] += 1
+                (ref,), _ = ray.wait(list(running), num_returns=1)
+                i, t = running.pop(ref)
+                self.load[i] -= 1
+                try:
+                    rec = ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    self._lost(i, e)
+                    queue.appendleft(t)
+                    continue
+                except ray.exceptions.RayTaskError as e:
+                    if isinstance(e.cause, UserError):
+                        raise e.cause from None
+                    raise
+                self.commits.append(rec)
+                bar.update(rec["items"])
+                bar.set_postfix(shards=len(self.commits))
+        return self.commits
+
+    def _lost(self, i: int, e: Exception) -> None:
+        if i in self.actors:
+            del self.actors[i]
+            log.warning("model actor %d was lost (%s); %d left take its shards", i, type(e).__name__,
+                        len(self.actors))
+        if not self.actors:
+            raise RuntimeError("every model actor was lost (their nodes died?); rerun the job to finish: "
+                               "the shards committed so far are kept") from e
+
+
+# ----------------------------------------------------------------------------- the job
+
+def _peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def commit_generation(out: Path, plan: Plan, manifest: dict[str, Any], old: dict[str, Any] | None) -> int:
+    """Write the plan's live index as the next generation, then the manifest naming it."""
+    generation = int((old or {}).get("generation", 0)) + 1
+    path = store.write_live_index(out, generation, plan.index)
+    shards = len(plan.kept_shards | {t.shard for t in plan.tasks})
+    store.write_manifest(out, {**manifest, "generation": generation,
+                               store.LIVE_KEY: str(path.relative_to(out)), "next_shard": plan.next_shard,
+                               "n_items": plan.index.num_rows, "n_shards": shards, "last_job": plan.counts})
+    return generation
+
+
+def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | Path, cfg: ExtractConfig,
+                   address: str | None = None, fmt: str = "auto") -> JobStats:
+    """Extract ``corpus_path`` into the store ``out`` (new, or grown by an earlier corpus)."""
+    import ray
+
+    t0, cpu0 = time.time(), time.process_time()
     out, media_root = Path(out), Path(media_root)
-    corpus = read_corpus(corpus_path, fmt)
     if not media_root.is_dir():
         raise store.StoreError(f"media root {media_root} is not a directory")
-    check_writable(out)
-    fingerprint = store.file_fingerprint(corpus_path)
-    code = feature_code_version()
-    n = len(corpus)
-    plan = plan_shards(n, cfg.shard_size)
-
-    if not ray.is_initialized():
+    check_out(out)
+    started = not ray.is_initialized()
+    if started:
         address = resolve_ray_address(address)
         ray.init(address=address, ignore_reinit_error=True, logging_level=logging.WARNING,
                  log_to_driver=True, include_dashboard=False if address in (None, "local") else None)
-    infos = ray.get(ray.remote(num_cpus=1)(describe_backbones).remote(cfg.to_dict()))
-    manifest = {"schema_version": store.SCHEMA_VERSION, "corpus": str(Path(corpus_path).resolve()),
-                "media_root": str(media_root.resolve()),
-                "corpus_fingerprint": fingerprint, "code_version": code, "config": cfg.feature_fields(),
-                "backbones": infos, "n_items": n, "n_shards": len(plan)}
-    check_manifest(out, manifest)
-    remove_stale_temps(out)
-    store.write_manifest(out, manifest)
-    provs = provenances(infos, fingerprint, code)
-
-    done = committed(out, len(plan))
-    todo = [k for k in range(len(plan)) if k not in done]
-    stats = JobStats(items=n, shards_skipped=len(done))
-    rows = [product_row(corpus.products[i], i, k) for k in todo for i in plan[k]]
-    log.info("%d items in %d shards: %d already done, %d to extract", n, len(plan), len(done), len(todo))
-    writer = ShardWriter(out, corpus, plan, provs)
-    if rows:
+    actors: list[Any] = []
+    try:
+        scan = scan_corpus(corpus_path, media_root, fmt, out)
+        check_writable(out)
         cp = cluster_plan(cfg)
         log.info("actor pool: %s", cp)
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / cfg.decode_batch_size)))
-        ds = ds.map_batches(make_decoder(str(media_root.resolve()), cfg), batch_size=cfg.decode_batch_size,
-                            batch_format="numpy", num_cpus=1, max_retries=2)
-        ds = ds.map_batches(EncodeActor, fn_constructor_kwargs={"cfg_dict": cfg.to_dict(), "threads": cp["threads"]},
-                            batch_size=cfg.batch_size, batch_format="numpy", concurrency=cp["actors"],
-                            num_cpus=cp["cpus"], num_gpus=cp["gpus"] or None)
-        with tqdm(total=len(rows), desc="extract", unit="item", mininterval=2.0) as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for j in range(len(batch["id"])):
-                    feats = unpack(batch["out"][j])
-                    errs = json.loads(batch["errors"][j])
-                    writer.add(int(batch["shard"][j]), int(batch["idx"][j]), feats, errs)
-                bar.update(len(batch["id"]))
-                bar.set_postfix(shards=writer.written)
-        if writer.pending:
-            lost = sorted(writer.pending)
-            raise RuntimeError(f"the stream ended with shards {lost} incomplete; rerun to finish them")
-    stats.shards_written = writer.written
-    stats.bytes_written = writer.bytes
-    stats.extra["items_processed"] = len(rows)
-    stats.failures = store.merge_failures(out, [b.as_failure() for b in corpus.bad])
+        actors = start_actors(cfg, cp, out)
+        code = feature_code_version()
+        old = store.read_manifest(out)
+        manifest = {**(old or {}), "schema_version": store.SCHEMA_VERSION, "code_version": code,
+                    "config": cfg.feature_fields(), "backbones": actor_infos(actors),
+                    "corpus": str(Path(corpus_path).resolve()), "media_root": str(media_root.resolve()),
+                    "corpus_fingerprint": scan.corpus_fingerprint}
+        check_manifest(out, old, manifest)
+        remove_stale_temps(out)
+        if old is None:  # record what the store holds before the first shard appears
+            store.write_manifest(out, manifest)
+        index = store.read_live_index(out, old)
+        ok = intact(out, set() if index is None else set(index.rows_by_shard()))
+        plan = make_plan(scan, index, ok, cfg.shard_size, int((old or {}).get("next_shard", 0)))
+        for b in plan.bad[:20]:
+            log.warning("bad corpus record at %s: %s", b.where, b.error)
+        if len(plan.bad) > 20:
+            log.warning("... %d more bad corpus records (all in %s)", len(plan.bad) - 20, out / store.FAILURES)
+        done_now = intact(out, {t.shard for t in plan.tasks})
+        todo = [t for t in plan.tasks if not already_written(out, t, done_now)]
+        for t in todo:  # un-commit before rewriting: a kill half-way must not leave a mixed shard committed
+            store.failure_part_path(out, t.shard).unlink(missing_ok=True)
+        log.info("%d products: %s; %d shards to write, %d kept", plan.index.num_rows, plan.counts, len(todo),
+                 len(plan.kept_shards) + len(plan.tasks) - len(todo))
+        provs = provenances(manifest["backbones"], scan.corpus_fingerprint, code)
+        commits = ShardRunner(actors, scan, media_root, cfg, provs, cp["decode_cpus"]).run(todo) if todo else []
+        for a in actors:
+            ray.kill(a)
+        actors = []
+        generation = int((old or {}).get("generation", 0))
+        if plan.changes or (old or {}).get(store.LIVE_KEY) is None:
+            generation = commit_generation(out, plan, manifest, old)
+        stats = JobStats(items=plan.index.num_rows, shards_written=len(commits),
+                         shards_skipped=len(plan.kept_shards) + len(plan.tasks) - len(todo))
+        stats.bytes_written = sum(c["bytes"] for c in commits)
+        stats.failures = store.merge_failures(out, [b.as_failure() for b in plan.bad])
+        nodes: dict[str, int] = {}
+        for c in commits:
+            nodes[c["node"]] = nodes.get(c["node"], 0) + 1
+        stats.extra.update(items_processed=sum(c["items"] for c in commits), generation=generation, nodes=nodes,
+                           **plan.counts)
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()
     stats.seconds = time.time() - t0
+    stats.extra.update(driver_cpu_s=round(time.process_time() - cpu0, 2), driver_peak_rss_mb=_peak_rss_mb())
     return stats

@@ -1,17 +1,19 @@
 """Reading the per-modality feature stores as one joined, batched torch Dataset.
 
 :class:`FeatureDataset` opens the stores of any subset of modalities through
-:func:`extract.store.open_stores` (which refuses stores whose provenance does not fit;
-its :class:`~extract.store.StoreError` reaches the caller unchanged), joins them by item
+:func:`scalemm.store.open_stores` (which refuses stores whose provenance does not fit;
+its :class:`~scalemm.store.StoreError` reaches the caller unchanged), joins them by item
 id, and yields per modality the float32 token features, a boolean token mask, a presence
-flag (``count > 0``) and, for the table, the entity index of every token.
+flag (``count > 0``) and, for the table, the entity index of every token. Only the live
+rows of a grown catalogue's store are read (``ModalityStore.read``, see
+:mod:`scalemm.store.live`).
 
 Two paths, chosen by the size of the stores against a memory budget:
 
 * in memory: every store is loaded once (``ModalityStore.load``) and a batch is a numpy
   fancy-index of the arrays (``__getitems__``), so the reader is never the bottleneck;
 * streaming: only the ids/labels/counts are read up front (in the parent, files closed
-  again); the token shards are read lazily with :func:`extract.store.read_shard` inside
+  again); the token shards are read lazily with ``ModalityStore.read`` inside
   the process that needs them (a DataLoader worker), one or two shards cached per worker.
   :func:`epoch_batches` then orders the items shard by shard so that each shard is read
   once per epoch and worker.
@@ -34,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from scalemm.store import (MODALITIES, ModalityStore, Provenance, ShardData, StoreError, concat_shards,
-                           list_shards, open_stores, read_shard, read_shard_index)
+                           list_shards, open_stores)
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +141,7 @@ class FeatureDataset(Dataset):
         for k in self._shard_iter("loading features"):
             base: ShardData | None = None
             for m in self.modalities:
-                data, _ = read_shard(self.shard_paths[m][k])
+                data = self.stores[m].read(k)  # the shard's live rows
                 if base is None:
                     base = data
                     perm = None
@@ -173,7 +175,7 @@ class FeatureDataset(Dataset):
         for k in self._shard_iter("indexing features"):
             base: ShardData | None = None
             for m in self.modalities:
-                data, _ = read_shard_index(self.shard_paths[m][k])
+                data = self.stores[m].read_index(k)
                 if base is None:
                     base = data
                     perm = None
@@ -218,7 +220,7 @@ class FeatureDataset(Dataset):
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        data, _ = read_shard(self.shard_paths[m][k])  # opened here, in the worker, and closed
+        data = self.stores[m].read(k)  # opened here, in the worker, and closed
         perm = self._perm[m][k]
         if perm is not None:
             data = ShardData(ids=[data.ids[i] for i in perm], labels=[data.labels[i] for i in perm],

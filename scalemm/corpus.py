@@ -178,18 +178,31 @@ def _product(obj: dict[str, Any], line: int) -> Product:
     )
 
 
+def parse_jsonl_line(raw: bytes, n: int) -> Product | BadRecord:
+    """One line (``n``, 1-based) of a JSONL corpus as a product, or why it is not one."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+        if not isinstance(obj, dict):
+            raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        return _product(obj, n)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+        return BadRecord(f"line {n}", str(e))
+
+
 def iter_jsonl(path: str | Path) -> Iterator[Product | BadRecord]:
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-                if not isinstance(obj, dict):
-                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-                yield _product(obj, n)
-            except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-                yield BadRecord(f"line {n}", str(e))
+            if raw.strip():
+                yield parse_jsonl_line(raw, n)
+
+
+def m5product_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """An M5Product release record (without its id) in our JSONL shape: ``url`` -> ``image`` and
+    ``video`` as file names under the media root, ``pv`` -> ``table``."""
+    def name(v: Any) -> Any:  # a value that is not a path string is kept, and refused by _product
+        return media_name_from_url(v) if isinstance(v, str) and v else v
+    return {"label": rec.get("label"), "instance": rec.get("instance"), "title": rec.get("title"),
+            "table": rec.get("pv"), "image": name(rec.get("url")), "video": name(rec.get("video"))}
 
 
 def iter_m5product(path: str | Path) -> Iterator[Product | BadRecord]:
@@ -201,25 +214,15 @@ def iter_m5product(path: str | Path) -> Iterator[Product | BadRecord]:
         raise CorpusError(f"{path}: M5Product JSON must be an object keyed by product id")
     for n, (pid, rec) in enumerate(data.items(), start=1):
         try:
-            _check_id(pid)
             if not isinstance(rec, dict):
                 raise ValueError("record is not an object")
-            rec = _utf8(rec)
-            url, video = _media(rec.get("url"), "url"), _media(rec.get("video"), "video")
-            table, table_error = _table(rec.get("pv"))
-            yield Product(
-                id=str(pid), label=str(rec.get("label") or ""), instance=str(rec.get("instance") or ""),
-                title=_clean_title(rec.get("title")), table=table,
-                image=media_name_from_url(url) if url else None,
-                video=media_name_from_url(video) if video else None, line=n,
-                errors={"table": table_error} if table_error else {},
-            )
+            yield _product({"id": pid, **m5product_record(rec)}, n)
         except ValueError as e:
             yield BadRecord(f"id {_utf8(pid)}", str(e))
 
 
-def read_corpus(path: str | Path, fmt: str = "auto") -> Corpus:
-    """Read a corpus; duplicate ids are reported as bad records (the first one is kept)."""
+def corpus_format(path: str | Path, fmt: str = "auto") -> str:
+    """``jsonl`` or ``m5product`` for an existing, non-empty corpus file (CorpusError otherwise)."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"corpus file {path} does not exist")
@@ -227,6 +230,18 @@ def read_corpus(path: str | Path, fmt: str = "auto") -> Corpus:
         raise CorpusError(f"corpus file {path} is empty")
     if fmt == "auto":
         fmt = "jsonl" if path.suffix in (".jsonl", ".ndjson") else _sniff(path)
+    return fmt
+
+
+def duplicate(pid: str, line: int, first_line: int) -> BadRecord:
+    """The bad record of the product at ``line`` whose id ``pid`` the record at ``first_line`` has."""
+    return BadRecord(f"line {line}", f"duplicate id {pid!r} (first at record {first_line}); skipped")
+
+
+def read_corpus(path: str | Path, fmt: str = "auto") -> Corpus:
+    """Read a corpus; duplicate ids are reported as bad records (the first one is kept)."""
+    path = Path(path)
+    fmt = corpus_format(path, fmt)
     it = iter_jsonl(path) if fmt == "jsonl" else iter_m5product(path)
     products: list[Product] = []
     bad: list[BadRecord] = []
@@ -235,7 +250,7 @@ def read_corpus(path: str | Path, fmt: str = "auto") -> Corpus:
         if isinstance(r, BadRecord):
             bad.append(r)
         elif r.id in seen:
-            bad.append(BadRecord(f"line {r.line}", f"duplicate id {r.id!r} (first at record {seen[r.id]}); skipped"))
+            bad.append(duplicate(r.id, r.line, seen[r.id]))
         else:
             seen[r.id] = r.line
             products.append(r)

@@ -263,7 +263,7 @@ def test_a_hung_decoder_is_killed_after_the_timeout(monkeypatch):
     """A decoder that never returns costs one record and its process (not a CPU for ever)."""
     import signal
 
-    from scalemm.extract import worker
+    from scalemm.extract import isolated as worker
     from scalemm.extract.decode import DecodeError
 
     procs, real = [], worker._reset_pool

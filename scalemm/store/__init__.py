@@ -6,6 +6,7 @@ dataset names, dtypes or file layout.
     provenance  what produced a store; the fields that must agree to join stores
     stores      the shards of a modality opened together; the join check
     manifest    the job-level manifest.json
+    live        the live index: which rows of which shards a growing catalogue's readers see
     failures    per-shard failure parts (they commit shards) and failures.jsonl
 
 ``from scalemm import store`` gives the whole public API under one name.
@@ -17,16 +18,19 @@ from scalemm.store.failures import (FAILURE_PARTS, FAILURES, committed_shards, f
                                     merge_failures, read_failures, write_failure_part)
 from scalemm.store.format import (ShardData, concat_shards, list_shards, read_provenance, read_shard,
                                   read_shard_index, shard_name, shard_path, write_shard)
+from scalemm.store.live import (LIVE_KEY, LiveIndex, live_index_path, live_rows, make_live_table,
+                                read_live_index, write_live_index)
 from scalemm.store.manifest import MANIFEST, read_manifest, write_manifest
-from scalemm.store.provenance import (JOIN_FIELDS, SCHEMA_VERSION, Provenance, file_fingerprint,
+from scalemm.store.provenance import (JOIN_FIELDS, SCHEMA_VERSION, STORE_FIELDS, Provenance, file_fingerprint,
                                       sources_version)
 from scalemm.store.stores import ModalityStore, check_join, open_modality, open_stores
 
 __all__ = [
-    "FAILURES", "FAILURE_PARTS", "JOIN_FIELDS", "MANIFEST", "MODALITIES", "SCHEMA_VERSION",
-    "ModalityStore", "Provenance", "ShardData", "StoreError", "check_join", "committed_shards",
-    "concat_shards", "failure_part_path", "file_fingerprint", "list_shards", "merge_failures",
-    "open_modality", "open_stores", "read_failures", "read_manifest", "read_provenance", "read_shard",
-    "read_shard_index", "shard_name", "shard_path", "sources_version", "write_failure_part",
+    "FAILURES", "FAILURE_PARTS", "JOIN_FIELDS", "LIVE_KEY", "MANIFEST", "MODALITIES", "SCHEMA_VERSION",
+    "STORE_FIELDS", "LiveIndex", "ModalityStore", "Provenance", "ShardData", "StoreError", "check_join",
+    "committed_shards", "concat_shards", "failure_part_path", "file_fingerprint", "list_shards",
+    "live_index_path", "live_rows", "make_live_table", "merge_failures", "open_modality", "open_stores",
+    "read_failures", "read_live_index", "read_manifest", "read_provenance", "read_shard", "read_shard_index",
+    "shard_name", "shard_path", "sources_version", "write_failure_part", "write_live_index",
     "write_manifest", "write_shard",
 ]

@@ -2,14 +2,18 @@
 
 Layout of a feature directory ``FEATS``::
 
-    FEATS/manifest.json                 job-level provenance (config, corpus fingerprint, ...)
+    FEATS/manifest.json                 job-level provenance (config, backbones, code) and the
+                                        current generation's live index
     FEATS/<modality>/shard-00000.h5     one HDF5 file per modality per shard of items
     FEATS/failures/shard-00000.jsonl    failures of that shard; its presence commits the shard
-    FEATS/failures.jsonl                all failures, merged (id, modality, error)
+    FEATS/failures.jsonl                the live items' failures, merged (id, modality, error)
+    FEATS/index/live-00001.parquet      which rows of which shards are read (see live.py)
 
-Every shard of every modality holds the same items in the same order (the corpus order),
-so the per-modality stores join by position inside a shard and by id across shards.
-A missing or failed modality is a row with ``counts == 0`` and zero tokens.
+Every shard of every modality holds the same items in the same order (the order of the
+corpus they were extracted from), so the per-modality stores join by position inside a
+shard and by id across shards. A missing or failed modality is a row with ``counts == 0``
+and zero tokens. A catalogue that grows adds shards; rows of older shards whose product
+changed or left the corpus stay on disk but are no longer live.
 
 Datasets of one shard (N items, T = max_tokens, D = dim, P = pooled_dim):
 
@@ -21,6 +25,9 @@ Datasets of one shard (N items, T = max_tokens, D = dim, P = pooled_dim):
     pooled     float32 [N, P]      the backbone's global vector (zeros when counts == 0)
     entities   int32 [N, T]        table only: entity index of each token, -1 for none;
                                    entity 2k is the k-th key, 2k+1 its value
+    fingerprints vlen utf-8 [N]    the content fingerprint of each product when it was
+                                   extracted (media bytes, title, table, label); absent in
+                                   stores written before catalogues could grow
 
 Attributes of every shard file: the fields of :class:`Provenance` plus ``shard_index``.
 """
@@ -53,6 +60,7 @@ class ShardData:
     counts: np.ndarray  # int32 [N]
     pooled: np.ndarray  # float32 [N, P]
     entities: np.ndarray | None = None  # int32 [N, T] (table)
+    fingerprints: list[str] | None = None  # per row: the product's content fingerprint
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -64,10 +72,12 @@ class ShardData:
             raise ValueError("counts/pooled do not match the number of ids")
         if self.entities is not None and self.entities.shape != self.tokens.shape[:2]:
             raise ValueError("entities must be [N, T]")
+        if self.fingerprints is not None and len(self.fingerprints) != n:
+            raise ValueError("fingerprints do not match the number of ids")
 
     @classmethod
     def empty(cls, ids: list[str], labels: list[str], instances: list[str], prov: Provenance,
-              with_entities: bool = False) -> "ShardData":
+              with_entities: bool = False, fingerprints: list[str] | None = None) -> "ShardData":
         n = len(ids)
         return cls(
             ids=list(ids), labels=list(labels), instances=list(instances),
@@ -75,6 +85,17 @@ class ShardData:
             counts=np.zeros(n, np.int32),
             pooled=np.zeros((n, prov.pooled_dim), np.float32),
             entities=np.full((n, prov.max_tokens), -1, np.int32) if with_entities else None,
+            fingerprints=None if fingerprints is None else list(fingerprints),
+        )
+
+    def take(self, rows: np.ndarray) -> "ShardData":
+        """The rows ``rows`` (row indices, in that order)."""
+        pick = [int(i) for i in rows]
+        return ShardData(
+            ids=[self.ids[i] for i in pick], labels=[self.labels[i] for i in pick],
+            instances=[self.instances[i] for i in pick], tokens=self.tokens[rows], counts=self.counts[rows],
+            pooled=self.pooled[rows], entities=None if self.entities is None else self.entities[rows],
+            fingerprints=None if self.fingerprints is None else [self.fingerprints[i] for i in pick],
         )
 
 
@@ -82,6 +103,7 @@ def concat_shards(parts: list[ShardData]) -> ShardData:
     if not parts:
         raise StoreError("no shards to concatenate")
     ent = [p.entities for p in parts]
+    fps = [p.fingerprints for p in parts]
     return ShardData(
         ids=[i for p in parts for i in p.ids],
         labels=[i for p in parts for i in p.labels],
@@ -90,6 +112,7 @@ def concat_shards(parts: list[ShardData]) -> ShardData:
         counts=np.concatenate([p.counts for p in parts]),
         pooled=np.concatenate([p.pooled for p in parts]),
         entities=None if any(e is None for e in ent) else np.concatenate(ent),
+        fingerprints=None if any(f is None for f in fps) else [i for f in fps for i in f],
     )
 
 
@@ -124,6 +147,8 @@ def write_shard(path: str | Path, data: ShardData, prov: Provenance, shard_index
             f.create_dataset("pooled", data=np.asarray(data.pooled, dtype=np.float32))
             if data.entities is not None:
                 f.create_dataset("entities", data=np.asarray(data.entities, dtype=np.int32))
+            if data.fingerprints is not None:
+                f.create_dataset("fingerprints", data=np.array(data.fingerprints, dtype=object), dtype=_STR)
             for k, v in prov.to_attrs().items():
                 f.attrs[k] = v
             f.attrs["shard_index"] = shard_index
@@ -151,7 +176,8 @@ def read_provenance(path: str | Path) -> Provenance:
 
 
 def read_shard(path: str | Path, rows: slice | np.ndarray | None = None) -> tuple[ShardData, Provenance]:
-    """Read a shard (optionally a subset of rows). Raises StoreError naming the file."""
+    """Read a shard (optionally a subset of rows: a slice, or increasing row indices).
+    Raises StoreError naming the file."""
     sel = slice(None) if rows is None else rows
     try:
         with h5py.File(path, "r") as f:
@@ -159,15 +185,17 @@ def read_shard(path: str | Path, rows: slice | np.ndarray | None = None) -> tupl
             ids = _strs(f["ids"])
             labels = _strs(f["labels"])
             instances = _strs(f["instances"])
+            fps = _strs(f["fingerprints"]) if "fingerprints" in f else None
             if rows is not None:
                 idx = np.arange(len(ids))[sel]
                 ids = [ids[i] for i in idx]
                 labels = [labels[i] for i in idx]
                 instances = [instances[i] for i in idx]
+                fps = None if fps is None else [fps[i] for i in idx]
             data = ShardData(
                 ids=ids, labels=labels, instances=instances,
                 tokens=f["tokens"][sel], counts=f["counts"][sel], pooled=f["pooled"][sel],
-                entities=f["entities"][sel] if "entities" in f else None,
+                entities=f["entities"][sel] if "entities" in f else None, fingerprints=fps,
             )
     except StoreError as e:
         raise StoreError(f"{path}: {e}") from e
@@ -176,8 +204,9 @@ def read_shard(path: str | Path, rows: slice | np.ndarray | None = None) -> tupl
     return data, prov
 
 
-def read_shard_index(path: str | Path) -> tuple[ShardData, Provenance]:
-    """Read a shard's ids, labels, instances and counts only (no token features).
+def read_shard_index(path: str | Path, rows: np.ndarray | None = None) -> tuple[ShardData, Provenance]:
+    """Read a shard's ids, labels, instances, counts and fingerprints only (no token features),
+    optionally of the rows ``rows`` (row indices).
 
     The returned ShardData has zero-size ``tokens`` [N, 0, 0] and ``pooled`` [N, 0], and no
     entities: it indexes a shard cheaply (streaming readers join and count items with it).
@@ -191,9 +220,10 @@ def read_shard_index(path: str | Path) -> tuple[ShardData, Provenance]:
                 ids=ids, labels=_strs(f["labels"]), instances=_strs(f["instances"]),
                 tokens=np.zeros((len(ids), 0, 0), np.float16), counts=f["counts"][()],
                 pooled=np.zeros((len(ids), 0), np.float32), entities=None,
+                fingerprints=_strs(f["fingerprints"]) if "fingerprints" in f else None,
             )
     except StoreError as e:
         raise StoreError(f"{path}: {e}") from e
     except (OSError, KeyError, ValueError) as e:
         raise _unreadable(path, e) from e
-    return data, prov
+    return (data if rows is None else data.take(rows)), prov

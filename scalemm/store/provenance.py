@@ -16,7 +16,14 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class Provenance:
-    """What produced a modality store; equal provenance means interchangeable features."""
+    """What produced a modality store; equal provenance means interchangeable features.
+
+    ``corpus_fingerprint`` is the sha256 of the corpus file the shard was extracted from. A
+    catalogue that grows is extracted into the same store generation after generation, so the
+    shards of one store may come from several corpus files: that field is compared between
+    the modalities of one shard (:data:`JOIN_FIELDS`), never between shards. Every other
+    field is the same in every shard of a store (:data:`STORE_FIELDS`).
+    """
 
     modality: str
     backbone: str
@@ -64,8 +71,10 @@ class Provenance:
         return [f for f in fields if getattr(self, f) != getattr(other, f)]
 
 
-# Fields that must agree between the stores of different modalities to be joined.
+# Fields that must agree between the stores of different modalities to be joined (shard by shard).
 JOIN_FIELDS = ("corpus_fingerprint", "code_version", "schema_version")
+# Fields that every shard of one modality store shares: all but the corpus the shard came from.
+STORE_FIELDS = tuple(f.name for f in dataclasses.fields(Provenance) if f.name != "corpus_fingerprint")
 
 
 def file_fingerprint(path: str | Path, extra: str = "") -> str:

@@ -1,0 +1,54 @@
+"""Native decoders (decord's video and audio readers) run in a child process: a crash there
+(SIGSEGV in the C++ code on a hostile file) or a decoder that never returns costs that one
+item's record, not the decode task and every item in it.
+
+One spawned child per decode worker process, reused from item to item; it is replaced after
+a crash and killed after a timeout (a hung decoder must not keep a CPU).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable
+
+import numpy as np
+
+from scalemm.extract.decode import DecodeError
+
+_POOL: ProcessPoolExecutor | None = None
+
+
+def _pool() -> ProcessPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        import multiprocessing as mp
+        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+    return _POOL
+
+
+def _reset_pool() -> None:
+    """Drop the decoder process, killing it if it still runs (a hung decoder must not keep a CPU)."""
+    global _POOL
+    if _POOL is not None:
+        procs = list((getattr(_POOL, "_processes", None) or {}).values())
+        _POOL.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    _POOL = None
+
+
+def _isolated(fn: Callable[..., np.ndarray], path: Any, cfg: Any, timeout: float) -> np.ndarray:
+    """``fn(path, cfg)`` in the child process: a crash there fails this item only."""
+    for attempt in (1, 2):
+        try:
+            return _pool().submit(fn, path, cfg).result(timeout=timeout)
+        except BrokenProcessPool:
+            _reset_pool()
+            if attempt == 2:
+                raise DecodeError("decoder process crashed (native decoder fault)") from None
+        except TimeoutError:
+            _reset_pool()
+            raise DecodeError(f"decoding took longer than {timeout:.0f} s; skipped") from None
+    raise AssertionError("unreachable")

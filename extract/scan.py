@@ -1,0 +1,183 @@
+"""The corpus scan: the corpus file read as a stream of byte ranges by Ray tasks, each product
+parsed and fingerprinted on a worker.
+
+The driver makes one pass over the file (its sha256 and the line count at about every
+``chunk_bytes``; constant memory) and hands each range to a scan task. A task parses its
+lines as :func:`scalemm.corpus.read_corpus` does and returns, per product, its line, id,
+content fingerprint and byte range, as a small Arrow table (about 80 bytes a product), plus
+the bad records. The driver never holds product records; the plan works on these columns,
+and the decode tasks read the products again by byte range.
+
+The content fingerprint decides whether a product already in a store must be extracted
+again. It covers everything that shapes a product's features or stored fields: label,
+instance, title, table (and why a table was refused) and the bytes of each media file (or
+why the file cannot be read). A product whose image was replaced under the same name is
+extracted again; one whose files were only renamed is not. It reads every media file once
+per run (a few ms per product from the page cache; on a cold network file system it is the
+scan's main cost).
+
+An M5Product release JSON is one object and cannot be split into ranges: one task converts it
+to JSONL in the store (``FEATS/corpus/m5product-<sha256>.jsonl``, reused while the release
+file is the same) and the scan reads that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scalemm.atomic import write_jsonl_atomic
+from scalemm.corpus import BadRecord, CorpusError, Product, corpus_format, iter_m5product, parse_jsonl_line
+from scalemm.extract.decode import DecodeError, resolve_media
+from scalemm.store import file_fingerprint
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 8 << 20
+M5_DIR = "corpus"
+
+
+def product_fingerprint(p: Product, media_root: str | Path) -> str:
+    """blake2b-128 (hex) of what shapes the product's stored rows (see the module docstring)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([p.label, p.instance, p.title, p.table, sorted(p.errors.items())]).encode())
+    for slot, rel in (("image", p.image), ("video", p.video), ("audio", p.audio_source)):
+        h.update(f"\0{slot}:".encode())
+        if not rel:
+            continue
+        try:
+            path = resolve_media(media_root, rel)
+        except DecodeError as e:  # missing, empty, outside the root: the reason is the content
+            h.update(b"!" + str(e).encode())
+            continue
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as e:
+            h.update(b"!" + str(e).encode())
+    return h.hexdigest()
+
+
+def corpus_chunks(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> tuple[list[tuple[int, int, int]], str]:
+    """Byte ranges ``(start, end, first line)`` of about ``chunk_bytes`` that start at a line,
+    and the file's sha256, in one pass."""
+    h = hashlib.sha256()
+    chunks: list[tuple[int, int, int]] = []
+    start, start_line, pos, newlines = 0, 1, 0, 0  # newlines: between start and the scan point
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            i = 0
+            while (want := start + chunk_bytes - pos) < len(block):
+                cut = block.find(b"\n", max(want, i))
+                if cut < 0:
+                    break
+                newlines += block.count(b"\n", i, cut + 1)
+                chunks.append((start, pos + cut + 1, start_line))
+                start, start_line, newlines, i = pos + cut + 1, start_line + newlines, 0, cut + 1
+            newlines += block.count(b"\n", i)
+            pos += len(block)
+    if pos > start:
+        chunks.append((start, pos, start_line))
+    return chunks, h.hexdigest()
+
+
+def scan_chunk(path: str, start: int, end: int, first_line: int, media_root: str) -> dict[str, Any]:
+    """The scan task: products (line, id, fingerprint, offset, length) and bad records of one range."""
+    import pyarrow as pa
+
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    cols: dict[str, list] = {"line": [], "id": [], "fingerprint": [], "offset": [], "length": []}
+    bad: list[tuple[int, str, str]] = []
+    pos, line = 0, first_line
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        stop = len(data) if nl < 0 else nl + 1
+        raw = data[pos:stop]
+        if raw.strip():
+            r = parse_jsonl_line(raw, line)
+            if isinstance(r, BadRecord):
+                bad.append((line, r.where, r.error))
+            else:
+                for k, v in (("line", line), ("id", r.id), ("fingerprint", product_fingerprint(r, media_root)),
+                             ("offset", start + pos), ("length", stop - pos)):
+                    cols[k].append(v)
+        pos, line = stop, line + 1
+    table = pa.table({"line": pa.array(cols["line"], pa.int64()), "id": pa.array(cols["id"], pa.string()),
+                      "fingerprint": pa.array(cols["fingerprint"], pa.string()),
+                      "offset": pa.array(cols["offset"], pa.int64()), "length": pa.array(cols["length"], pa.int64())})
+    return {"products": table, "bad": bad}
+
+
+def convert_m5product(path: str, dest: str) -> list[tuple[str, str]]:
+    """The conversion task: the valid records of an M5Product release JSON as JSONL at ``dest``
+    (atomically; the bad records next to it, written first). Returns the bad records."""
+    from scalemm.corpus import m5product_record
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    good, bad = [], []
+    for r in iter_m5product(path):
+        if isinstance(r, BadRecord):
+            bad.append((r.where, r.error))
+        else:
+            good.append({"id": r.id, **m5product_record(data[r.id])})
+    write_jsonl_atomic(dest + ".bad", [{"where": w, "error": e} for w, e in bad])
+    if good:
+        write_jsonl_atomic(dest, good)
+    return bad
+
+
+@dataclass
+class ScanResult:
+    """What the driver knows of a corpus: the file scanned (an M5Product release's JSONL copy),
+    the user's file's sha256, one row per product in line order, the bad records in order."""
+
+    corpus: Path
+    corpus_fingerprint: str
+    products: "pa.Table"  # noqa: F821  line, id, fingerprint, offset, length
+    bad: list[tuple[int, BadRecord]] = field(default_factory=list)  # (sort key, record)
+
+
+def scan_corpus(path: str | Path, media_root: str | Path, fmt: str, out: Path,
+                chunk_bytes: int = CHUNK_BYTES) -> ScanResult:
+    """Scan a corpus with Ray tasks (Ray must be initialised); CorpusError when it has no product."""
+    import pyarrow as pa
+    import ray
+    from tqdm import tqdm
+
+    path = Path(path)
+    fmt = corpus_format(path, fmt)
+    bad: list[tuple[int, BadRecord]] = []
+    if fmt == "m5product":
+        fingerprint = file_fingerprint(path)
+        src = out / M5_DIR / f"m5product-{fingerprint[:16]}.jsonl"
+        if not src.exists():
+            src.parent.mkdir(parents=True, exist_ok=True)
+            ray.get(ray.remote(convert_m5product).options(num_cpus=1).remote(str(path), str(src)))
+        side = Path(str(src) + ".bad")
+        bad = [(0, BadRecord(r["where"], r["error"])) for r in map(json.loads, side.read_text().splitlines())]
+        if not src.exists():
+            raise CorpusError(f"corpus {path} has no valid product ({len(bad)} bad records)")
+        chunks, _ = corpus_chunks(src, chunk_bytes)
+    else:
+        src = path
+        chunks, fingerprint = corpus_chunks(src, chunk_bytes)
+    task = ray.remote(scan_chunk).options(num_cpus=1)
+    refs = [task.remote(str(src), a, b, line, str(media_root)) for a, b, line in chunks]
+    parts = []
+    with tqdm(total=len(refs), desc="scan", unit="chunk", disable=len(refs) < 4) as bar:
+        for ref in refs:  # in order: the products stay in line order
+            parts.append(ray.get(ref))
+            bar.update(1)
+    products = pa.concat_tables([p["products"] for p in parts])
+    bad += [(line, BadRecord(where, err)) for p in parts for line, where, err in p["bad"]]
+    if products.num_rows == 0:
+        raise CorpusError(f"corpus {path} has no valid product ({len(bad)} bad records)")
+    return ScanResult(Path(src), fingerprint, products, bad)
