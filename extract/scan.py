@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from scalemm.atomic import write_jsonl_atomic
-from scalemm.corpus import BadRecord, CorpusError, Product, corpus_format, iter_m5product, parse_jsonl_line
+from scalemm.corpus import (BadRecord, CorpusError, Product, corpus_format, iter_jsonl, iter_m5product,
+                            parse_jsonl_line)
 from scalemm.extract.decode import DecodeError, resolve_media
 from scalemm.store import file_fingerprint
 
@@ -132,6 +133,20 @@ def convert_m5product(path: str, dest: str) -> list[tuple[str, str]]:
     if good:
         write_jsonl_atomic(dest, good)
     return bad
+
+
+def check_corpus(path: str | Path, fmt: str = "auto") -> str:
+    """The corpus' format, once it is known to exist, be non-empty and (JSONL) hold a product:
+    a user error found before any Ray process starts. Reads up to the first valid line."""
+    fmt = corpus_format(path, fmt)
+    if fmt == "jsonl":
+        bad = 0
+        for r in iter_jsonl(path):
+            if isinstance(r, Product):
+                return fmt
+            bad += 1
+        raise CorpusError(f"corpus {path} has no valid product ({bad} bad records)")
+    return fmt
 
 
 @dataclass

@@ -101,3 +101,42 @@ def test_pool_plan_leaves_a_cpu_to_decode_and_splits_small_nodes() -> None:
     assert (gpu["actors"], gpu["gpus"]) == (2, 1.0)
     with pytest.raises(RuntimeError, match="no GPU"):
         pool_plan(8.0, 0.0, ExtractConfig(use_gpu="yes"))
+
+
+def test_pool_on_several_nodes_leaves_each_node_room_to_decode() -> None:
+    from scalemm.extract.config import ExtractConfig
+    from scalemm.extract.job import node_pool_plan
+
+    two = node_pool_plan([1.0, 1.0], [0.0, 0.0], ExtractConfig())  # a head and a worker node, 1 CPU each
+    assert (two["actors"], two["cpus"], two["threads"], two["decode_cpus"]) == (2, 0.5, 1, 0.5)
+    one = node_pool_plan([2.0], [0.0], ExtractConfig())  # one 2-CPU node: as pool_plan, a whole CPU to decode
+    assert (one["actors"], one["cpus"], one["threads"], one["decode_cpus"]) == (2, 0.5, 1, 1.0)
+    big = node_pool_plan([16.0, 8.0], [0.0, 0.0], ExtractConfig())  # the smaller node's pool on each
+    assert big["actors"] == 14 and big["decode_cpus"] == 1.0
+
+
+def test_the_scan_of_byte_ranges_reads_what_read_corpus_reads(demo_corpus, tmp_path) -> None:
+    """Any split of the file into ranges gives the products of read_corpus, with their lines,
+    byte ranges that hold their records, and the same bad records (duplicates are the plan's)."""
+    from scalemm.corpus import parse_jsonl_line, read_corpus
+    from scalemm.extract.scan import corpus_chunks, scan_chunk
+
+    lines = (demo_corpus / "corpus.jsonl").read_bytes().splitlines(keepends=True)
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"".join(lines[:5] + [b"\n", b"{not json\n"] + lines[5:] + [lines[0].rstrip(b"\n")]))
+    whole = read_corpus(path)
+    for size in (1, 300, 5000, 1 << 20):
+        chunks, sha = corpus_chunks(path, size)
+        assert sha == store.file_fingerprint(path) and chunks[0][0] == 0 and chunks[-1][1] == path.stat().st_size
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+        parts = [scan_chunk(str(path), a, b, line, str(demo_corpus)) for a, b, line in chunks]
+        ids = [i for p in parts for i in p["products"].column("id").to_pylist()]
+        assert ids[:-1] == [p.id for p in whole.products]  # the last line repeats the first id (a duplicate)
+        assert [(w, e) for p in parts for _, w, e in p["bad"]] == [(b.where, b.error) for b in whole.bad[:1]]
+        raw, by_line = path.read_bytes(), {p.line: p.id for p in whole.products}
+        for p in parts:
+            t = p["products"]
+            for line, off, n in zip(*(t.column(c).to_pylist() for c in ("line", "offset", "length"))):
+                assert parse_jsonl_line(raw[off:off + n], line).id == by_line.get(line, whole.products[0].id)
+    fps = [f for p in parts for f in p["products"].column("fingerprint").to_pylist()]
+    assert fps[0] == fps[-1] and len(set(fps[:-1])) == len(fps) - 1  # same record, same fingerprint

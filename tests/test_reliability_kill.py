@@ -1,6 +1,7 @@
-"""Reliability under kill -9: the extraction driver and the training process are killed in the
-middle of their work (SIGKILL to the whole process group, Ray's own processes included), then
-rerun; the result equals an uninterrupted run and no temporary file survives or counts."""
+"""Reliability under kill -9: the extraction driver, a worker node of the extraction's Ray
+cluster and the training process are killed in the middle of their work (SIGKILL to the whole
+process group, Ray's own processes included), then rerun; the result equals an uninterrupted
+run and no temporary file survives or counts."""
 
 from __future__ import annotations
 
@@ -90,6 +91,11 @@ def test_kill_9_of_extraction_then_rerun_equals_an_uninterrupted_run(extracted, 
     assert f"shard-{first:05d}.h5" in rerun.stderr  # the damaged file is named in the log
     assert not _temps(out), _temps(out)
 
+    _assert_same_store(out, ref)
+
+
+def _assert_same_store(out: Path, ref: Path) -> None:
+    """Same ids, none twice, bit-identical tokens, counts, pooled vectors and entities, same failures."""
     for m in store.MODALITIES:
         a, b = store.open_modality(out, m).load(), store.open_modality(ref, m).load()
         assert a.ids == b.ids and len(set(a.ids)) == len(a.ids) == 32, m
@@ -104,6 +110,54 @@ def test_kill_9_of_extraction_then_rerun_equals_an_uninterrupted_run(extracted, 
         return sorted((f["id"], f["modality"], f["error"]) for f in store.read_failures(d))
     assert fails(out) == fails(ref)
     assert len((out / store.FAILURES).read_text().splitlines()) == len(fails(ref))
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_node_then_rerun_equals_an_uninterrupted_run(extracted, demo_corpus, tmp_path):
+    """A two-node cluster (head and worker node, one CPU each) extracts; once shards are
+    committed, the worker node's whole process group (raylet, model actor, decode workers) gets
+    SIGKILL. The job finishes on the head (its lost actor's shards go to the other one, the lost
+    decode tasks run again) or fails; either way a rerun leaves the store equal to an
+    uninterrupted run."""
+    from scalemm.bench.cluster import LocalCluster
+
+    ref, _ = extracted
+    out = tmp_path / "feats"
+    cmd = [sys.executable, str(ROOT / "pipelines" / "extract.py"), "--corpus", str(demo_corpus / "corpus.jsonl"),
+           "--media-root", str(demo_corpus), "--out", str(out), "--config", str(ROOT / "configs" / "tiny.yaml"),
+           "--shard-size", "4"]
+    with LocalCluster(head_cpus=1, worker_cpus=[1]) as cluster:
+        args = cmd + ["--address", cluster.address]
+        log = open(tmp_path / "run.log", "w")
+        proc = subprocess.Popen(args, cwd=tmp_path, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while not store.committed_shards(out):
+                assert proc.poll() is None, f"extraction ended (rc {proc.returncode}) before the kill"
+                assert time.time() < deadline, "no shard committed in 300 s"
+                time.sleep(0.05)
+            assert proc.poll() is None and len(store.committed_shards(out)) < 8
+            cluster.kill_worker(0)
+            try:
+                first_rc = proc.wait(timeout=400)
+            except subprocess.TimeoutExpired:
+                first_rc = None
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
+            log.close()
+        rerun = subprocess.run(args, cwd=tmp_path, env=cluster.env(), capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = _last_json(rerun.stdout)
+    assert summary["shards_written"] + summary["shards_skipped"] == 8
+    if first_rc == 0:  # the job outlived its node: the rerun has nothing left to do
+        assert summary["shards_written"] == 0, summary
+    assert not _temps(out), _temps(out)
+    _assert_same_store(out, ref)
+
+
 
 
 def _STRICT(p: Path) -> bool:
