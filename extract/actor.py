@@ -14,13 +14,14 @@ the same path on every node.
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any
 
 from scalemm import store
 from scalemm.extract.config import ExtractConfig
-from scalemm.extract.shard import shard_contents, write_shard
+from scalemm.extract.shard import commit, shard_contents, write_modalities
 
 # provenance fields an actor checks against its own backbones before it writes anything
 CHECKED = ("backbone", "weights_hash", "pretrained", "preprocessing", "dim", "pooled_dim", "max_tokens")
@@ -36,6 +37,7 @@ class ShardEncoder:
 
         torch.set_num_threads(max(1, threads))
         self.out = Path(out)
+        self._raylet = os.getppid()
         # an error loading the backbones (a missing weights file) is raised by the first call,
         # where Ray keeps its type and message; an actor that fails in __init__ only says it died
         self._error: Exception | None = None
@@ -50,6 +52,14 @@ class ShardEncoder:
         if self._error is not None:
             raise self._error
         return self._infos
+
+    def _orphaned(self) -> None:
+        """Stop, without committing, when this actor's raylet is gone (its node was killed with
+        its job): Ray puts workers in process groups of their own, so a ``kill -9`` of the job's
+        process group leaves them running until they notice, and a shard they finished then
+        would be committed after the kill. A job killed on purpose loses its shards in flight."""
+        if os.getppid() != self._raylet:
+            os._exit(1)
 
     def _check(self, provs: dict[str, store.Provenance]) -> None:
         for m, prov in provs.items():
@@ -75,6 +85,9 @@ class ShardEncoder:
                                f"{list(ids)[:3]}...; the corpus changed during extraction, rerun")
         results = self.backbones.encode_rows(items)
         data, failures = shard_contents(shard, items, results, list(fingerprints), provs)
-        nbytes = write_shard(self.out, shard, data, failures, provs)
+        self._orphaned()
+        nbytes = write_modalities(self.out, shard, data, provs)
+        self._orphaned()
+        commit(self.out, shard, failures)
         return {"shard": shard, "items": len(items), "bytes": nbytes, "failures": len(failures),
                 "node": ray.get_runtime_context().get_node_id()}

@@ -225,12 +225,15 @@ def start_actors(cfg: ExtractConfig, cp: dict[str, Any], out: Path) -> list[Any]
             for i in range(cp["actors"])]
 
 
-def actor_infos(actors: list[Any]) -> dict[str, dict[str, Any]]:
+def actor_infos(actors: list[Any], timeout: float = 900) -> dict[str, dict[str, Any]]:
     """The backbones' provenance from the first model actor to load them."""
     import ray
 
     try:
-        return ray.get(actors[0].infos.remote())
+        return ray.get(actors[0].infos.remote(), timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        raise RuntimeError(f"no model actor started in {timeout:.0f} s; does a node have the CPUs (or GPU) an "
+                           f"actor asks for free? (see `ray status`)") from None
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, UserError):  # e.g. a weights file that is not there
             raise e.cause from None
@@ -358,7 +361,7 @@ def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | P
         cp = cluster_plan(cfg)
         log.info("actor pool: %s", cp)
         actors = start_actors(cfg, cp, out)  # they load the backbones while the corpus is scanned
-        scan = scan_corpus(corpus_path, media_root, fmt, out)
+        scan = scan_corpus(corpus_path, media_root, fmt, out, cp["decode_cpus"])
         log.info("scanned %d products in %.1f s", scan.products.num_rows, time.time() - t0)
         code = feature_code_version()
         old = store.read_manifest(out)

@@ -160,9 +160,10 @@ class ScanResult:
     bad: list[tuple[int, BadRecord]] = field(default_factory=list)  # (sort key, record)
 
 
-def scan_corpus(path: str | Path, media_root: str | Path, fmt: str, out: Path,
+def scan_corpus(path: str | Path, media_root: str | Path, fmt: str, out: Path, cpus: float = 1.0,
                 chunk_bytes: int = CHUNK_BYTES) -> ScanResult:
-    """Scan a corpus with Ray tasks (Ray must be initialised); CorpusError when it has no product."""
+    """Scan a corpus with Ray tasks of ``cpus`` CPUs each (Ray must be initialised; the model
+    actors may already hold the rest); CorpusError when it has no product."""
     import pyarrow as pa
     import ray
     from tqdm import tqdm
@@ -175,7 +176,7 @@ def scan_corpus(path: str | Path, media_root: str | Path, fmt: str, out: Path,
         src = out / M5_DIR / f"m5product-{fingerprint[:16]}.jsonl"
         if not src.exists():
             src.parent.mkdir(parents=True, exist_ok=True)
-            ray.get(ray.remote(convert_m5product).options(num_cpus=1).remote(str(path), str(src)))
+            ray.get(ray.remote(convert_m5product).options(num_cpus=cpus).remote(str(path), str(src)))
         side = Path(str(src) + ".bad")
         bad = [(0, BadRecord(r["where"], r["error"])) for r in map(json.loads, side.read_text().splitlines())]
         if not src.exists():
@@ -184,7 +185,7 @@ def scan_corpus(path: str | Path, media_root: str | Path, fmt: str, out: Path,
     else:
         src = path
         chunks, fingerprint = corpus_chunks(src, chunk_bytes)
-    task = ray.remote(scan_chunk).options(num_cpus=1)
+    task = ray.remote(scan_chunk).options(num_cpus=cpus)
     refs = [task.remote(str(src), a, b, line, str(media_root)) for a, b, line in chunks]
     parts = []
     with tqdm(total=len(refs), desc="scan", unit="chunk", disable=len(refs) < 4) as bar:

@@ -41,10 +41,12 @@ def shard_contents(shard: int, items: list[dict[str, Any]],
     return data, failures
 
 
-def write_shard(out: str | Path, shard: int, data: dict[str, store.ShardData], failures: list[dict[str, Any]],
-                provs: dict[str, store.Provenance]) -> int:
-    """Write the modality files, then the failure part (the commit), each atomically. Returns bytes."""
-    nbytes = sum(store.write_shard(store.shard_path(out, m, shard), data[m], provs[m], shard)
-                 for m in store.MODALITIES)
+def write_modalities(out: str | Path, shard: int, data: dict[str, store.ShardData],
+                     provs: dict[str, store.Provenance]) -> int:
+    """Write the shard's modality files, each atomically (not yet committed). Returns bytes."""
+    return sum(store.write_shard(store.shard_path(out, m, shard), data[m], provs[m], shard) for m in store.MODALITIES)
+
+
+def commit(out: str | Path, shard: int, failures: list[dict[str, Any]]) -> None:
+    """Write the shard's failure part, atomically: from now on the shard counts as done."""
     store.write_failure_part(out, shard, failures)
-    return nbytes

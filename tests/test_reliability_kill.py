@@ -148,6 +148,7 @@ def test_kill_9_of_a_worker_node_then_rerun_equals_an_uninterrupted_run(extracte
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=60)
             log.close()
+        cluster.wait_nodes(1)  # the rerun runs on what is left: the head, once Ray counts the node dead
         rerun = subprocess.run(args, cwd=tmp_path, env=cluster.env(), capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = _last_json(rerun.stdout)
