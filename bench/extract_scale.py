@@ -8,10 +8,11 @@ started beforehand, :mod:`scalemm.bench.cluster`):
   seconds per 1,000 items, for a fresh store of the first 4N products over the same for the
   first N (one node). Flat (<= 1.2) means the driver's cost does not grow with the corpus:
   no per-item Python objects, no feature bytes through it.
-* ``append_time_ratio``: the 4N store grown by ``grow`` (the whole corpus extracted into
-  it: only the new products are extracted) against a from-scratch extraction of the whole
-  corpus, command wall time over command wall time, both on the same running cluster, one
-  after the other. ``append_equal``: the grown store equals the from-scratch one (same live
+* ``append_time_ratio``: the 4N store grown by ``grow`` (a newer corpus, the 4N products
+  and ``grow * 4N`` new ones from another demo corpus, :func:`grown_corpus`, extracted into it:
+  only the new products are extracted) against a from-scratch extraction of the newer corpus,
+  command wall time over command wall time, both on the same running cluster, one after the
+  other. ``append_equal``: the grown store equals the from-scratch one (same live
   ids, bit-identical features, same failure records).
 * ``two_node_equal``: a head and a worker node (one CPU each, joined with ``ray start
   --address``) extract the first N products; true when shards were written on both nodes
@@ -99,6 +100,25 @@ def _subset(src: Path, dst: Path, n: int) -> Path:
     return dst
 
 
+def grown_corpus(corpus_dir: Path, extra: int, seed: int, name: str = "more") -> Path:
+    """A newer version of the demo corpus in ``corpus_dir``: its products, then ``extra`` new ones
+    (another demo corpus, made under ``corpus_dir/name`` with ``seed``; ids and media paths
+    prefixed with ``name``). Returns ``corpus_dir/grown.jsonl``; the media root stays ``corpus_dir``."""
+    from scalemm.corpora.demo import make_corpus
+
+    make_corpus(corpus_dir / name, extra, seed=seed)
+    lines = [x for x in (corpus_dir / "corpus.jsonl").read_text().splitlines() if x.strip()]
+    for x in (corpus_dir / name / "corpus.jsonl").read_text().splitlines():
+        if x.strip():
+            r = json.loads(x)
+            r["id"] = f"{name}-{r['id']}"
+            r.update({k: f"{name}/{r[k]}" for k in ("image", "video", "audio") if r.get(k)})
+            lines.append(json.dumps(r))
+    out = corpus_dir / "grown.jsonl"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
 def scale_benchmark(root: Path, config: Path, n: int, work: str | Path, grow: float = 0.2, seed: int = 0,
                     cpus: int | None = None) -> dict[str, Any]:
     """See the module docstring. ``root``: the repository (for ``pipelines/extract.py``)."""
@@ -109,11 +129,12 @@ def scale_benchmark(root: Path, config: Path, n: int, work: str | Path, grow: fl
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     big = 4 * n
-    total = big + max(1, round(big * grow))
     corpus_dir = work / "corpus"
-    make_corpus(corpus_dir, total, seed=seed)
-    full = corpus_dir / "corpus.jsonl"
-    small, base = _subset(full, work / f"corpus_{n}.jsonl", n), _subset(full, work / f"corpus_{big}.jsonl", big)
+    make_corpus(corpus_dir, big, seed=seed)
+    base = corpus_dir / "corpus.jsonl"
+    full = grown_corpus(corpus_dir, max(1, round(big * grow)), seed + 1)
+    small = _subset(base, work / f"corpus_{n}.jsonl", n)
+    total = sum(1 for x in full.read_text().splitlines() if x.strip())
     res: dict[str, Any] = {"n": n, "scale": 4, "grown_items": total, "config": str(config), "load_start": _load()}
 
     def one_node() -> dict[str, Any]:

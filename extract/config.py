@@ -27,7 +27,7 @@ class ExtractConfig:
     text_max_tokens: int = 36
     table_max_tokens: int = 64
     shard_size: int = 64
-    batch_size: int = 16  # items per model call
+    batch_size: int = 16  # images, frames or texts per backbone forward (every forward has this shape)
     decode_batch_size: int = 4  # items per decode task
     isolate_decoders: bool = True  # decode video/audio in a child process: a native crash costs one item
     decode_timeout_s: float = 120.0
@@ -54,10 +54,11 @@ class ExtractConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    # what changes the features (a resume must agree on these)
+    # what changes the features (a resume, or an append to a store, must agree on these); the
+    # batch size too: kernels sum in an order that depends on the batch shape
     def feature_fields(self) -> dict[str, Any]:
         keep = ("image", "text", "audio", "image_size", "video_fps", "video_max_frames", "sample_rate",
-                "audio_max_seconds", "text_max_tokens", "table_max_tokens", "shard_size")
+                "audio_max_seconds", "text_max_tokens", "table_max_tokens", "shard_size", "batch_size")
         return {k: getattr(self, k) for k in keep}
 
 

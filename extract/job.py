@@ -339,6 +339,40 @@ def commit_generation(out: Path, plan: Plan, manifest: dict[str, Any], old: dict
     return generation
 
 
+def plan_job(out: Path, scan: ScanResult, cfg: ExtractConfig, old: dict[str, Any] | None) -> tuple[Plan, list[ShardTask]]:
+    """The plan against the store's live index, and its shards not written yet."""
+    index = store.read_live_index(out, old)
+    ok = intact(out, set() if index is None else set(index.rows_by_shard()))
+    plan = make_plan(scan, index, ok, cfg.shard_size, int((old or {}).get("next_shard", 0)))
+    for b in plan.bad[:20]:
+        log.warning("bad corpus record at %s: %s", b.where, b.error)
+    if len(plan.bad) > 20:
+        log.warning("... %d more bad corpus records (all in %s)", len(plan.bad) - 20, out / store.FAILURES)
+    done = intact(out, {t.shard for t in plan.tasks})
+    todo = [t for t in plan.tasks if not already_written(out, t, done)]
+    log.info("%d products: %s; %d shards to write, %d kept", plan.index.num_rows, plan.counts, len(todo),
+             len(plan.kept_shards) + len(plan.tasks) - len(todo))
+    return plan, todo
+
+
+def finish_job(out: Path, plan: Plan, todo: list[ShardTask], commits: list[dict[str, Any]],
+               manifest: dict[str, Any], old: dict[str, Any] | None) -> JobStats:
+    """Commit the new generation (when the live rows changed), merge the failures, count."""
+    generation = int((old or {}).get("generation", 0))
+    if plan.changes or (old or {}).get(store.LIVE_KEY) is None:
+        generation = commit_generation(out, plan, manifest, old)
+    stats = JobStats(items=plan.index.num_rows, shards_written=len(commits),
+                     shards_skipped=len(plan.kept_shards) + len(plan.tasks) - len(todo))
+    stats.bytes_written = sum(c["bytes"] for c in commits)
+    stats.failures = store.merge_failures(out, [b.as_failure() for b in plan.bad])
+    nodes: dict[str, int] = {}
+    for c in commits:
+        nodes[c["node"]] = nodes.get(c["node"], 0) + 1
+    stats.extra.update(items_processed=sum(c["items"] for c in commits), generation=generation, nodes=nodes,
+                       **plan.counts)
+    return stats
+
+
 def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | Path, cfg: ExtractConfig,
                    address: str | None = None, fmt: str = "auto") -> JobStats:
     """Extract ``corpus_path`` into the store ``out`` (new, or grown by an earlier corpus)."""
@@ -370,17 +404,7 @@ def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | P
                     "media_root": str(media_root.resolve()), "corpus_fingerprint": scan.corpus_fingerprint}
         check_manifest(out, old, manifest, [k for k in MANIFEST_FIELDS if k != "backbones"])
         remove_stale_temps(out)
-        index = store.read_live_index(out, old)
-        ok = intact(out, set() if index is None else set(index.rows_by_shard()))
-        plan = make_plan(scan, index, ok, cfg.shard_size, int((old or {}).get("next_shard", 0)))
-        for b in plan.bad[:20]:
-            log.warning("bad corpus record at %s: %s", b.where, b.error)
-        if len(plan.bad) > 20:
-            log.warning("... %d more bad corpus records (all in %s)", len(plan.bad) - 20, out / store.FAILURES)
-        done_now = intact(out, {t.shard for t in plan.tasks})
-        todo = [t for t in plan.tasks if not already_written(out, t, done_now)]
-        log.info("%d products: %s; %d shards to write, %d kept", plan.index.num_rows, plan.counts, len(todo),
-                 len(plan.kept_shards) + len(plan.tasks) - len(todo))
+        plan, todo = plan_job(out, scan, cfg, old)
         runner = ShardRunner(actors, scan, media_root, cfg, cp["decode_cpus"])
         runner.prefetch(todo[:AHEAD * len(actors)])  # decoding starts while the backbones load
         manifest["backbones"] = actor_infos(actors)
@@ -390,24 +414,12 @@ def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | P
             store.write_manifest(out, manifest)
         for t in todo:  # un-commit before rewriting: a kill half-way must not leave a mixed shard committed
             store.failure_part_path(out, t.shard).unlink(missing_ok=True)
-        provs = provenances(manifest["backbones"], scan.corpus_fingerprint, code)
-        commits = runner.run(todo, provs) if todo else []
+        commits = runner.run(todo, provenances(manifest["backbones"], scan.corpus_fingerprint, code)) if todo else []
         log.info("%d shards written after %.1f s", len(commits), time.time() - t0)
         for a in actors:
             ray.kill(a)
         actors = []
-        generation = int((old or {}).get("generation", 0))
-        if plan.changes or (old or {}).get(store.LIVE_KEY) is None:
-            generation = commit_generation(out, plan, manifest, old)
-        stats = JobStats(items=plan.index.num_rows, shards_written=len(commits),
-                         shards_skipped=len(plan.kept_shards) + len(plan.tasks) - len(todo))
-        stats.bytes_written = sum(c["bytes"] for c in commits)
-        stats.failures = store.merge_failures(out, [b.as_failure() for b in plan.bad])
-        nodes: dict[str, int] = {}
-        for c in commits:
-            nodes[c["node"]] = nodes.get(c["node"], 0) + 1
-        stats.extra.update(items_processed=sum(c["items"] for c in commits), generation=generation, nodes=nodes,
-                           **plan.counts)
+        stats = finish_job(out, plan, todo, commits, manifest, old)
     finally:
         for a in actors:
             ray.kill(a)

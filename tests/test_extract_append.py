@@ -182,3 +182,26 @@ def test_a_removed_product_drops_out_of_what_is_read(ray_local, grown, demo_corp
     assert not {i for i, *_ in _failures(out)} & set(gone)
     # the shards are untouched: the rows are still on disk, only no longer live
     assert sum(len(store.read_shard(p)[0].ids) for p in store.list_shards(out, "text")) == 32
+
+
+def test_an_m5product_release_is_extracted_through_its_jsonl_copy(ray_local, demo_corpus, tiny_config, tmp_path):
+    """The release JSON is one object: one task converts it to JSONL in the store, the scan and
+    decode tasks read that; the bad record is reported by id as read_corpus does."""
+    from scalemm.extract.job import run_extraction
+
+    recs = [json.loads(x) for x in _lines(demo_corpus / "corpus.jsonl")[:10]]
+    release = {r["id"]: {"title": r.get("title"), "label": r.get("label"), "url": r.get("image"),
+                         "video": r.get("video"), "pv": r.get("table") if isinstance(r.get("table"), str) else ""}
+               for r in recs}
+    release["broken"] = "not a record"
+    path = tmp_path / "m5.json"
+    path.write_text(json.dumps(release))
+    out = tmp_path / "feats"
+    stats = run_extraction(path, demo_corpus, out, tiny_config, fmt="m5product")
+    assert stats.items == 10 and stats.extra["new"] == 10
+    assert sorted(store.open_stores(out)["image"].load().ids) == sorted(r["id"] for r in recs)
+    assert any(f["error"].startswith("id broken") for f in json.loads("[" + ",".join(
+        (out / store.FAILURES).read_text().splitlines()) + "]"))
+    assert store.read_manifest(out)["corpus_fingerprint"] == store.file_fingerprint(path)
+    again = run_extraction(path, demo_corpus, out, tiny_config, fmt="m5product")
+    assert again.shards_written == 0 and again.items == 10
