@@ -95,3 +95,26 @@ def test_shard_data_validates_shapes():
     with pytest.raises(ValueError):
         ShardData(ids=["a"], labels=["x"], instances=["y"], tokens=np.zeros((2, 3, 4), np.float16),
                   counts=np.zeros(1, np.int32), pooled=np.zeros((1, 3), np.float32))
+
+
+def test_the_live_index_picks_rows_and_shards_of_a_grown_store(tmp_path):
+    """Shards of successive corpus versions join shard by shard; only the rows the live index
+    names are read, in shard and row order; a shard no index names is never opened."""
+    for k in range(3):
+        for m in ("image", "text"):
+            store.write_shard(store.shard_path(tmp_path, m, k), shard(3, seed=k), prov(m, corpus_fingerprint=f"v{k}"), k)
+    (tmp_path / "image" / "shard-00002.h5").write_bytes(b"not read")  # garbage of a killed job: not live
+    table = store.make_live_table(["p1", "p0", "p2"], ["a", "b", "c"], [1, 0, 0], [1, 0, 2])
+    path = store.write_live_index(tmp_path, 4, table)
+    store.write_manifest(tmp_path, {"generation": 4, store.LIVE_KEY: str(path.relative_to(tmp_path))})
+    stores = store.open_stores(tmp_path, ["image", "text"])
+    img = stores["image"]
+    assert img.n_items == 3 and img.corpus_fingerprints == ["v0", "v1"]
+    d = img.load()
+    assert d.ids == ["p0", "p2", "p1"]
+    assert np.array_equal(d.tokens[2], shard(3, seed=1).tokens[1])
+    assert img.read_index(1).ids == ["p1"] and img.read(0).ids == ["p0", "p2"]
+    # the same shard of two modalities must come from one corpus file
+    store.write_shard(store.shard_path(tmp_path, "text", 1), shard(3, seed=1), prov("text", corpus_fingerprint="v9"), 1)
+    with pytest.raises(StoreError, match="corpus_fingerprint"):
+        store.open_stores(tmp_path, ["image", "text"])
