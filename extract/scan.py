@@ -120,11 +120,11 @@ def scan_chunk(path: str, start: int, end: int, first_line: int, media_root: str
 def convert_m5product(path: str, dest: str) -> list[tuple[str, str]]:
     """The conversion task: the valid records of an M5Product release JSON as JSONL at ``dest``
     (atomically; the bad records next to it, written first). Returns the bad records."""
-    from scalemm.corpus import m5product_record
+    from scalemm.corpus import load_m5product, m5product_record
 
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = load_m5product(path)
     good, bad = [], []
-    for r in iter_m5product(path):
+    for r in iter_m5product(path, data):
         if isinstance(r, BadRecord):
             bad.append((r.where, r.error))
         else:

@@ -205,13 +205,20 @@ def m5product_record(rec: dict[str, Any]) -> dict[str, Any]:
             "table": rec.get("pv"), "image": name(rec.get("url")), "video": name(rec.get("video"))}
 
 
-def iter_m5product(path: str | Path) -> Iterator[Product | BadRecord]:
+def load_m5product(path: str | Path) -> dict[str, Any]:
+    """An M5Product release JSON: one object keyed by product id."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CorpusError(f"{path} is not valid M5Product JSON: {e}") from e
     if not isinstance(data, dict):
         raise CorpusError(f"{path}: M5Product JSON must be an object keyed by product id")
+    return data
+
+
+def iter_m5product(path: str | Path, data: dict[str, Any] | None = None) -> Iterator[Product | BadRecord]:
+    """The products of an M5Product release (``data``: the release already loaded)."""
+    data = load_m5product(path) if data is None else data
     for n, (pid, rec) in enumerate(data.items(), start=1):
         try:
             if not isinstance(rec, dict):
