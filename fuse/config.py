@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from scalemm.config import ConfigError, check_keys, read_yaml_mapping
@@ -34,6 +35,11 @@ class ScaleConfig:
     modalities: list[str] = field(default_factory=lambda: list(ALL_MODALITIES))
     memory_budget_gb: float = 4.0  # load the stores into memory when they fit, else stream
     loader_workers: int = 0  # DataLoader workers (streaming always uses at least 1)
+    # products split by instance into train / val / test (scalemm.splits); training sees
+    # ``train_split`` only ("train", "train+val" or "all"), evaluation reports on another
+    split_seed: int = 0
+    split_fractions: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
+    train_split: str = "train"
 
     # ---- model
     d_model: int = 256
@@ -123,6 +129,9 @@ class ScaleConfig:
             raise ConfigError(f"mask_loss must be 'mse' or 'smooth_l1', got {self.mask_loss!r}")
         if self.checkpoint_unit not in ("epoch", "step"):
             raise ConfigError(f"checkpoint_unit must be 'epoch' or 'step', got {self.checkpoint_unit!r}")
+        from scalemm.splits import SplitSpec, rows_of
+        SplitSpec(self.split_seed, tuple(self.split_fractions))
+        rows_of(np.array([], dtype=object), self.train_split)
         if self.memory_budget_gb < 0:
             raise ConfigError(f"memory_budget_gb must be >= 0, got {self.memory_budget_gb}")
 
@@ -158,8 +167,16 @@ class ScaleConfig:
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
+    def split_spec(self) -> "SplitSpec":
+        from scalemm.splits import SplitSpec
+        return SplitSpec(self.split_seed, tuple(self.split_fractions))
+
     def replace(self, **changes: Any) -> "ScaleConfig":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _bad() -> Any:
+    raise TypeError
 
 
 def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
@@ -186,6 +203,8 @@ def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
                 value = [s.strip() for s in value.split(",") if s.strip()]
             if not isinstance(value, (list, tuple)):
                 raise TypeError
+            if t == "list[float]":
+                return [float(v) for v in value if not isinstance(v, bool) or _bad()]
             return [str(v) for v in value]
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: setting '{name}' must be of type {t}, got {value!r}") from None

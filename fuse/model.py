@@ -50,6 +50,17 @@ class ModelOutput:
     masked: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
 
 
+@dataclass
+class Encoded:
+    """The per-modality encoder outputs of a batch, before fusion."""
+
+    modalities: list[str]  # the modalities the batch carries (model order)
+    present: Tensor  # Bool [B, M] over the model's modalities
+    seqs: dict[str, Tensor]  # m -> [B, 1 + T_m, d] (first token = the modality's pooled output)
+    keys: dict[str, Tensor]  # m -> Bool [B, 1 + T_m] valid keys
+    masks: dict[str, Tensor] = field(default_factory=dict)  # tokens hidden for masked modelling
+
+
 class SelfHarmonizer(nn.Module):
     """Self-harmonized modality weights, per sample, as in SCALE.
 
@@ -143,36 +154,53 @@ class ScaleModel(nn.Module):
             if isinstance(mod, Transformer):
                 mod.impl = impl
 
-    def forward(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> ModelOutput:
-        """``batch`` as from :func:`fuse.reader.collate` (on the model's device); ``masks``
-        {m: Bool [B, T_m]} marks the tokens to hide for masked modelling (None: none)."""
+    def encode(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> Encoded:
+        """Run each modality's encoder (they do not see each other): ``batch`` as from
+        :func:`fuse.reader.collate` (on the model's device); ``masks`` {m: Bool [B, T_m]} marks
+        the tokens to hide for masked modelling (None: none)."""
         masks = masks or {}
         mods = [m for m in self.modalities if m in batch["tokens"]]
         if not mods:
             raise ValueError(f"the batch carries none of the model's modalities {self.modalities}")
         B = batch["tokens"][mods[0]].shape[0]
         dev = batch["tokens"][mods[0]].device
-        d = self.cfg.d_model
-        seq, keys, starts, enc_first = [], [], {}, {}
-        L = 0
         present = torch.zeros(B, len(self.modalities), dtype=torch.bool, device=dev)
+        seqs: dict[str, Tensor] = {}
+        keys: dict[str, Tensor] = {}
         for m in mods:
-            j = self.modalities.index(m)
             pres = batch["present"][m]
-            present[:, j] = pres
-            valid = batch["mask"][m] & pres[:, None]
-            enc = self.encoders[m]
-            h, key = enc(batch["tokens"][m], valid, masks.get(m))
-            enc_first[m] = h[:, 0]
-            seq.append(h + (enc.type_emb + enc.fusion_pos).to(h.dtype))
-            keys.append(key & pres[:, None])
+            present[:, self.modalities.index(m)] = pres
+            h, key = self.encoders[m](batch["tokens"][m], batch["mask"][m] & pres[:, None], masks.get(m))
+            seqs[m], keys[m] = h, key
+        return Encoded(mods, present, seqs, keys, dict(masks))
+
+    def fuse(self, enc: Encoded, present: Tensor | None = None, masked_targets: Mapping[str, Any] | None = None
+             ) -> ModelOutput:
+        """The joint transformer, the self-harmonizer and the masked-modelling heads over encoded
+        modalities. ``present`` Bool [B, M] (default: the batch's) may switch modalities off, which
+        is exactly the model on a batch without them: that is how ablations and dropped-query
+        variants come from one pass of the encoders. ``masked_targets`` (the batch) enables the
+        masked-modelling predictions for the tokens ``enc`` was encoded with hidden."""
+        present = enc.present if present is None else present & enc.present
+        mods = [m for m in enc.modalities if bool(present[:, self.modalities.index(m)].any())]
+        if not mods:
+            mods = enc.modalities[:1]
+        first = enc.seqs[enc.modalities[0]]
+        B, dev, d = first.shape[0], first.device, self.cfg.d_model
+        seq, keys, starts = [], [], {}
+        L = 0
+        for m in mods:
+            h = enc.seqs[m]
+            e = self.encoders[m]
+            seq.append(h + (e.type_emb + e.fusion_pos).to(h.dtype))
+            keys.append(enc.keys[m] & present[:, self.modalities.index(m)][:, None])
             starts[m] = L
             L += h.shape[1]
         fused = self.fusion(torch.cat(seq, dim=1), torch.cat(keys, dim=1))
 
         zeros = torch.zeros(B, d, dtype=fused.dtype, device=dev)
         pooled = torch.stack([fused[:, starts[m]] if m in starts else zeros for m in self.modalities], 1)
-        enc_pooled = torch.stack([enc_first[m].to(fused.dtype) if m in enc_first else zeros
+        enc_pooled = torch.stack([enc.seqs[m][:, 0].to(fused.dtype) if m in starts else zeros
                                   for m in self.modalities], 1)
         pm = present[..., None]
         pooled = torch.where(pm, pooled, torch.zeros((), dtype=pooled.dtype, device=dev))
@@ -182,16 +210,21 @@ class ScaleModel(nn.Module):
             W, imp = self.harmonizer(enc_pooled.float(), present, uniform=not self.cfg.harmonize)
 
         masked: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
-        for m in mods:
-            mk = masks.get(m)
+        for m in mods if masked_targets is not None else ():
+            mk = enc.masks.get(m)
             if mk is None:
                 continue
-            mk = mk & batch["present"][m][:, None] & batch["mask"][m]
+            mk = mk & masked_targets["present"][m][:, None] & masked_targets["mask"][m] \
+                & present[:, self.modalities.index(m)][:, None]
             T = self.shapes[m][0]
             tok = fused[:, starts[m] + 1: starts[m] + 1 + T]
             rows = mk.nonzero(as_tuple=True)
             masked[m] = (self.encoders[m].head(tok[rows]), rows[0], rows[1])
         return ModelOutput(self.modalities, present, pooled, enc_pooled, W, imp, masked)
+
+    def forward(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> ModelOutput:
+        """``encode`` then ``fuse`` (see both): the training and embedding forward pass."""
+        return self.fuse(self.encode(batch, masks), masked_targets=batch)
 
 
 def product_embedding(out: ModelOutput, source: str = "fusion") -> Tensor:

@@ -327,9 +327,18 @@ class EpochBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, dataset: FeatureDataset, batch_size: int, seed: int, shuffle: bool = True,
-                 drop_last: bool = True, rank: int = 0, world: int = 1) -> None:
-        self.n = len(dataset)
-        self.shard_sizes = None if dataset.in_memory else dataset.shard_sizes
+                 drop_last: bool = True, rank: int = 0, world: int = 1,
+                 subset: np.ndarray | None = None) -> None:
+        # ``subset``: the sorted item indices to draw from (a split), default every item
+        self.subset = None if subset is None else np.asarray(subset, dtype=np.int64)
+        self.n = len(dataset) if self.subset is None else len(self.subset)
+        self.shard_sizes = None
+        if not dataset.in_memory:  # items of one shard stay together (positions in the subset)
+            sizes = np.asarray(dataset.shard_sizes, dtype=np.int64)
+            if self.subset is not None:
+                sizes = np.bincount(np.searchsorted(dataset.shard_offsets, self.subset, side="right") - 1,
+                                    minlength=len(sizes))
+            self.shard_sizes = [int(x) for x in sizes]
         self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
         self.rank, self.world = rank, world
         self.epoch, self.skip = 0, 0
@@ -340,6 +349,8 @@ class EpochBatchSampler(Sampler[list[int]]):
     def batches(self) -> list[np.ndarray]:
         b = epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.shuffle,
                           self.drop_last, self.shard_sizes)
+        if self.subset is not None:
+            b = [self.subset[x] for x in b]
         if self.world > 1:
             per = len(b) // self.world  # equal step counts on every rank
             b = b[self.rank: per * self.world: self.world]

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from scalemm.atomic import write_json_atomic
 from scalemm.errors import UserError
+from scalemm.splits import assign, rows_of
 
 from .checkpoint import (Checkpoint, CheckpointError, check_provenance, latest_checkpoint, load_state,
                          load_weights, provenance_to_json, remove_stale_temps, save_checkpoint)
@@ -307,7 +308,9 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
                  c["batch_in_epoch"])
     resumed_from = c["step"] if ck is not None else None
 
-    sampler = EpochBatchSampler(ds, cfg.batch_size, cfg.seed, rank=dist.rank, world=dist.world)
+    split = assign(ds.instances, ds.ids, cfg.split_spec())
+    sampler = EpochBatchSampler(ds, cfg.batch_size, cfg.seed, rank=dist.rank, world=dist.world,
+                                subset=rows_of(split, cfg.train_split))
     loader = make_loader(ds, sampler, cfg.loader_workers)
     steps_per_epoch = len(sampler.batches())
     total_steps = steps_per_epoch * cfg.epochs

@@ -103,7 +103,8 @@ def tiny_config(**kw: Any):
     from scalemm.fuse.config import ScaleConfig
     base = dict(d_model=32, heads=4, encoder_layers=1, fusion_layers=1, dropout=0.1, batch_size=16,
                 epochs=2, lr=2e-3, warmup_steps=2, seed=0, tensorboard=False, threads=2,
-                checkpoint_every=1, checkpoint_unit="epoch")
+                checkpoint_every=1, checkpoint_unit="epoch",
+                train_split="all")  # the mechanics tests train on every item; splits: test_splits.py
     base.update(kw)
     return ScaleConfig(**base)
 

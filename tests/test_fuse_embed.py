@@ -126,7 +126,7 @@ def test_train_cli_last_line_is_json(tmp_path) -> None:
     write_synthetic_store(feats, n_items=16, shards=1, seed=4)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("d_model: 16\nheads: 2\nencoder_layers: 1\nfusion_layers: 1\nbatch_size: 8\n"
-                   "threads: 1\ntensorboard: true\n")
+                   "threads: 1\ntensorboard: true\ntrain_split: all\n")
     proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train.py"), "--features", str(feats),
                            "--out", str(tmp_path / "run"), "--config", str(cfg), "--epochs", "1"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
