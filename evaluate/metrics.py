@@ -174,17 +174,9 @@ def stratified_split(labels: Sequence[str], test_size: float = 0.3,
 
 def classification(vectors: np.ndarray, labels: Sequence[str], *, test_size: float = 0.3,
                    seed: int = 0, C: float = 1.0, max_iter: int = 1000) -> dict[str, float]:
-    """Linear-probe classification: {"accuracy", "macro_f1"} on a held-out stratified split.
-
-    The probe is scikit-learn's standardization + LogisticRegression fitted on the train
-    part of :func:`stratified_split`; items with an empty label are not used.
-    """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+    """Linear-probe classification: {"accuracy", "macro_f1"} on a held-out stratified split
+    of the given items (:func:`stratified_split`); items with an empty label are not used.
+    The evaluation protocol fits the probe on the train split instead (:func:`linear_probe`)."""
     x = np.asarray(vectors, dtype=np.float32)
     y_all = np.asarray(list(labels), dtype=object)
     if x.shape[0] != len(y_all):
@@ -192,24 +184,43 @@ def classification(vectors: np.ndarray, labels: Sequence[str], *, test_size: flo
     keep = y_all != ""
     x, y = x[keep], y_all[keep].astype(str)
     train, test = stratified_split(y.tolist(), test_size, seed)
-    if len(test) == 0:
-        log.warning("classification: no class has two examples, nothing to test; reporting 0.0")
+    return linear_probe(x[train], y[train], x[test], y[test], seed=seed, C=C, max_iter=max_iter)
+
+
+def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray, test_y: Sequence[str], *,
+                 seed: int = 0, C: float = 1.0, max_iter: int = 1000) -> dict[str, float]:
+    """Fit scikit-learn's standardization + LogisticRegression on the train items, score it on
+    the test items: {"accuracy", "macro_f1"}. Items with an empty label are left out."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ytr, yte = np.asarray(list(train_y), dtype=object), np.asarray(list(test_y), dtype=object)
+    if len(ytr) != len(train_x) or len(yte) != len(test_x):
+        raise ValueError("vectors and labels differ in length")
+    ktr, kte = ytr != "", yte != ""
+    xtr, ytr = np.asarray(train_x, np.float32)[ktr], ytr[ktr].astype(str)
+    xte, yte = np.asarray(test_x, np.float32)[kte], yte[kte].astype(str)
+    if len(yte) == 0 or len(ytr) == 0:
+        log.warning("classification: no labelled %s item; reporting 0.0", "test" if len(yte) == 0 else "train")
         return {"accuracy": 0.0, "macro_f1": 0.0}
-    classes = np.unique(y[train])
+    classes = np.unique(ytr)
     if len(classes) < 2:
-        pred = np.full(len(test), classes[0], dtype=object).astype(str)
+        pred = np.full(len(yte), classes[0], dtype=object).astype(str)
     else:
         probe = make_pipeline(StandardScaler(),
                               LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            probe.fit(x[train], y[train])
+            probe.fit(xtr, ytr)
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):
             log.warning("classification: the linear probe did not converge in %d iterations",
                         max_iter)
-        pred = probe.predict(x[test])
-    return {"accuracy": float(accuracy_score(y[test], pred)),
-            "macro_f1": float(f1_score(y[test], pred, average="macro", zero_division=0))}
+        pred = probe.predict(xte)
+    return {"accuracy": float(accuracy_score(yte, pred)),
+            "macro_f1": float(f1_score(yte, pred, average="macro", zero_division=0))}
 
 
 # ----------------------------------------------------------------------------- clustering

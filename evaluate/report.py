@@ -49,7 +49,17 @@ REQUIRED_TOP: tuple[str, ...] = ("methods", "ablation", "index")
 
 # ----------------------------------------------------------------------------- metrics.json
 
+def _num(v: Any) -> Any:
+    """A figure as a number: the mean of a ``{"mean", "std"}`` figure (averaged over seeds)."""
+    return v["mean"] if isinstance(v, Mapping) and "mean" in v else v
+
+
 def _check_unit(v: Any, where: str, problems: list[str]) -> None:
+    if isinstance(v, Mapping) and set(v) >= {"mean", "std"}:
+        std = v["std"]
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not std >= 0:
+            problems.append(f"{where}.std = {std!r} is not a number >= 0")
+        v = v["mean"]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
             or not 0.0 <= v <= 1.0:
         problems.append(f"{where} = {v!r} is not a number in [0, 1]")
@@ -171,8 +181,8 @@ def plot_ablation(ablation: Mapping[str, Any], path: str | Path) -> Path:
     fig = _figure((7, 4))
     ax = fig.subplots()
     _grouped_bars(ax, names, {
-        "coarse mAP@1": [ablation[n]["coarse"]["mAP@1"] for n in names],
-        "fine mAP@1": [ablation[n]["fine"]["mAP@1"] for n in names],
+        "coarse mAP@1": [_num(ablation[n]["coarse"]["mAP@1"]) for n in names],
+        "fine mAP@1": [_num(ablation[n]["fine"]["mAP@1"]) for n in names],
     })
     ax.set_title("Modality ablation")
     fig.savefig(path, dpi=110)
@@ -185,10 +195,10 @@ def plot_methods(methods: Mapping[str, Any], path: str | Path) -> Path:
     fig = _figure((max(6, 1.1 * len(names) + 3), 4))
     ax = fig.subplots()
     _grouped_bars(ax, names, {
-        "coarse mAP@1": [methods[n]["coarse"]["mAP@1"] for n in names],
-        "fine mAP@1": [methods[n]["fine"]["mAP@1"] for n in names],
-        "accuracy": [methods[n]["classification"]["accuracy"] for n in names],
-        "NMI": [methods[n]["clustering"]["nmi"] for n in names],
+        "coarse mAP@1": [_num(methods[n]["coarse"]["mAP@1"]) for n in names],
+        "fine mAP@1": [_num(methods[n]["fine"]["mAP@1"]) for n in names],
+        "accuracy": [_num(methods[n]["classification"]["accuracy"]) for n in names],
+        "NMI": [_num(methods[n]["clustering"]["nmi"]) for n in names],
     })
     ax.set_title("Methods")
     fig.savefig(path, dpi=110)
@@ -379,6 +389,8 @@ def write_gallery(es: Any, product_info: Mapping[str, Mapping[str, Any]], path: 
 # ----------------------------------------------------------------------------- markdown
 
 def _pct(v: Any) -> str:
+    if isinstance(v, Mapping) and set(v) >= {"mean", "std"}:
+        return f"{_pct(v['mean'])} ± {_pct(v['std'])}"
     return f"{100 * v:.2f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
@@ -415,7 +427,7 @@ def render_markdown(metrics: Mapping[str, Any], images: Mapping[str, str] | None
                   f"Approximate index `{index.get('type')}`: recall@10 against exact search "
                   f"{_pct(index.get('ann_recall@10'))} %."]
     for key, val in metrics.items():
-        if key in REQUIRED_TOP:
+        if key in REQUIRED_TOP or key in ("per_seed", "runs"):
             continue
         parts += ["", f"## {key}", ""]
         if isinstance(val, Mapping) and val and all(isinstance(v, Mapping) for v in val.values()):

@@ -38,20 +38,27 @@ ABLATION_NAMES: tuple[str, ...] = tuple(ablation_name(m) for m in ABLATION_ORDER
 
 def ranked_neighbors(es: EmbeddingSet, k: int = K, *, index_dir: str | Path | None = None,
                      seed: int = 0, memory_budget_bytes: int | None = None,
-                     exact_threshold: int = EXACT_THRESHOLD) -> np.ndarray:
-    """Every item's top ``k + 1`` gallery rows (itself included), through the chosen index."""
+                     exact_threshold: int = EXACT_THRESHOLD, queries: np.ndarray | None = None) -> np.ndarray:
+    """Every item's top ``k + 1`` gallery rows (itself included), through the chosen index.
+
+    ``queries`` (float32 [N, D], row i = item i seen another way, e.g. with modalities dropped)
+    searches the gallery with those vectors instead of the items' own."""
     built = build_index(es.vectors, es.ids, memory_budget_bytes=memory_budget_bytes,
                         exact_threshold=exact_threshold, seed=seed)
     if index_dir is not None:
         save_index(built, index_dir)
-    _, rows = search(built, es.vectors, min(k + 1, len(es)))
+    q = es.vectors if queries is None else np.ascontiguousarray(queries, dtype=np.float32)
+    if q.shape != es.vectors.shape:
+        raise ValueError(f"queries of shape {q.shape} for a gallery of shape {es.vectors.shape}")
+    _, rows = search(built, q, min(k + 1, len(es)))
     if rows.shape[1] < k + 1:  # gallery smaller than k + 1: pad with "no result"
         rows = np.pad(rows, ((0, 0), (0, k + 1 - rows.shape[1])), constant_values=-1)
     return rows
 
 
 def evaluate_retrieval(es: EmbeddingSet, k: int = K, **index_kwargs: Any) -> dict[str, dict[str, float]]:
-    """Coarse and fine retrieval metrics ({"coarse": {...}, "fine": {...}})."""
+    """Coarse and fine retrieval metrics ({"coarse": {...}, "fine": {...}}); ``queries=`` as in
+    :func:`ranked_neighbors`."""
     return retrieval_scores(ranked_neighbors(es, k, **index_kwargs), es.labels, es.instances, k)
 
 

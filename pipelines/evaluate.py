@@ -15,13 +15,16 @@ from scalemm import cli
 def main() -> dict:
     ap = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--features", help="feature directory (pipelines/extract.py --out)")
-    ap.add_argument("--checkpoint", help="training run directory (pipelines/train.py --out)")
-    ap.add_argument("--uniform-checkpoint", help="run trained with harmonize: false (the scale_uniform method)")
+    ap.add_argument("--checkpoint", help="training run directory, or a folder of seed-*/ runs (pipelines/train.py --out)")
+    ap.add_argument("--uniform-checkpoint", help="the same for runs trained with harmonize: false (scale_uniform)")
     ap.add_argument("--out", required=True, help="evaluation output directory")
     ap.add_argument("--media-root", help="media root for the gallery images (default: from the store manifest)")
     ap.add_argument("--rebuild-index", action="store_true",
                     help="only rebuild OUT/index/scale from OUT/embeddings/scale.npz and re-check the metrics")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--split", default="test", choices=["test", "val"],
+                    help="split to report on (test: the headline; val: while choosing settings)")
+    ap.add_argument("--drop-prob", type=float, default=0.3,
+                    help="robustness: probability that a query product loses each modality (default 0.3)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
     cli.setup_logging(a.verbose)
@@ -33,9 +36,11 @@ def main() -> dict:
     if not a.features or not a.checkpoint:
         ap.error("--features and --checkpoint are required (unless --rebuild-index)")
     cli.check_out_dir(a.out)
-    m = run_evaluation(a.features, a.checkpoint, a.out, a.uniform_checkpoint, a.media_root, a.seed)
+    m = run_evaluation(a.features, a.checkpoint, a.out, a.uniform_checkpoint, a.media_root, split=a.split,
+                       drop_prob=a.drop_prob)
     print(format_headline(m), file=sys.stderr)
     return {"out": a.out, "items": m["items"], "seconds": m["seconds"], "index": m["index"],
+            "split": m["split"], "seeds": m["seeds"],
             "scale": {"coarse_mAP@1": m["methods"]["scale"]["coarse"]["mAP@1"],
                       "fine_mAP@1": m["methods"]["scale"]["fine"]["mAP@1"]}}
 
