@@ -7,7 +7,8 @@ It is for benchmark scripts (``pipelines/bench.py``), not for tests.
 
 Also here, for the same scripts: the peak memory of both paths (:func:`attention_memory`),
 which aten kernel SDPA runs (:func:`sdpa_kernels`), the training loader's samples/s
-(:func:`loader_benchmark`), the train step's samples/s (:func:`train_step_benchmark`) and
+(:func:`loader_benchmark`), the samples/s of the train step (:func:`train_step_benchmark`,
+which times :func:`fuse.step.train_step` itself) and
 HDF5 shard reads against raw file reads (:func:`store_read_benchmark`).
 """
 
@@ -339,18 +340,15 @@ def loader_benchmark(features_dir: str | Path, batch_size: int = 64, min_seconds
 
 def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: int = 64,
                          cfg: Any = None, device: str = "auto", attention: str = "sdpa") -> dict[str, Any]:
-    """Samples/s of forward+backward+optimizer step of ScaleModel (default config unless ``cfg``)
-    on batches from the training loader (collected beforehand, so loading is not timed);
-    ``attention`` "naive" runs the same model through the reference attention.
-
-    Mirrors the step of :func:`fuse.train.train`: masks, loss, finite check, clip, AdamW step."""
-    import math
-
+    """Samples/s of :func:`fuse.step.train_step`, the step training runs (masks, forward and
+    loss, finite check, backward, clip, AdamW and schedule steps), on ScaleModel (default config
+    unless ``cfg``) and batches from the training loader (collected beforehand, so loading is
+    not timed); ``attention`` "naive" runs the same model through the reference attention."""
     from scalemm.fuse.config import ScaleConfig
-    from scalemm.fuse.masking import choose_masks
-    from scalemm.fuse.model import ScaleModel, count_parameters
+    from scalemm.fuse.device import resolve_device, to_device
+    from scalemm.fuse.model import count_parameters
     from scalemm.fuse.reader import EpochBatchSampler, FeatureDataset, make_loader
-    from scalemm.fuse.train import Objective, param_groups, resolve_device, to_device
+    from scalemm.fuse.step import build_learner, train_step
 
     cfg = cfg or ScaleConfig()
     prev = torch.get_num_threads()
@@ -366,34 +364,16 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
             sampler.set_epoch(epoch)
             batches += [to_device(b, dev) for b in make_loader(ds, sampler, 0)]
             epoch += 1
-        torch.manual_seed(cfg.seed)
-        model = ScaleModel(cfg, {m: (s.max_tokens, s.dim) for m, s in ds.shapes.items()}).to(dev)
-        model.set_attention(attention)
-        objective = Objective(model, cfg)
-        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-        model.train()
-
-        def step(batch: dict[str, Any]) -> None:
-            masks = choose_masks(batch, model.modalities, cfg.mask_prob, gen) if cfg.masked_losses else None
-            with autocast:
-                total, _ = objective(batch, masks)
-            if not bool(torch.isfinite(total.detach())):
-                raise RuntimeError("non-finite loss in the train-step benchmark")
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            float(gn)
-            opt.step()
-
-        step(batches[0])  # warm-up
+        learner = build_learner(cfg, {m: (s.max_tokens, s.dim) for m, s in ds.shapes.items()}, dev)
+        learner.model.set_attention(attention)
+        learner.model.train()
+        train_step(learner, batches[0], 0)  # warm-up
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         n = 0
-        for b in batches[1:steps + 1]:
-            step(b)
+        for i, b in enumerate(batches[1:steps + 1], start=1):
+            train_step(learner, b, i)
             n += len(b["ids"])
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -401,7 +381,7 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
         seq = fusion_length({m: s.max_tokens for m, s in ds.shapes.items()})
         return {"device": str(dev), "threads": torch.get_num_threads(), "steps": steps, "batch_size": batch_size,
                 "samples": n, "seconds": sec, "samples_per_s": n / sec, "step_s": sec / steps,
-                "parameters": count_parameters(model), "fusion_length": seq, "dropout": cfg.dropout,
+                "parameters": count_parameters(learner.model), "fusion_length": seq, "dropout": cfg.dropout,
                 "attn_dropout": cfg.attn_dropout, "attention": attention}
     finally:
         torch.set_num_threads(prev)

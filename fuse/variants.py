@@ -71,7 +71,7 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
     """
     from tqdm.auto import tqdm
 
-    from .train import to_device
+    from .device import to_device
 
     mods = list(model.modalities)
     out: dict[str, Any] = {"ids": [], "labels": [], "instances": [], "modalities": mods,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import scalemm.fuse.train as fuse_train
+import scalemm.fuse.step as fuse_step
 from scalemm.store import StoreError
 from scalemm.fuse.checkpoint import CheckpointError, latest_checkpoint
 from scalemm.fuse.embed import embed_store
@@ -124,7 +124,7 @@ def test_nan_guard_keeps_last_checkpoint_and_mid_epoch_resume_is_exact(small, re
     # checkpoint settings do not change the math: the reference run checkpointed per epoch
     cfg = tiny_config(epochs=2, checkpoint_unit="step", checkpoint_every=2)
     full_run, full = reference
-    real = fuse_train.scale_loss
+    real = fuse_step.scale_loss
     calls = {"n": 0}
 
     def poisoned(*a, **kw):
@@ -134,13 +134,13 @@ def test_nan_guard_keeps_last_checkpoint_and_mid_epoch_resume_is_exact(small, re
             terms.total = terms.total * float("nan")
         return terms
 
-    monkeypatch.setattr(fuse_train, "scale_loss", poisoned)
+    monkeypatch.setattr(fuse_step, "scale_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="at step 3 ") as err:
         train(small, tmp_path / "run", cfg, progress=False)
     ck = latest_checkpoint(tmp_path / "run")
     assert ck.step == 2 and str(ck.weights) in str(err.value)
     assert not list((tmp_path / "run" / "checkpoints").glob("step-00000003*"))
-    monkeypatch.setattr(fuse_train, "scale_loss", real)
+    monkeypatch.setattr(fuse_step, "scale_loss", real)
     resumed = train(small, tmp_path / "run", None, resume=True, progress=False)  # step 2 of 3 in epoch 1
     assert abs(resumed.final_loss - full.final_loss) < 1e-4
     assert _losses(tmp_path / "run") == pytest.approx(_losses(full_run), abs=1e-5)
