@@ -29,6 +29,7 @@ import numpy as np
 
 from scalemm.errors import ConfigError, StoreError
 from scalemm.modalities import ABLATION_ORDER, canonical
+from scalemm.runs import RunFolder
 
 from .embeddings import EmbeddingSet, frozen_baselines, l2_normalize
 from .index import load_index, rebuild_index, search
@@ -224,7 +225,7 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
         metrics["cross_modal"] = mean_std(per_seed["cross_modal"])
     metrics["seconds"] = round(time.time() - t0, 1)
     imp = np.where(first_full["presence"], first_full["importances"], np.nan)[view.eval_rows]
-    write_report(out, metrics, training_log=Path(scale[0].run) / "log.jsonl", importance=imp,
+    write_report(out, metrics, training_log=RunFolder(scale[0].run).log, importance=imp,
                  importance_labels=[ds.labels[i] for i in view.eval_rows], gallery_set=saved["scale"],
                  product_info=product_info(features, media_root), seed=seeds[0])
     return metrics

@@ -14,26 +14,11 @@ from scalemm.evaluate.embeddings import EmbeddingSet
 from scalemm.evaluate.index import (EXACT_THRESHOLD, ann_recall_at_k, build_index, exact_search,
                             save_index, search)
 from scalemm.evaluate.metrics import classification, clustering, retrieval_scores
+from scalemm.modalities import ABLATION_NAMES
 
 log = logging.getLogger(__name__)
 
 K = 10
-# The modality ablation of the paper: text, then adding image, table, video, audio.
-ABLATION_ORDER: tuple[tuple[str, ...], ...] = (
-    ("text",),
-    ("text", "image"),
-    ("text", "image", "table"),
-    ("text", "image", "table", "video"),
-    ("text", "image", "table", "video", "audio"),
-)
-
-
-def ablation_name(modalities: tuple[str, ...]) -> str:
-    """``('text', 'image')`` -> ``'text+image'`` (the metrics.json key)."""
-    return "+".join(modalities)
-
-
-ABLATION_NAMES: tuple[str, ...] = tuple(ablation_name(m) for m in ABLATION_ORDER)
 
 
 def ranked_neighbors(es: EmbeddingSet, k: int = K, *, index_dir: str | Path | None = None,

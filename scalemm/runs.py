@@ -36,37 +36,16 @@ class RunFolder:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.config = self.root / CONFIG
+        self.provenance = self.root / PROVENANCE
+        self.checkpoints = self.root / CHECKPOINTS
+        self.log = self.root / LOG
+        self.tensorboard = self.root / TENSORBOARD
+        self.plot = self.root / PLOT
+        self.result = self.root / RESULT
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.root)!r})"
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG
-
-    @property
-    def provenance(self) -> Path:
-        return self.root / PROVENANCE
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / CHECKPOINTS
-
-    @property
-    def log(self) -> Path:
-        return self.root / LOG
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / TENSORBOARD
-
-    @property
-    def plot(self) -> Path:
-        return self.root / PLOT
-
-    @property
-    def result(self) -> Path:
-        return self.root / RESULT
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
