@@ -1,8 +1,9 @@
 """Product embeddings as the evaluation sees them, and the training-free frozen baselines.
 
 An :class:`EmbeddingSet` is N product vectors with their ids, category labels and
-instance ids (``''`` when unknown). It is saved as a plain ``.npz`` (strings as unicode
-arrays, no pickle) so that an index can be rebuilt from it alone.
+instance ids (``''`` when unknown). It is saved as the embeddings file of
+:mod:`scalemm.embedfile` (a plain ``.npz``, no pickle) so that an index can be rebuilt from
+it alone.
 
 :func:`frozen_baselines` reads the feature stores written by ``extract/`` and returns the
 baselines that need no training: each modality's pooled backbone vector, and their
@@ -12,15 +13,14 @@ concatenation.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from scalemm.embedfile import load_embeddings, save_embeddings
 
-NPZ_FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -78,45 +78,22 @@ class EmbeddingSet:
                             [self.labels[i] for i in idx], [self.instances[i] for i in idx])
 
     def save(self, path: str | Path) -> Path:
-        """Write to ``path`` (``.npz``, no pickle) atomically. Returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(
-                    f,
-                    format_version=np.array(NPZ_FORMAT_VERSION, dtype=np.int64),
-                    ids=np.array(self.ids, dtype=np.str_),
-                    vectors=self.vectors,
-                    labels=np.array(self.labels, dtype=np.str_),
-                    instances=np.array(self.instances, dtype=np.str_),
-                )
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+        """Write to ``path`` (the embeddings file of :mod:`scalemm.embedfile`) atomically."""
+        return save_embeddings(path, self.ids, self.vectors, self.labels, self.instances)
 
     @classmethod
     def load(cls, path: str | Path) -> "EmbeddingSet":
-        """Read a set written by :meth:`save`. Raises ValueError naming the file if unreadable."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"embeddings file {path} does not exist")
+        """Read an embeddings file (:meth:`save`'s, or ``pipelines/embed.py``'s: its extras are
+        ignored). Raises FileNotFoundError, or ValueError naming the file if unreadable."""
+        z = load_embeddings(path)
+        vectors = z["vectors"]
+        if vectors.ndim == 1 and vectors.size == 0:
+            vectors = vectors.reshape(0, 0)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = {"ids", "vectors", "labels", "instances"} - set(z.files)
-                if missing:
-                    raise ValueError(f"missing arrays {sorted(missing)}")
-                vectors = z["vectors"]
-                if vectors.ndim == 1 and vectors.size == 0:
-                    vectors = vectors.reshape(0, 0)
-                return cls(ids=z["ids"].tolist(), vectors=vectors,
-                           labels=z["labels"].tolist(), instances=z["instances"].tolist())
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"cannot read embeddings file {path}: {e}; rewrite it with "
-                             f"EmbeddingSet.save") from e
+            return cls(ids=z["ids"].tolist(), vectors=vectors, labels=z["labels"].tolist(),
+                       instances=z["instances"].tolist())
+        except ValueError as e:
+            raise ValueError(f"embeddings file {path} is inconsistent: {e}") from e
 
 
 # ----------------------------------------------------------------------------- frozen baselines

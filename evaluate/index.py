@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from scalemm.atomic import replace_atomic, write_json_atomic, write_text_atomic
 from scalemm.errors import UserError
 
 
@@ -366,14 +366,9 @@ def tune_search_params(built: IdIndex, vectors: np.ndarray, *, target_recall: fl
 def save_index(built: IdIndex, out_dir: str | Path) -> Path:
     """Write ``index.faiss``, ``ids.json`` and ``spec.json`` into ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"{INDEX_FILE}.tmp{os.getpid()}"
-    faiss.write_index(built.index, str(tmp))
-    os.replace(tmp, out / INDEX_FILE)
-    for name, obj in ((IDS_FILE, built.ids), (SPEC_FILE, built.spec.to_json())):
-        t = out / f"{name}.tmp{os.getpid()}"
-        t.write_text(json.dumps(obj, indent=None if name == IDS_FILE else 2, sort_keys=True))
-        os.replace(t, out / name)
+    replace_atomic(out / INDEX_FILE, lambda tmp: faiss.write_index(built.index, str(tmp)))
+    write_text_atomic(out / IDS_FILE, json.dumps(built.ids))
+    write_json_atomic(out / SPEC_FILE, built.spec.to_json())
     log.info("saved %s index (%d vectors) to %s", built.spec.kind, built.ntotal, out)
     return out
 

@@ -12,13 +12,13 @@ fusion transformer, so modality ablations come from one trained model.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from scalemm import embedfile
 from scalemm.store import StoreError
 
 from .checkpoint import EMBED_FIELDS, check_provenance, load_weights, resolve_weights
@@ -27,8 +27,6 @@ from .reader import EpochBatchSampler, FeatureDataset, make_loader
 from .device import resolve_device, to_device
 
 log = logging.getLogger(__name__)
-
-NPZ_FORMAT_VERSION = 1  # same keys as evaluate's EmbeddingSet files, plus extras
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[ScaleModel, dict[str, Any]]:
@@ -95,27 +93,12 @@ def embed_store(run_dir: str | Path, features_dir: str | Path, modalities: Seque
 
 
 def save_embeddings(result: dict[str, Any], path: str | Path, with_pooled: bool = True) -> Path:
-    """Write an ``embed_store`` result as ``.npz`` (no pickle: strings as unicode arrays), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    arrays = {
-        "format_version": np.array(NPZ_FORMAT_VERSION, dtype=np.int64),
-        "ids": np.array(result["ids"], dtype=np.str_),
-        "labels": np.array(result["labels"], dtype=np.str_),
-        "instances": np.array(result["instances"], dtype=np.str_),
-        "vectors": result["vectors"],
-        "modalities": np.array(result["modalities"], dtype=np.str_),
-        "presence": result["presence"],
-        "importances": result["importances"],
-    }
+    """Write an ``embed_store`` result as an embeddings file (:mod:`scalemm.embedfile`) with
+    its extras (modalities, presence, importances, and ``pooled`` unless ``with_pooled`` is
+    False), atomically."""
+    extras = {"modalities": result["modalities"], "presence": result["presence"],
+              "importances": result["importances"]}
     if with_pooled:
-        arrays["pooled"] = result["pooled"]
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+        extras["pooled"] = result["pooled"]
+    return embedfile.save_embeddings(path, result["ids"], result["vectors"], result["labels"],
+                                     result["instances"], **extras)
