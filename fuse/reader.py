@@ -27,7 +27,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -134,19 +134,28 @@ class FeatureDataset(Dataset):
             return iter(tqdm(range(n), desc=what, unit="shard", leave=False))
         return iter(range(n))
 
-    def _load_all(self) -> None:
-        parts: dict[str, list[ShardData]] = {m: [] for m in self.modalities}
-        for k in self._shard_iter("loading features"):
-            base: ShardData | None = None
+    def _joined_shards(self, read: Callable[[Path], tuple[ShardData, Any]], what: str
+                       ) -> Iterator[tuple[ShardData, dict[str, tuple[ShardData, np.ndarray | None]]]]:
+        """Per shard: the first modality's data (its row order is the items' order) and, per
+        modality, the data ``read`` returns with the permutation that puts its rows in that order
+        (None: they are in it already). Raises StoreError when the modalities' items differ."""
+        for k in self._shard_iter(what):
+            joined: dict[str, tuple[ShardData, np.ndarray | None]] = {}
             for m in self.modalities:
-                data, _ = read_shard(self.shard_paths[m][k])
-                if base is None:
-                    base = data
-                    perm = None
+                data, _ = read(self.shard_paths[m][k])
+                if not joined:
+                    base, perm = data, None
                 else:
                     perm = _join_permutation(base.ids, data.ids,
                                              f"{self.shard_paths[self.modalities[0]][k]} and "
                                              f"{self.shard_paths[m][k]}")
+                joined[m] = (data, perm)
+            yield base, joined
+
+    def _load_all(self) -> None:
+        parts: dict[str, list[ShardData]] = {m: [] for m in self.modalities}
+        for base, joined in self._joined_shards(read_shard, "loading features"):
+            for m, (data, perm) in joined.items():
                 if perm is not None:
                     data = ShardData(ids=base.ids, labels=base.labels, instances=base.instances,
                                      tokens=data.tokens[perm], counts=data.counts[perm],
@@ -170,20 +179,11 @@ class FeatureDataset(Dataset):
         labels: list[str] = []
         instances: list[str] = []
         counts: dict[str, list[np.ndarray]] = {m: [] for m in self.modalities}
-        for k in self._shard_iter("indexing features"):
-            base: ShardData | None = None
-            for m in self.modalities:
-                data, _ = read_shard_index(self.shard_paths[m][k])
-                if base is None:
-                    base = data
-                    perm = None
-                    ids += data.ids
-                    labels += data.labels
-                    instances += data.instances
-                else:
-                    perm = _join_permutation(base.ids, data.ids,
-                                             f"{self.shard_paths[self.modalities[0]][k]} and "
-                                             f"{self.shard_paths[m][k]}")
+        for base, joined in self._joined_shards(read_shard_index, "indexing features"):
+            ids += base.ids
+            labels += base.labels
+            instances += base.instances
+            for m, (data, perm) in joined.items():
                 self._perm[m].append(perm)
                 counts[m].append(data.counts if perm is None else data.counts[perm])
         self.ids, self.labels, self.instances = ids, labels, instances
