@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scalemm.runs import RunFolder
+
 from .config import ScaleConfig
 
 if TYPE_CHECKING:
@@ -86,4 +88,4 @@ def train_distributed(features_dir: str | Path, run_dir: str | Path, cfg: ScaleC
     if res.metrics and "result" in res.metrics:
         return TrainResult(**res.metrics["result"])
     # Ray Train v2 keeps only metrics reported with a checkpoint: rank 0 wrote the summary
-    return TrainResult(**json.loads((run_dir / "result.json").read_text()))
+    return TrainResult(**json.loads(RunFolder(run_dir).result.read_text()))
