@@ -79,7 +79,8 @@ def product_info(features: Path, media_root: str | Path | None = None) -> dict[s
 
 def planted_wrong_titles(features: Path) -> set[str] | None:
     """Ids of products whose title was planted from another category, when the corpus maker
-    recorded them (``corpus_stats.json`` beside the corpus: ``title_noise_ids.mismatched``)."""
+    recorded them (``corpus_stats.json`` beside the corpus: ``wrong_title_ids``, or the demo
+    corpus's ``title_noise_ids.mismatched``)."""
     from scalemm.store import read_manifest
 
     corpus = (read_manifest(features) or {}).get("corpus")
@@ -87,7 +88,8 @@ def planted_wrong_titles(features: Path) -> set[str] | None:
     if stats is None or not stats.is_file():
         return None
     try:
-        ids = json.loads(stats.read_text()).get("title_noise_ids", {}).get("mismatched")
+        data = json.loads(stats.read_text())
+        ids = data.get("wrong_title_ids", data.get("title_noise_ids", {}).get("mismatched"))
     except (json.JSONDecodeError, AttributeError):
         return None
     return set(ids) if isinstance(ids, list) else None

@@ -65,6 +65,15 @@ class ScaleConfig:
     # product embedding: sum of the modality encoders' pooled outputs ("encoder", the space
     # SIMCL aligns; best fine-grained retrieval on the demo) or of the fused ones ("fusion")
     embed_from: str = "encoder"
+    # weight of the subset-consistency loss (fuse.losses.subset_consistency_loss): the product
+    # embedding from a random half of a product's modalities must find the one from the other half
+    subset_weight: float = 0.0
+    # importance of a modality per product: "agreement" (mean harmonizer cosine with the other
+    # present modalities) | "diagonal" (the paper's literal W[m, m]; see fuse.model.SelfHarmonizer)
+    importance: str = "agreement"
+    # product embedding: "importance" (each modality's normalised output weighed by its
+    # importance) | "sum" (the paper's plain sum)
+    embed_weighting: str = "importance"
     # "sqrt_m": W (unit rows) times sqrt(present modalities), so equal agreement weighs 1 and
     # harmonizing changes the relative weights, not the temperature; "none": W as it is
     weight_scale: str = "sqrt_m"
@@ -115,12 +124,18 @@ class ScaleConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.subset_weight < 0:
+            raise ConfigError(f"subset_weight must be >= 0, got {self.subset_weight}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.weight_scale not in ("sqrt_m", "none"):
             raise ConfigError(f"weight_scale must be 'sqrt_m' or 'none', got {self.weight_scale!r}")
+        if self.importance not in ("agreement", "diagonal"):
+            raise ConfigError(f"importance must be 'agreement' or 'diagonal', got {self.importance!r}")
+        if self.embed_weighting not in ("importance", "sum"):
+            raise ConfigError(f"embed_weighting must be 'importance' or 'sum', got {self.embed_weighting!r}")
         if self.contrast_on not in ("encoder", "fusion"):
             raise ConfigError(f"contrast_on must be 'encoder' or 'fusion', got {self.contrast_on!r}")
         if self.embed_from not in ("encoder", "fusion"):

@@ -66,16 +66,26 @@ class SelfHarmonizer(nn.Module):
 
     f_m = ReLU(Linear(pooled_m)); S = cos(f_m, f_n) [B, M, M]; entries involving a missing
     modality are masked out of S before the row-wise softmax; S' = S * softmax(S);
-    W = S' with each row L2-normalized; importance_m = W[m, m]. Entries of W outside
-    present pairs are exactly 0, and rows of absent modalities are all 0 (no NaN: masked
-    logits are filled with a large finite negative and normalisations are clamped).
+    W = S' with each row L2-normalized. Entries of W outside present pairs are exactly 0, and
+    rows of absent modalities are all 0 (no NaN: masked logits are filled with a large finite
+    negative and normalisations are clamped).
 
-    ``uniform=True`` gives W = 1 for every present pair (so importances are 1).
+    The importance of modality m (``importance``):
+
+    * ``"agreement"`` (default): the mean of S[m, n] over the other present modalities n, in
+      [0, 1]: how well m agrees with the rest of the product, which is what self-harmonizing is
+      meant to measure. A modality alone in its product has importance 1.
+    * ``"diagonal"``: the paper's literal W[m, m]. Because S[m, m] = 1 always and each row of W
+      is normalised, W[m, m] is largest (up to 1) when m agrees with nothing else, and
+      1/sqrt(#present) when it agrees with everything: it ranks the noisiest modality first.
+
+    ``uniform=True`` gives W = 1 for every present pair and importance 1 (no harmonizing).
     """
 
-    def __init__(self, d_model: int, dim: int = 0) -> None:
+    def __init__(self, d_model: int, dim: int = 0, importance: str = "agreement") -> None:
         super().__init__()
         self.proj = nn.Linear(d_model, dim or d_model)
+        self.importance = importance
 
     def forward(self, pooled: Tensor, present: Tensor, uniform: bool = False) -> tuple[Tensor, Tensor]:
         pair = present[:, :, None] & present[:, None, :]  # [B, M, M]
@@ -90,7 +100,13 @@ class SelfHarmonizer(nn.Module):
         S2 = S * P
         W = S2 / S2.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         W = torch.where(pair, W, torch.zeros_like(W))
-        return W, torch.diagonal(W, dim1=1, dim2=2)
+        if self.importance == "diagonal":
+            return W, torch.diagonal(W, dim1=1, dim2=2)
+        others = pair & ~torch.eye(pair.shape[1], dtype=torch.bool, device=pair.device)
+        n = others.sum(-1)
+        agree = torch.where(others, S, torch.zeros_like(S)).sum(-1) / n.clamp_min(1)
+        imp = torch.where(n > 0, agree, torch.ones_like(agree))
+        return W, torch.where(present, imp, torch.zeros_like(imp))
 
 
 class ModalityEncoder(nn.Module):
@@ -146,7 +162,7 @@ class ScaleModel(nn.Module):
         self.encoders = nn.ModuleDict({m: ModalityEncoder(*self.shapes[m], cfg) for m in self.modalities})
         self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, cfg.mlp_ratio, cfg.dropout,
                                   cfg.attn_dropout)
-        self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim)
+        self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim, cfg.importance)
 
     def set_attention(self, impl: str) -> None:
         """Run every block with ``"sdpa"`` (default) or the ``"naive"`` reference."""
@@ -222,19 +238,41 @@ class ScaleModel(nn.Module):
             masked[m] = (self.encoders[m].head(tok[rows]), rows[0], rows[1])
         return ModelOutput(self.modalities, present, pooled, enc_pooled, W, imp, masked)
 
+    def subset_embedding(self, enc_pooled: Tensor, present: Tensor) -> Tensor:
+        """The product embedding (from the encoders' pooled outputs) of the modalities in
+        ``present`` only, with importances harmonized among those modalities alone."""
+        with torch.autocast(device_type=enc_pooled.device.type, enabled=False):
+            _, imp = self.harmonizer(enc_pooled.float(), present, uniform=not self.cfg.harmonize)
+            return weighted_embedding(enc_pooled, present, imp, self.cfg.embed_weighting)
+
     def forward(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> ModelOutput:
         """``encode`` then ``fuse`` (see both): the training and embedding forward pass."""
         return self.fuse(self.encode(batch, masks), masked_targets=batch)
 
 
-def product_embedding(out: ModelOutput, source: str = "fusion") -> Tensor:
-    """The paper's product embedding: sum of the present modalities' pooled outputs, L2-normalized
-    (``source``: the fused pooled outputs, or the modality encoders' before fusion).
+def weighted_embedding(z: Tensor, present: Tensor, importances: Tensor, weighting: str = "sum") -> Tensor:
+    """L2-normalized sum over the modality axis of ``z`` [B, M, d] (see :func:`product_embedding`)."""
+    z = z.float()
+    if weighting == "importance":
+        w = torch.where(present, importances.float().clamp_min(0), torch.zeros_like(importances.float()))
+        w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
+        z = F.normalize(z, dim=-1) * w[..., None]
+    s = z.sum(dim=1)
+    return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
+
+def product_embedding(out: ModelOutput, source: str = "fusion", weighting: str = "sum") -> Tensor:
+    """The product embedding from the pooled outputs of the present modalities, L2-normalized.
+
+    ``source``: the fused pooled outputs, or the modality encoders' before fusion (``"encoder"``).
+    ``weighting``: ``"sum"`` is the paper's plain sum of the pooled outputs; ``"importance"``
+    L2-normalizes each modality's output and weighs it by the product's own importances (each
+    modality by how well it agrees with the product's other modalities), so that a modality
+    that is weak, or wrong for this product, moves the embedding little.
     An item with no present modality gets a zero vector.
     """
-    s = (out.pooled if source == "fusion" else out.enc_pooled).float().sum(dim=1)
-    return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return weighted_embedding(out.pooled if source == "fusion" else out.enc_pooled, out.present, out.importances,
+                              weighting)
 
 
 def count_parameters(model: nn.Module) -> int:

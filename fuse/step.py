@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .config import ScaleConfig
 from .device import to_device
-from .losses import scale_loss
+from .losses import scale_loss, subset_consistency_loss
 from .masking import choose_masks
 from .model import ScaleModel
 
@@ -63,11 +63,17 @@ class Objective(nn.Module):
 
     def forward(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None
                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        cfg = self.cfg
         out = self.model(batch, masks)
-        terms = scale_loss(out, batch, self.cfg.temperature, self.cfg.mask_loss, self.cfg.contrast_on,
-                           self.cfg.harmonize and self.cfg.weight_scale == "sqrt_m")
+        rescale = cfg.harmonize and cfg.weight_scale == "sqrt_m"
+        subset = subset_consistency_loss(self.model, out, cfg.temperature) if cfg.subset_weight > 0 else None
+        terms = scale_loss(out, batch, cfg.temperature, cfg.mask_loss, cfg.contrast_on, rescale,
+                           rescale_importance=rescale and cfg.importance == "diagonal", subset=subset,
+                           subset_weight=cfg.subset_weight)
         stats: dict[str, Tensor] = {"loss": terms.total.detach(), "loss_simcl": terms.simcl.detach(),
                                     "loss_mask": terms.masked.detach()}
+        if subset is not None:
+            stats["loss_subset"] = subset.detach()
         stats.update({f"loss_mask_{m}": v.detach() for m, v in terms.mask.items()})
         stats.update({f"recon_{m}": v for m, v in terms.recon.items()})
         for j, m in enumerate(out.modalities):

@@ -61,7 +61,7 @@ def variant_presence(v: Variant, model_mods: Sequence[str], ids: Sequence[str]) 
 
 @torch.no_grad()
 def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], device: torch.device,
-                   embed_from: str, progress: bool = False) -> dict[str, Any]:
+                   embed_from: str, progress: bool = False, weighting: str | None = None) -> dict[str, Any]:
     """Every variant's product embeddings for the items of ``loader`` (in its order).
 
     Returns ``ids``, ``labels``, ``instances``, ``modalities`` (the model's), and per variant
@@ -74,6 +74,7 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
     from .device import to_device
 
     mods = list(model.modalities)
+    weighting = weighting or model.cfg.embed_weighting
     out: dict[str, Any] = {"ids": [], "labels": [], "instances": [], "modalities": mods,
                            "vectors": {v.name: [] for v in variants}, "presence": [], "importances": [],
                            "enc_pooled": []}
@@ -91,7 +92,7 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
             for v in variants:
                 keep = torch.from_numpy(variant_presence(v, mods, batch["ids"])).to(device)
                 o = full if bool(keep.all()) else model.fuse(enc, keep)
-                out["vectors"][v.name].append(product_embedding(o, v.source or embed_from).float().cpu())
+                out["vectors"][v.name].append(product_embedding(o, v.source or embed_from, weighting).float().cpu())
     out["vectors"] = {k: torch.cat(x).numpy().astype(np.float32) for k, x in out["vectors"].items()}
     for k in ("presence", "importances", "enc_pooled"):
         out[k] = torch.cat(out[k]).numpy()
