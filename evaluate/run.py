@@ -29,6 +29,7 @@ import numpy as np
 
 from scalemm.errors import ConfigError, StoreError
 from scalemm.modalities import ABLATION_ORDER, canonical
+from scalemm.store import open_stores
 from scalemm.runs import RunFolder
 
 from .embeddings import EmbeddingSet, frozen_baselines, l2_normalize
@@ -143,10 +144,11 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
         log.warning("%d scale runs but %d scale_uniform runs: seeds are paired in order", len(scale), len(uniform))
 
     mods = canonical({x for m in scale + uniform for x in m.model.modalities})
-    ds = FeatureDataset(features, mods, scale[0].cfg.memory_budget_gb, progress=progress)
-    for m in scale + uniform:
-        check_provenance(m.provenance, {k: v for k, v in ds.provenance.items() if k in m.model.modalities},
+    provenance = {k: s.provenance for k, s in open_stores(features, mods).items()}  # metadata only
+    for m in scale + uniform:  # before any feature is loaded
+        check_provenance(m.provenance, {k: v for k, v in provenance.items() if k in m.model.modalities},
                          EMBED_FIELDS, where=f"embedding {features} with {m.weights}")
+    ds = FeatureDataset(features, mods, scale[0].cfg.memory_budget_gb, progress=progress)
     loader = make_loader(ds, EpochBatchSampler(ds, 256, seed=0, shuffle=False, drop_last=False),
                          scale[0].cfg.loader_workers)
     view = SplitView.of(ds.instances, ds.ids, spec, split)
