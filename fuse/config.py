@@ -69,7 +69,8 @@ class ScaleConfig:
     # embedding from a random half of a product's modalities must find the one from the other half
     subset_weight: float = 0.0
     # importance of a modality per product: "agreement" (mean harmonizer cosine with the other
-    # present modalities) | "diagonal" (the paper's literal W[m, m]; see fuse.model.SelfHarmonizer)
+    # present modalities) | "gated" (that agreement through a learned per-modality gate) |
+    # "diagonal" (the paper's literal W[m, m]; see fuse.model.SelfHarmonizer)
     importance: str = "agreement"
     # product embedding: "importance" (each modality's normalised output weighed by its
     # importance) | "sum" (the paper's plain sum)
@@ -132,8 +133,8 @@ class ScaleConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.weight_scale not in ("sqrt_m", "none"):
             raise ConfigError(f"weight_scale must be 'sqrt_m' or 'none', got {self.weight_scale!r}")
-        if self.importance not in ("agreement", "diagonal"):
-            raise ConfigError(f"importance must be 'agreement' or 'diagonal', got {self.importance!r}")
+        if self.importance not in ("agreement", "gated", "diagonal"):
+            raise ConfigError(f"importance must be 'agreement', 'gated' or 'diagonal', got {self.importance!r}")
         if self.embed_weighting not in ("importance", "sum"):
             raise ConfigError(f"embed_weighting must be 'importance' or 'sum', got {self.embed_weighting!r}")
         if self.contrast_on not in ("encoder", "fusion"):

@@ -25,6 +25,7 @@ from one trained model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -75,6 +76,12 @@ class SelfHarmonizer(nn.Module):
     * ``"agreement"`` (default): the mean of S[m, n] over the other present modalities n, in
       [0, 1]: how well m agrees with the rest of the product, which is what self-harmonizing is
       meant to measure. A modality alone in its product has importance 1.
+    * ``"gated"``: sigmoid(a_m * softplus(s_m) + b_m) of that agreement a_m, with a learned
+      scale s_m and offset b_m per modality: the product's own agreement still moves it (a
+      title that contradicts the picture weighs less), and the offset learns, from the
+      subset-consistency loss, how much a modality adds in general, which agreement alone
+      cannot tell (two near-copies, such as a picture and a video of it, agree more with each
+      other than the most informative modality does with either).
     * ``"diagonal"``: the paper's literal W[m, m]. Because S[m, m] = 1 always and each row of W
       is normalised, W[m, m] is largest (up to 1) when m agrees with nothing else, and
       1/sqrt(#present) when it agrees with everything: it ranks the noisiest modality first.
@@ -82,10 +89,13 @@ class SelfHarmonizer(nn.Module):
     ``uniform=True`` gives W = 1 for every present pair and importance 1 (no harmonizing).
     """
 
-    def __init__(self, d_model: int, dim: int = 0, importance: str = "agreement") -> None:
+    def __init__(self, d_model: int, dim: int = 0, importance: str = "agreement", n_modalities: int = 5) -> None:
         super().__init__()
         self.proj = nn.Linear(d_model, dim or d_model)
         self.importance = importance
+        if importance == "gated":  # sigmoid(4 a - 2) at the start: 0.5 for an agreement of 0.5
+            self.gate_scale = nn.Parameter(torch.full((n_modalities,), math.log(math.e ** 4 - 1)))
+            self.gate_bias = nn.Parameter(torch.full((n_modalities,), -2.0))
 
     def forward(self, pooled: Tensor, present: Tensor, uniform: bool = False) -> tuple[Tensor, Tensor]:
         pair = present[:, :, None] & present[:, None, :]  # [B, M, M]
@@ -105,6 +115,8 @@ class SelfHarmonizer(nn.Module):
         others = pair & ~torch.eye(pair.shape[1], dtype=torch.bool, device=pair.device)
         n = others.sum(-1)
         agree = torch.where(others, S, torch.zeros_like(S)).sum(-1) / n.clamp_min(1)
+        if self.importance == "gated":
+            agree = torch.sigmoid(agree * F.softplus(self.gate_scale) + self.gate_bias)
         imp = torch.where(n > 0, agree, torch.ones_like(agree))
         return W, torch.where(present, imp, torch.zeros_like(imp))
 
@@ -162,7 +174,7 @@ class ScaleModel(nn.Module):
         self.encoders = nn.ModuleDict({m: ModalityEncoder(*self.shapes[m], cfg) for m in self.modalities})
         self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, cfg.mlp_ratio, cfg.dropout,
                                   cfg.attn_dropout)
-        self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim, cfg.importance)
+        self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim, cfg.importance, len(self.modalities))
 
     def set_attention(self, impl: str) -> None:
         """Run every block with ``"sdpa"`` (default) or the ``"naive"`` reference."""
