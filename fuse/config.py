@@ -65,6 +65,11 @@ class ScaleConfig:
     # product embedding: sum of the modality encoders' pooled outputs ("encoder", the space
     # SIMCL aligns; best fine-grained retrieval on the demo) or of the fused ones ("fusion")
     embed_from: str = "encoder"
+    # the frozen backbone's global vector joins each modality's pooled output through a fixed
+    # orthonormal map, with this weight (0: the encoders learn from the tokens alone)
+    frozen_skip: float = 0.0
+    # weight of SIMCL, the paper's pairwise inter-modality contrastive loss
+    simcl_weight: float = 1.0
     # weight of the subset-consistency loss (fuse.losses.subset_consistency_loss): the product
     # embedding from a random half of a product's modalities must find the one from the other half
     subset_weight: float = 0.0
@@ -125,6 +130,8 @@ class ScaleConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.frozen_skip < 0 or self.simcl_weight < 0:
+            raise ConfigError(f"frozen_skip and simcl_weight must be >= 0, got {self.frozen_skip}, {self.simcl_weight}")
         if self.subset_weight < 0:
             raise ConfigError(f"subset_weight must be >= 0, got {self.subset_weight}")
         if self.temperature <= 0:

@@ -170,17 +170,17 @@ def subset_consistency_loss(model: Any, out: ModelOutput, temperature: float = 0
 def scale_loss(out: ModelOutput, batch: Mapping[str, Any], temperature: float = 0.07,
                mask_kind: str = "mse", contrast_on: str = "encoder", rescale: bool = False,
                rescale_importance: bool | None = None, subset: Tensor | None = None,
-               subset_weight: float = 0.0) -> LossTerms:
+               subset_weight: float = 0.0, simcl_weight: float = 1.0) -> LossTerms:
     """Total SCALE loss of one batch: SIMCL (on the encoders' or the fused pooled outputs)
     + mean masked loss (+ ``subset_weight`` x the subset-consistency loss ``subset``, computed
-    by the caller with the model). ``rescale`` multiplies W by sqrt(#present) in SIMCL, and the
+    by the caller with the model; SIMCL weighs ``simcl_weight``). ``rescale`` multiplies W by sqrt(#present) in SIMCL, and the
     importances in the masked loss too unless ``rescale_importance`` says otherwise."""
     pooled = out.enc_pooled if contrast_on == "encoder" else out.pooled
     simcl, per_pair = simcl_loss(pooled, out.present, out.weights, out.modalities, temperature, rescale)
     mask, recon = masked_losses(out, batch["tokens"], mask_kind,
                                 rescale if rescale_importance is None else rescale_importance)
     masked = torch.stack(list(mask.values())).mean() if mask else simcl * 0.0
-    total = simcl + masked
+    total = simcl_weight * simcl + masked
     if subset is not None and subset_weight > 0:
         total = total + subset_weight * subset
     return LossTerms(total, simcl, masked, per_pair, mask, recon, subset)
