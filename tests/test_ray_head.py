@@ -58,17 +58,9 @@ def gcs_answer(address: str, env: dict[str, str]) -> str:
 
 
 def session_alive(sid: int) -> list[str]:
-    alive = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            f = stat[stat.rindex(")") + 2:].split()
-            if f[0] != "Z" and int(f[3]) == sid:
-                alive.append(stat[:stat.rindex(")") + 1])
-    return alive
+    """Processes of session ``sid`` that are not zombies, as ps lists them."""
+    ps = subprocess.run(["ps", "-e", "-o", "sid=,stat=,pid=,comm="], capture_output=True, text=True, check=True)
+    return [ln for ln in ps.stdout.splitlines() if ln.split()[0] == str(sid) and not ln.split()[1].startswith("Z")]
 
 
 @pytest.mark.slow
