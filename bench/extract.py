@@ -33,6 +33,7 @@ It is for benchmark scripts, not for tests.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from scalemm import store
+from scalemm.ray_head import private_token
 from scalemm.extract.config import ExtractConfig
 from scalemm.corpus import read_corpus
 
@@ -235,7 +237,9 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
 
     cores = int(num_cpus or cpu_threads())
     started = False
+    token = contextlib.ExitStack()
     if not ray.is_initialized():
+        token.enter_context(private_token(work))  # its own token: nothing written to ~/.ray
         t = time.perf_counter()
         ray.init(address="local", num_cpus=cores, include_dashboard=False,
                  logging_level=logging.ERROR, log_to_driver=False)
@@ -255,6 +259,7 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
     finally:
         if started:
             ray.shutdown()
+        token.close()
     log.info("bare pipeline: the same %d items decoded and encoded by %d plain processes", job_big["items"], cores)
     pipe = bare_pipeline(big, corpus_dir, cfg, processes=cores)
     bare = bare_rates(small, corpus_dir, cfg, n, cores)

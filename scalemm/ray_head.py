@@ -38,6 +38,7 @@ read from the head's log (``DIR/ray-head.log``) as soon as ``ray start`` exits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -168,13 +170,39 @@ def _is_our_head(head: Head) -> bool:
     return b"start" in cmd and f"--temp-dir={head.temp_dir}".encode() in cmd
 
 
-def _write_token(path: Path) -> None:
+def write_token(path: str | Path) -> Path:
+    """A fresh random token in ``path``, readable by its owner only (0600 from the start)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_hex(32))
     os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def private_token(folder: str | Path) -> Iterator[Path]:
+    """Within the block, every Ray this process starts with ``ray.init()`` (and every process
+    it starts) uses a fresh token in ``folder/auth_token``. Without it, a new local cluster
+    turns token auth on and, finding no token, writes one to ~/.ray/auth_token, after which
+    the user's next ``ray start`` turns token auth on by itself. The environment is restored
+    after the block."""
+    keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
+    saved = {k: os.environ.get(k) for k in keys}
+    token = write_token(Path(folder) / TOKEN)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    try:
+        yield token
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
@@ -210,8 +238,7 @@ def start_head(folder: str | Path, num_cpus: int | None = None, extra_args: list
         raise UserError(f"a Ray head started for {folder} is still running (pid {old.pid}); stop it first with "
                         f"`python pipelines/ray_head.py stop {folder}`")
     ray = ray_executable()
-    token_path = folder / TOKEN
-    _write_token(token_path)
+    token_path = write_token(folder / TOKEN)
     temp_dir = tempfile.mkdtemp(prefix="scalemm-ray-")
     gcs, dash, agent = free_port(), free_port(), free_port()
     cmd = [ray, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs}",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import runpy
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -19,24 +18,11 @@ apply_offline_env()
 @pytest.fixture(scope="session", autouse=True)
 def private_ray_token(tmp_path_factory: pytest.TempPathFactory):
     """Every Ray the tests start (``ray.init()`` of a local cluster, pipelines/extract.py without
-    --address) uses a token of this session. Since Ray 2.59 a new local cluster turns token
-    auth on and, finding no token, writes one to ~/.ray/auth_token, after which any later
-    ``ray start`` of the user turns token auth on by itself: the tests must not leave that
-    behind in the user's home."""
-    import os
+    --address) uses a token of this session, never ~/.ray (see scalemm.ray_head.private_token)."""
+    from scalemm.ray_head import private_token
 
-    token = tmp_path_factory.mktemp("ray-token") / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
-    os.environ.pop("RAY_AUTH_TOKEN", None)
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    yield token
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with private_token(tmp_path_factory.mktemp("ray-token")) as token:
+        yield token
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,11 +25,15 @@ RATES = ("extract_job_items_per_s", "extract_bare_items_per_s", "decode_items_pe
 @pytest.mark.slow
 def test_bench_quick_writes_all_figures_and_no_impossible_ratio(tmp_path: Path) -> None:
     out = tmp_path / "tmp.json"
+    home = tmp_path / "home"  # a new user's: empty, and nothing of Ray's auth in the environment
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(home)}
     # smaller than `make bench` (the figures are not the point here, their form and bounds are)
     p = subprocess.run([sys.executable, str(ROOT / "pipelines" / "bench.py"), "--quick", "--items", "16",
                         "--sizes", "20000", "--out", str(out)],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=900)
+                       cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert not (home / ".ray").exists()  # its local Ray had a token of its own
     r = json.loads(out.read_text())
     h = r["headline"]
     for k in RATES:
