@@ -58,6 +58,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from scalemm.atomic import write_json_atomic, write_text_atomic
 from scalemm.errors import ClusterError, UserError
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ def start_head(folder: str | Path, num_cpus: int | None = None, extra_args: list
     _children[proc.pid] = proc
     head = Head(dir=str(folder), pid=proc.pid, gcs_address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}",
                 agent_port=agent, token_path=str(token_path), temp_dir=temp_dir, log=str(log_path))
-    (folder / STATE).write_text(json.dumps(asdict(head), indent=1))
+    write_json_atomic(folder / STATE, asdict(head))
     token = token_path.read_text()
     t0 = time.monotonic()
     said = 0.0
@@ -284,7 +285,7 @@ def start_head(folder: str | Path, num_cpus: int | None = None, extra_args: list
         _cleanup(head)
         raise
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in head.env().items())
-    (folder / ENV).write_text(f"# source this file to use the Ray head of {folder}\nunset RAY_AUTH_TOKEN\n{exports}")
+    write_text_atomic(folder / ENV, f"# source this file to use the Ray head of {folder}\nunset RAY_AUTH_TOKEN\n{exports}")
     return head
 
 
