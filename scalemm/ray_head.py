@@ -196,6 +196,7 @@ def private_token(folder: str | Path) -> Iterator[Path]:
     token = write_token(Path(folder) / TOKEN)
     os.environ.pop("RAY_AUTH_TOKEN", None)
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    _refresh_ray_auth()
     try:
         yield token
     finally:
@@ -204,6 +205,21 @@ def private_token(folder: str | Path) -> Iterator[Path]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        _refresh_ray_auth()
+
+
+def _refresh_ray_auth() -> None:
+    """Make an already imported Ray see the auth settings of the environment: its C++ config
+    keeps ``RAY_AUTH_MODE`` as it was at import, and its token loader caches the token (what
+    Ray's own ``_enable_token_auth`` and ``ensure_token_if_auth_enabled`` do after changing
+    them). Without this, a driver that imported Ray earlier starts a GCS that wants the token
+    and then connects to it without one (``InvalidAuthToken``)."""
+    if "ray._raylet" not in sys.modules:
+        return  # Ray reads them when it is imported
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
