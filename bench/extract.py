@@ -10,9 +10,11 @@
   by one plain process per core, one torch thread each, models loaded and warmed up before
   the clock starts, nothing written. That is the best this machine does with this work, the
   bound of the job's rate;
-* per-stage rates on the first ``n`` items (:func:`bare_rates`): decoding in one process
-  (decode items/s), and the backbones alone on those pre-decoded items with every core
-  (model items/s);
+* per-stage rates on the first ``n`` items (:func:`bare_rates`), per core, the unit the bare
+  pipeline and the 2-CPU actor pool work in: decoding in one process (decode items/s), and
+  the backbones alone on those pre-decoded items with one torch thread (model items/s). One
+  thread also keeps the figure steady on a busy machine, where a multi-threaded forward
+  stalls at every parallel region;
 * rewrites the shards the big job produced with :func:`extract.store.write_shard` (write MB/s).
 
 Ratios, each against a reference that does the same work on the same items, or ``None``
@@ -262,7 +264,7 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
         token.close()
     log.info("bare pipeline: the same %d items decoded and encoded by %d plain processes", job_big["items"], cores)
     pipe = bare_pipeline(big, corpus_dir, cfg, processes=cores)
-    bare = bare_rates(small, corpus_dir, cfg, n, cores)
+    bare = bare_rates(small, corpus_dir, cfg, n, threads=1)
     write = write_rate(work / "feats_big", work / "rewrite")
     ratios, not_measured = job_ratios(job_n, job_big, pipe["items_per_s"], scale)
     if pipe["failures"] != job_big["failures"]:  # then the two did not do the same work

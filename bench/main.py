@@ -157,9 +157,9 @@ def table(r: dict[str, Any]) -> str:
     pool = ex["actor_pool"]
     add("extract", "model actor pool (actors x torch threads, CPUs each)",
         f"{pool['actors']} x {pool['threads']}, {pool['cpus']:g}")
-    add("extract", f"decode items/s (1 process, {n} items)", ex["decode_items_per_s"])
-    add("extract", f"model items/s (backbones alone, {n} pre-decoded, batch {ex['bare']['batch_size']}, "
-        f"{ex['bare']['torch_threads']} threads)", ex["model_items_per_s"])
+    add("extract", f"decode items/s per core (1 process, {n} items)", ex["decode_items_per_s"])
+    add("extract", f"model items/s per core (backbones alone, {n} pre-decoded, batch {ex['bare']['batch_size']}, "
+        f"{ex['bare']['torch_threads']} thread)", ex["model_items_per_s"])
     add("extract", "shard write MB/s (write_shard, fsync)", ex["write_mb_per_s"])
     add("extract", f"job seconds N={n} / 4N={big}", f"{ex['job_n']['seconds']:.1f} / {ex['job_scaled']['seconds']:.1f}")
     add("extract", "extract_scaling time(4N)/time(N)", h["extract_scaling"], "extract_scaling")
