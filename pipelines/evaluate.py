@@ -5,6 +5,13 @@ and k-means clustering; writes EVAL/metrics.json, report.md, plots and gallery.h
     python pipelines/evaluate.py --out EVAL --rebuild-index      # rebuild the index from saved embeddings
 """
 
+if __name__ == "evaluate":  # a library's `import evaluate` in this script's process: see scalemm/shadow.py
+    import os as _os
+
+    from scalemm.shadow import hand_over as _hand_over
+
+    _hand_over(__name__, _os.path.dirname(_os.path.abspath(__file__)))
+
 import argparse
 import sys
 
