@@ -11,11 +11,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 DEMO_ITEMS ?= 600
 DEMO_OUT   ?= demo-output
+DEV_OUT    ?= dev-output
 # Debian packages of the real-media corpus (clip art images, speech synthesis); the tests that
 # need them are skipped without them, or fail with SCALE_REQUIRE_MEDIA_PACKAGES=1 (CI)
 MEDIA_PACKAGES := openclipart-png espeak-ng
 
-.PHONY: setup demo test test-fast bench media-packages clean
+.PHONY: setup demo dev test test-fast bench media-packages clean
 
 setup: $(STAMP)
 
@@ -28,6 +29,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	bash pipelines/demo.sh $(DEMO_OUT) $(DEMO_ITEMS)
+
+# the README's headline: the real-media development corpus (1,200 products), 3 seeds, test split
+dev: setup media-packages
+	CORPUS=clipart bash pipelines/demo.sh $(DEV_OUT) 1200
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -48,4 +53,4 @@ media-packages:
 	else echo "error: missing Debian packages:$$missing; install them with: sudo apt-get install -y$$missing"; exit 1; fi
 
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache
+	rm -rf $(DEMO_OUT) $(DEV_OUT) .pytest_cache

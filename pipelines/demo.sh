@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole pipeline on the built-in demo corpus (what `make demo` runs):
+# The whole pipeline on the built-in demo corpus (what `make demo` runs), or, with
+# CORPUS=clipart, on the real-media development corpus (what `make dev` runs):
 # corpus -> private local Ray head -> extraction via `ray job submit` -> training (SCALE and
 # the uniform-weight ablation) -> evaluation -> report. Stops the Ray head it started.
 # Needs the venv's python and ray first on PATH (`make demo` sees to it).
@@ -7,15 +8,17 @@ set -euo pipefail
 OUT=$(realpath -m "${1:-demo-output}")
 ITEMS=${2:-600}
 SEED=${SEED:-0}
+CORPUS=${CORPUS:-demo}  # demo (synthetic) | clipart (real media; Debian's openclipart-png, espeak-ng)
+SEEDS=${SEEDS:-0,1,2}   # training seeds: the evaluation reports mean +- std over them
 cd "$(dirname "$0")/.."
 export RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 step() { printf '\n==== %s\n' "$*" >&2; }
 T0=$(date +%s)
 
-step "1/5 demo corpus: $ITEMS products -> $OUT/corpus"
+step "1/5 $CORPUS corpus: $ITEMS products -> $OUT/corpus"
 if [ ! -f "$OUT/corpus/corpus_stats.json" ]; then
-  python pipelines/make_corpus.py --out "$OUT/corpus" --items "$ITEMS" --seed "$SEED" | tail -n 1
+  python pipelines/make_corpus.py --kind "$CORPUS" --out "$OUT/corpus" --items "$ITEMS" --seed "$SEED" | tail -n 1
 else
   echo "(exists, kept)" >&2
 fi
@@ -47,19 +50,19 @@ print("store:", info["items"], "items,", info["failures"], "failures;",
       ", ".join(f"{m} {v['present']}x{v['dim']}" for m, v in info["modalities"].items()), file=sys.stderr)
 PY
 
-step "4/5 training SCALE (self-harmonized) and SCALE with uniform pair weights"
-train() {  # RUN [args]: a rerun of the demo resumes a run that has checkpoints
+step "4/5 training SCALE (self-harmonized) and SCALE with uniform pair weights, seeds $SEEDS, on the train split"
+train() {  # RUN [args]: one run per seed in RUN/seed-<s>/; a rerun of the demo resumes them
   local run=$1; shift
-  if [ -f "$run/checkpoints/latest.json" ]; then
-    python pipelines/train.py --features "$OUT/feats" --out "$run" --resume | tail -n 1
+  if [ -d "$run/seed-${SEEDS%%,*}/checkpoints" ]; then
+    python pipelines/train.py --features "$OUT/feats" --out "$run" --seeds "$SEEDS" --resume "$@" | tail -n 1
   else
-    python pipelines/train.py --features "$OUT/feats" --out "$run" "$@" | tail -n 1
+    python pipelines/train.py --features "$OUT/feats" --out "$run" --seeds "$SEEDS" "$@" | tail -n 1
   fi
 }
 train "$OUT/run_scale"
 train "$OUT/run_uniform" --config configs/scale_uniform.yaml
 
-step "5/5 evaluation -> $OUT/eval"
+step "5/5 evaluation on the test split (mean +- std over the seeds) -> $OUT/eval"
 python pipelines/evaluate.py --features "$OUT/feats" --checkpoint "$OUT/run_scale" \
   --uniform-checkpoint "$OUT/run_uniform" --out "$OUT/eval" | tail -n 1
 echo "report: $OUT/eval/report.md  gallery: $OUT/eval/gallery.html  ($(( $(date +%s) - T0 )) s)" >&2
