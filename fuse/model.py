@@ -284,11 +284,17 @@ class ScaleModel(nn.Module):
 
 
 def weighted_embedding(z: Tensor, present: Tensor, importances: Tensor, weighting: str = "sum") -> Tensor:
-    """L2-normalized sum over the modality axis of ``z`` [B, M, d] (see :func:`product_embedding`)."""
+    """L2-normalized sum over the modality axis of ``z`` [B, M, d], or with ``importance_concat``
+    the weighted blocks side by side [B, M * d] (see :func:`product_embedding`)."""
     z = z.float()
-    if weighting == "importance":
+    if weighting in ("importance", "importance_concat"):
         w = torch.where(present, importances.float().clamp_min(0), torch.zeros_like(importances.float()))
         w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
+        if weighting == "importance_concat":
+            # modality blocks side by side, block m scaled by sqrt(w_m): the cosine of two products
+            # is then sum_m sqrt(w_m w'_m) cos(z_m, z'_m), each modality compared only with itself
+            s = (F.normalize(z, dim=-1) * w.sqrt()[..., None]).flatten(1)
+            return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         z = F.normalize(z, dim=-1) * w[..., None]
     s = z.sum(dim=1)
     return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
