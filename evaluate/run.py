@@ -141,6 +141,7 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
 
     t0 = time.time()
     timings: dict[str, float] = {"embedding_s": 0.0, "scoring_s": 0.0}
+    peak: dict[str, float] = {}  # this process's peak RSS (GB) at the end of each stage
     features, out = Path(features), Path(out)
     budget = budget or EvalBudget()
     dev = resolve_device("auto")
@@ -217,11 +218,13 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
             sets["scale_uniform"] = es(ures["vectors"]["u"])
             dropped["scale_uniform"] = ures["vectors"]["u@drop"]
         timings["embedding_s"] += time.perf_counter() - t
+        peak["embedding"] = peak_rss_gb()
         if k == 0:
             t = time.perf_counter()
             catalogue = build_catalogue_index(cat_path, list(ds.ids), out / INDEX_DIR / CATALOGUE_INDEX,
                                               memory_budget_bytes=budget.memory_budget_bytes, seed=s)
             timings["catalogue_index_s"] = time.perf_counter() - t
+            peak["catalogue_index"] = peak_rss_gb()
         t = time.perf_counter()
         first_full = first_full or res
         sets.update(frozen)
@@ -248,6 +251,7 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
         if "text" in trained and "image" in trained:
             per_seed["cross_modal"].append(_cross_modal(res, local, trained, budget.max_queries, spec.seed))
         timings["scoring_s"] += time.perf_counter() - t
+        peak["scoring"] = peak_rss_gb()
         del sets, dropped, res
 
     assert first_full is not None and gallery_set is not None
@@ -272,11 +276,19 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
     t = time.perf_counter()
     metrics["seconds"] = round(time.time() - t0, 1)
     metrics["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    metrics["peak_rss_gb_after"] = peak
     write_report(out, metrics, training_log=RunFolder(scale[0].run).log, importance=imp,
                  importance_labels=[labels[i] for i in local.eval_rows], gallery_set=gallery_set,
                  product_info=product_info(features, media_root), seed=seeds[0])
     log.info("evaluated in %.1f s (report %.1f s): %s", time.time() - t0, time.perf_counter() - t, metrics["timings"])
     return metrics
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, GB (``ru_maxrss``)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20), 3)
 
 
 def _cross_modal(res: dict[str, Any], local: Samples, trained: list[str], max_queries: int,
