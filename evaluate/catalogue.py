@@ -99,6 +99,6 @@ def build_catalogue_index(vectors_path: str | Path, ids: list[str], out_dir: str
                           memory_budget_bytes: int | None = None, seed: int = 0) -> dict[str, Any]:
     """:func:`index_catalogue` of the catalogue file ``vectors_path`` (a ``.npy`` read through a
     memory map), saved into ``out_dir``."""
-    res = index_catalogue(np.load(vectors_path, mmap_mode="r"), ids, out_dir,
+    res = index_catalogue(np.load(vectors_path, mmap_mode="r", allow_pickle=False), ids, out_dir,
                           memory_budget_bytes=memory_budget_bytes, seed=seed)
     return {**res, "file_gb": round(os.path.getsize(vectors_path) / 1e9, 3), "path": str(out_dir)}

@@ -94,7 +94,7 @@ def test_chunked_exact_search_equals_one_block(monkeypatch) -> None:
 def test_ivf_trains_on_a_sample_of_a_memory_mapped_gallery(tmp_path) -> None:
     x, _ = _clusters(6000, d=16)
     write_vectors(tmp_path / "v.npy", len(x), 16, lambda w: [w(x[i:i + 1000]) for i in range(0, 6000, 1000)])
-    mm = np.load(tmp_path / "v.npy", mmap_mode="r")
+    mm = np.load(tmp_path / "v.npy", mmap_mode="r", allow_pickle=False)
     assert np.array_equal(np.asarray(mm), x)
     spec = IndexSpec("ivf_flat", "IVF40,Flat", {"nlist": 40, "nprobe": 4})
     rows = training_rows(6000, spec)
