@@ -10,7 +10,9 @@ For each size N (default 100,000 and 1,000,000):
   over the store, in the shuffled shard order of streaming), once in memory (a budget the store
   fits) and once streaming (a budget the store exceeds: 0.25 GB), alternated ``ROUNDS`` times,
   each in its own process: samples/s of the whole loop (the loader's start included) and the
-  peak memory of the process and its loader workers (:class:`TreeMemory`);
+  peak memory of the process and its loader workers (:class:`TreeMemory`). The streaming /
+  in-memory ratio is the median over the rounds of each streaming run against the in-memory
+  run just before it, which saw about the same load from the machine's other processes;
 * evaluation: ``pipelines/evaluate.py`` of the first in-memory run on the whole store in its own
   process: minutes (and the embedding, catalogue-index and scoring minutes from metrics.json),
   peak memory, recall@10 of the catalogue index against exact search, the samples drawn.
@@ -182,10 +184,19 @@ def train_runs(work: Path, feats: str, n: int, steps: int, root: Path) -> dict[s
                      res["result"]["samples_per_s"], res["peak_rss_gb"])
     for mode in ("memory", "stream"):
         if out[mode]:
-            v = sorted(x["samples_per_s"] for x in out[mode])
-            out[f"{mode}_samples_per_s"] = v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+            out[f"{mode}_samples_per_s"] = median([x["samples_per_s"] for x in out[mode]])
             out[f"{mode}_peak_rss_gb"] = max(x["peak_rss_gb"] for x in out[mode])
+    if out["memory"]:
+        # each streaming run against the in-memory run just before it: the two saw the same load
+        out["paired_ratios"] = [round(s["samples_per_s"] / m["samples_per_s"], 3)
+                                for m, s in zip(out["memory"], out["stream"])]
+        out["stream_vs_memory_samples_ratio"] = median(out["paired_ratios"])
     return out
+
+
+def median(v: list[float]) -> float:
+    v = sorted(v)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 def eval_run(work: Path, feats: str, checkpoint: str, n: int, root: Path) -> dict[str, Any]:
@@ -223,8 +234,8 @@ def _headline(r: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
             continue
         tr, ev = s["train"], s["eval"]
         h[f"train_peak_rss_gb_{tag}"] = max(tr.get("memory_peak_rss_gb", 0), tr.get("stream_peak_rss_gb", 0))
-        if "memory_samples_per_s" in tr:
-            h[ratio_key] = round(tr["stream_samples_per_s"] / tr["memory_samples_per_s"], 3)
+        if "stream_vs_memory_samples_ratio" in tr:
+            h[ratio_key] = round(tr["stream_vs_memory_samples_ratio"], 3)
         else:
             h[ratio_key] = None
             h[f"{ratio_key}_not_measured"] = tr.get("memory_not_measured", "no in-memory run")
@@ -255,6 +266,8 @@ def table(r: dict[str, Any]) -> str:
         if "memory_samples_per_s" in tr:
             add("training samples/s, in memory / streaming (median of runs)",
                 f"{tr['memory_samples_per_s']:.0f} / {tr['stream_samples_per_s']:.0f}")
+            add("streaming / in memory, each pair of runs (median)",
+                f"{' '.join(str(x) for x in tr['paired_ratios'])} ({tr['stream_vs_memory_samples_ratio']:.3f})")
             add("training peak RSS GB, in memory / streaming", f"{tr['memory_peak_rss_gb']} / {tr['stream_peak_rss_gb']}")
         else:
             add("training samples/s, streaming", f"{tr['stream_samples_per_s']:.0f}")
