@@ -174,11 +174,12 @@ def subset_consistency_loss(model: Any, out: ModelOutput, temperature: float = 0
 def scale_loss(out: ModelOutput, batch: Mapping[str, Any], temperature: float = 0.07,
                mask_kind: str = "mse", contrast_on: str = "encoder", rescale: bool = False,
                rescale_importance: bool | None = None, subset: Tensor | None = None,
-               subset_weight: float = 0.0, gathered: ModelOutput | None = None) -> LossTerms:
-    """Total SCALE loss of one batch: SIMCL (on the encoders' or the fused pooled outputs)
-    + mean masked loss (+ ``subset_weight`` x the subset-consistency loss ``subset``, computed
-    by the caller with the model). ``rescale`` multiplies W by sqrt(#present) in SIMCL, and the
-    importances in the masked loss too unless ``rescale_importance`` says otherwise.
+               subset_weight: float = 0.0, simcl_weight: float = 1.0,
+               gathered: ModelOutput | None = None) -> LossTerms:
+    """Total SCALE loss of one batch: ``simcl_weight`` x SIMCL (on the encoders' or the fused
+    pooled outputs) + mean masked loss (+ ``subset_weight`` x the subset-consistency loss
+    ``subset``, computed by the caller with the model). ``rescale`` multiplies W by sqrt(#present)
+    in SIMCL, and the importances in the masked loss too unless ``rescale_importance`` says otherwise.
     ``gathered``: ``out`` gathered across data-parallel ranks (:func:`fuse.gather.gather_output`);
     SIMCL then contrasts every rank's samples, while the masked losses stay on ``out``."""
     con = out if gathered is None else gathered
@@ -187,7 +188,7 @@ def scale_loss(out: ModelOutput, batch: Mapping[str, Any], temperature: float = 
     mask, recon = masked_losses(out, batch["tokens"], mask_kind,
                                 rescale if rescale_importance is None else rescale_importance)
     masked = torch.stack(list(mask.values())).mean() if mask else simcl * 0.0
-    total = simcl + masked
+    total = simcl_weight * simcl + masked
     if subset is not None and subset_weight > 0:
         total = total + subset_weight * subset
     return LossTerms(total, simcl, masked, per_pair, mask, recon, subset)

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scalemm.modalities import MODALITIES
+
 from .attention import Transformer
 from .config import ScaleConfig
 
@@ -125,10 +127,17 @@ class ModalityEncoder(nn.Module):
     """Input projection, first token, mask embedding, positions and encoder of one modality,
     plus its fusion-side embeddings and masked-modelling head."""
 
-    def __init__(self, max_tokens: int, dim: int, cfg: ScaleConfig) -> None:
+    def __init__(self, max_tokens: int, dim: int, cfg: ScaleConfig, index: int = 0) -> None:
         super().__init__()
         d = cfg.d_model
         self.max_tokens, self.dim = max_tokens, dim
+        self.skip = float(cfg.frozen_skip)
+        if self.skip > 0:
+            # a fixed orthonormal map of the frozen global vector into d_model (see forward);
+            # drawn from its own seed, so it is the same in every run and needs no checkpoint slot
+            g = torch.Generator().manual_seed(0x5CA1E + index)
+            q, _ = torch.linalg.qr(torch.randn(max(dim, d), min(dim, d), generator=g))
+            self.register_buffer("skip_map", q if dim >= d else q.T.contiguous(), persistent=False)
         self.in_norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, d)
         self.cls = nn.Parameter(torch.randn(d) * 0.02)
@@ -154,7 +163,18 @@ class ModalityEncoder(nn.Module):
             h = torch.where(masked[..., None], self.mask_emb.to(h.dtype), h)
         h = torch.cat([self.cls.to(h.dtype).expand(B, 1, -1), h], dim=1) + self.pos.to(h.dtype)
         key = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=valid.device), valid], dim=1)
-        return self.encoder(h, key), key
+        out = self.encoder(h, key)
+        if self.skip > 0:
+            # The frozen backbone's global vector (the mean of the visible tokens, which is what the
+            # stores' pooled vector is) joins the first token through the fixed map: the modality's
+            # output starts as the frozen feature, whose neighbourhoods it keeps, and the encoder
+            # learns what to add. A few hundred products cannot teach a transformer from scratch
+            # what the backbone already knows.
+            seen = valid if masked is None else valid & ~masked
+            mean = (x.float() * seen[..., None]).sum(1) / seen.sum(1, keepdim=True).clamp_min(1)
+            first = out[:, 0] + self.skip * F.normalize(mean @ self.skip_map, dim=-1).to(out.dtype)
+            out = torch.cat([first[:, None], out[:, 1:]], dim=1)
+        return out, key
 
 
 class ScaleModel(nn.Module):
@@ -171,7 +191,8 @@ class ScaleModel(nn.Module):
         self.cfg = cfg
         self.modalities: list[str] = list(cfg.modalities)
         self.shapes = {m: (int(shapes[m][0]), int(shapes[m][1])) for m in self.modalities}
-        self.encoders = nn.ModuleDict({m: ModalityEncoder(*self.shapes[m], cfg) for m in self.modalities})
+        self.encoders = nn.ModuleDict({m: ModalityEncoder(*self.shapes[m], cfg, MODALITIES.index(m))
+                                       for m in self.modalities})
         self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, cfg.mlp_ratio, cfg.dropout,
                                   cfg.attn_dropout)
         self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim, cfg.importance, len(self.modalities))
@@ -263,11 +284,17 @@ class ScaleModel(nn.Module):
 
 
 def weighted_embedding(z: Tensor, present: Tensor, importances: Tensor, weighting: str = "sum") -> Tensor:
-    """L2-normalized sum over the modality axis of ``z`` [B, M, d] (see :func:`product_embedding`)."""
+    """L2-normalized sum over the modality axis of ``z`` [B, M, d], or with ``importance_concat``
+    the weighted blocks side by side [B, M * d] (see :func:`product_embedding`)."""
     z = z.float()
-    if weighting == "importance":
+    if weighting in ("importance", "importance_concat"):
         w = torch.where(present, importances.float().clamp_min(0), torch.zeros_like(importances.float()))
         w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
+        if weighting == "importance_concat":
+            # modality blocks side by side, block m scaled by sqrt(w_m): the cosine of two products
+            # is then sum_m sqrt(w_m w'_m) cos(z_m, z'_m), each modality compared only with itself
+            s = (F.normalize(z, dim=-1) * w.sqrt()[..., None]).flatten(1)
+            return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         z = F.normalize(z, dim=-1) * w[..., None]
     s = z.sum(dim=1)
     return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -73,7 +73,7 @@ class Objective(nn.Module):
         subset = subset_consistency_loss(self.model, con, cfg.temperature) if cfg.subset_weight > 0 else None
         terms = scale_loss(out, batch, cfg.temperature, cfg.mask_loss, cfg.contrast_on, rescale,
                            rescale_importance=rescale and cfg.importance == "diagonal", subset=subset,
-                           subset_weight=cfg.subset_weight, gathered=con)
+                           subset_weight=cfg.subset_weight, simcl_weight=cfg.simcl_weight, gathered=con)
         stats: dict[str, Tensor] = {"loss": terms.total.detach(), "loss_simcl": terms.simcl.detach(),
                                     "loss_mask": terms.masked.detach()}
         if subset is not None:

@@ -2,7 +2,7 @@
 target next to its measured value, PASS/MISS) and writes every figure to a JSON file.
 See bench/main.py for what is measured and how.
 
-    python pipelines/bench.py --quick --out bench.json     # about 1.5 min on 2 cores
+    python pipelines/bench.py --quick --out bench.json     # a few minutes on 2 cores (make bench)
     python pipelines/bench.py --out bench.json --md bench.md
     python pipelines/bench.py --scale --out scale.json      # training and evaluation at 100k and 1M products (bench/scale.py)
 """
@@ -21,7 +21,7 @@ def main() -> dict:
     ap.add_argument("--quick", action="store_true", help="small and fast (tiny backbones, 100k vectors)")
     ap.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON file to write (default bench.json)")
     ap.add_argument("--md", type=Path, default=None, help="also write the table as Markdown to this file")
-    ap.add_argument("--items", type=int, default=None, help="N (default 16 quick, 256 full)")
+    ap.add_argument("--items", type=int, default=None, help="N (default 32 quick, 256 full)")
     ap.add_argument("--config", type=Path, default=None,
                     help="extraction config (default configs/tiny.yaml quick, configs/offline.yaml full)")
     ap.add_argument("--sizes", default=None, help="index gallery sizes, comma-separated (default 100000[,1000000])")

@@ -9,6 +9,13 @@ Above --max-queries queries or --max-sample probe / k-means products the evaluat
 (recorded in metrics.json "samples"); the catalogue index fits --memory-budget-gb.
 """
 
+if __name__ == "evaluate":  # a library's `import evaluate` in this script's process: see scalemm/shadow.py
+    import os as _os
+
+    from scalemm.shadow import hand_over as _hand_over
+
+    _hand_over(__name__, _os.path.dirname(_os.path.abspath(__file__)))
+
 import argparse
 import sys
 

@@ -70,6 +70,8 @@ def run_one(args: argparse.Namespace, cfg: "ScaleConfig | None", out: Path, seed
     from scalemm.fuse.train import train
 
     resume = args.resume
+    if cfg is not None and seed is not None:
+        cfg = cfg.replace(seed=seed)  # a resumed seed-<s> run compares its saved config with this one
     if resume and args.seeds is not None and not (out / "checkpoints").is_dir():
         resume = False  # --seeds --resume: seeds not started yet start now
     kw = dict(resume=resume, epochs=args.epochs, seed=seed, progress=not args.no_progress)

@@ -44,14 +44,18 @@ def test_embed_store_outputs(trained) -> None:
     assert np.array_equal(res["presence"], pres)
     norms = np.linalg.norm(res["vectors"], axis=1)
     assert np.allclose(norms[pres.any(1)], 1.0, atol=1e-5)
-    # the vector is the normalised sum of the pooled outputs of the configured source
-    # (default embed_from: encoder), or of the fused ones with source="fusion"
+    # the vector is the importance-weighted sum of the L2-normalised pooled outputs of the
+    # configured source (default embed_from: encoder), or of the fused ones with source="fusion"
     assert res["enc_pooled"].shape == (n, M, 32)
-    s = res["enc_pooled"].sum(1)
-    assert np.allclose(res["vectors"], s / np.linalg.norm(s, axis=1, keepdims=True), atol=1e-5)
+    w = np.where(pres, res["importances"], 0.0)
+    w = w / np.maximum(w.sum(1, keepdims=True), 1e-6)
+
+    def expected(z):
+        s = (z / np.maximum(np.linalg.norm(z, axis=2, keepdims=True), 1e-12) * w[..., None]).sum(1)
+        return s / np.linalg.norm(s, axis=1, keepdims=True)
+    assert np.allclose(res["vectors"], expected(res["enc_pooled"]), atol=1e-5)
     fused = embed_store(run, feats, batch_size=7, source="fusion")
-    s = fused["pooled"].sum(1)
-    assert np.allclose(fused["vectors"], s / np.linalg.norm(s, axis=1, keepdims=True), atol=1e-5)
+    assert np.allclose(fused["vectors"], expected(fused["pooled"]), atol=1e-5)
     assert not np.allclose(fused["vectors"], res["vectors"], atol=1e-3)
     assert (res["importances"][~pres] == 0).all()
 
@@ -65,7 +69,7 @@ def test_modality_subset_is_the_model_with_the_others_absent(trained) -> None:
     for m in ("table", "video", "audio"):
         batch["present"][m][:] = False
     with torch.no_grad():
-        ref = product_embedding(model(batch), "encoder").numpy()
+        ref = product_embedding(model(batch), "encoder", model.cfg.embed_weighting).numpy()
     assert np.allclose(sub["vectors"], ref, atol=1e-5)
     full = embed_store(run, feats)
     assert not np.allclose(sub["vectors"], full["vectors"], atol=1e-3)
