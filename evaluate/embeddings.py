@@ -102,9 +102,11 @@ FROZEN_PREFIX = "frozen_"
 CONCAT_NAME = "concat_frozen"
 
 
-def frozen_baselines(features_dir: str | Path,
-                     modalities: tuple[str, ...] | None = None) -> dict[str, EmbeddingSet]:
-    """Training-free baselines from the feature stores under ``features_dir``.
+def frozen_baselines(features_dir: str | Path, modalities: tuple[str, ...] | None = None,
+                     rows: np.ndarray | None = None) -> dict[str, EmbeddingSet]:
+    """Training-free baselines from the feature stores under ``features_dir`` (their pooled
+    vectors: the token features are not read); ``rows``: only these items (positions in the
+    stores' order), e.g. the ones an evaluation at scale uses.
 
     Returns ``frozen_<modality>`` for every modality whose store exists (the store's pooled
     vector, L2-normalized; an item whose modality is absent, ``counts == 0``, gets a zero
@@ -113,7 +115,8 @@ def frozen_baselines(features_dir: str | Path,
     are skipped with a warning. Raises ``StoreError`` if no store exists or the stores do
     not join (different corpus, code, or item order).
     """
-    from scalemm.store import MODALITIES, StoreError, list_shards, open_stores
+    from scalemm.store import (MODALITIES, ShardData, StoreError, concat_shards, list_shards, open_stores,
+                               read_shard_index)
 
     root = Path(features_dir)
     if not root.is_dir():
@@ -135,8 +138,13 @@ def frozen_baselines(features_dir: str | Path,
     ref_labels: list[str] = []
     ref_instances: list[str] = []
     parts: list[np.ndarray] = []
-    for m in present:
-        data = stores[m].load()
+    for m in present:  # the pooled vectors only: token features are never read
+        data = concat_shards([read_shard_index(p, pooled=True)[0] for p in stores[m].shards])
+        if rows is not None:
+            pick = [int(i) for i in rows]
+            data = ShardData(ids=[data.ids[i] for i in pick], labels=[data.labels[i] for i in pick],
+                             instances=[data.instances[i] for i in pick], tokens=data.tokens[rows],
+                             counts=data.counts[rows], pooled=data.pooled[rows])
         if ref_ids is None:
             ref_ids, ref_labels, ref_instances = data.ids, data.labels, data.instances
         elif data.ids != ref_ids:

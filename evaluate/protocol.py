@@ -12,6 +12,9 @@ headline; validation while choosing settings):
   keeps them all); coarse and fine mAP@1 with those queries, and as a fraction of the full
   figures.
 
+At scale the queries, the probe's products and the k-means products are samples, drawn once
+per evaluation (:mod:`evaluate.budget`); the retrieval gallery is always the whole split.
+
 Each figure is measured once per seed (the training seed of a SCALE run; the probe, the
 k-means initialisation and the dropped modalities follow the same seed for every method) and
 reported as ``{"mean": ..., "std": ...}`` over the seeds (population std, ``n`` seeds).
@@ -28,8 +31,9 @@ import numpy as np
 
 from scalemm.splits import SPLITS, SplitSpec, assign, rows_of
 
+from .budget import Samples
 from .embeddings import EmbeddingSet
-from .metrics import clustering, linear_probe
+from .metrics import clustering, linear_probe, linear_probe_minibatch
 from .tasks import K, evaluate_retrieval
 
 log = logging.getLogger(__name__)
@@ -56,17 +60,26 @@ class SplitView:
 
 
 def evaluate_on_split(es: EmbeddingSet, view: SplitView, seed: int, *, queries: np.ndarray | None = None,
-                      index_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
+                      index_dir: str | Path | None = None, samples: Samples | None = None) -> dict[str, dict[str, float]]:
     """Retrieval, classification and clustering of one method on the evaluated split (see the
     module doc). ``es`` holds every item; ``queries`` (optional, aligned with ``es``) are other
-    query vectors for the retrieval (e.g. with modalities dropped)."""
-    test = es.subset(view.eval_rows)
-    q = None if queries is None else np.asarray(queries, np.float32)[view.eval_rows]
-    out: dict[str, dict[str, float]] = dict(evaluate_retrieval(test, K, seed=seed, queries=q, index_dir=index_dir))
+    query vectors for the retrieval (e.g. with modalities dropped). ``samples`` (at scale, see
+    :mod:`evaluate.budget`): the rows of ``es`` to score and the samples of them each task uses,
+    instead of ``view``'s rows in full."""
+    eval_rows = view.eval_rows if samples is None else samples.eval_rows
+    train_rows = view.train_rows if samples is None else samples.train_rows
+    test = es.subset(eval_rows)
+    q = None if queries is None else np.asarray(queries, np.float32)[eval_rows]
+    out: dict[str, dict[str, float]] = dict(evaluate_retrieval(
+        test, K, seed=seed, queries=q, index_dir=index_dir, query_rows=None if samples is None else samples.queries))
     if queries is None:
-        train = es.subset(view.train_rows)
-        out["classification"] = linear_probe(train.vectors, train.labels, test.vectors, test.labels, seed=seed)
-        out["clustering"] = clustering(test.vectors, test.labels, seed=seed)
+        train = es.subset(train_rows if samples is None or samples.probe_train is None
+                          else train_rows[samples.probe_train])
+        probe_test = test if samples is None or samples.probe_test is None else test.subset(samples.probe_test)
+        probe = linear_probe_minibatch if samples is not None and samples.minibatch_probe else linear_probe
+        out["classification"] = probe(train.vectors, train.labels, probe_test.vectors, probe_test.labels, seed=seed)
+        cl = test if samples is None or samples.cluster is None else test.subset(samples.cluster)
+        out["clustering"] = clustering(cl.vectors, cl.labels, seed=seed)
     return out
 
 

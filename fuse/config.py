@@ -70,6 +70,11 @@ class ScaleConfig:
     frozen_skip: float = 20.0
     # weight of SIMCL, the paper's pairwise inter-modality contrastive loss
     simcl_weight: float = 0.0
+    # several workers (Ray Train): SIMCL and the subset-consistency loss contrast every rank's
+    # samples against every rank's (pooled outputs and W gathered with their gradients,
+    # fuse.gather), so N workers x batch B train the objective of one process with batch N x B;
+    # false: each rank's own batch only (cheaper, another objective)
+    gather_negatives: bool = True
     # weight of the subset-consistency loss (fuse.losses.subset_consistency_loss): the product
     # embedding from a random half of a product's modalities must find the one from the other half
     subset_weight: float = 1.0
@@ -91,6 +96,7 @@ class ScaleConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     batch_size: int = 64
     epochs: int = 12
+    max_steps: int = 0  # stop after this many steps in all, even mid-epoch (0: no limit)
     seed: int = 0
 
     # ---- checkpoints and logs
@@ -122,7 +128,7 @@ class ScaleConfig:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("encoder_layers", "fusion_layers", "warmup_steps", "loader_workers", "threads",
-                     "harmonizer_dim"):
+                     "harmonizer_dim", "max_steps"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("dropout", "attn_dropout"):

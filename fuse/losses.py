@@ -23,6 +23,10 @@ at small batch sizes. Each sample's loss is the mean over its masked tokens, sca
 the sample's importance W[m, m] (detached: W learns from SIMCL); a modality's masked loss is the mean over its samples
 with a masked token; the masked loss is the mean over modalities that had any.
 
+With several data-parallel workers, SIMCL and the subset-consistency loss contrast the samples
+of every worker: the model outputs they read are gathered across ranks with their gradients
+(:mod:`fuse.gather`, passed in as ``gathered``); the masked losses stay per rank.
+
 Total = SIMCL + masked loss (weight 1 each). Uniform pair weights and switching masked
 losses off go through the same code (W = 1 / ``masked=None``).
 """
@@ -170,13 +174,17 @@ def subset_consistency_loss(model: Any, out: ModelOutput, temperature: float = 0
 def scale_loss(out: ModelOutput, batch: Mapping[str, Any], temperature: float = 0.07,
                mask_kind: str = "mse", contrast_on: str = "encoder", rescale: bool = False,
                rescale_importance: bool | None = None, subset: Tensor | None = None,
-               subset_weight: float = 0.0, simcl_weight: float = 1.0) -> LossTerms:
-    """Total SCALE loss of one batch: SIMCL (on the encoders' or the fused pooled outputs)
-    + mean masked loss (+ ``subset_weight`` x the subset-consistency loss ``subset``, computed
-    by the caller with the model; SIMCL weighs ``simcl_weight``). ``rescale`` multiplies W by sqrt(#present) in SIMCL, and the
-    importances in the masked loss too unless ``rescale_importance`` says otherwise."""
-    pooled = out.enc_pooled if contrast_on == "encoder" else out.pooled
-    simcl, per_pair = simcl_loss(pooled, out.present, out.weights, out.modalities, temperature, rescale)
+               subset_weight: float = 0.0, simcl_weight: float = 1.0,
+               gathered: ModelOutput | None = None) -> LossTerms:
+    """Total SCALE loss of one batch: ``simcl_weight`` x SIMCL (on the encoders' or the fused
+    pooled outputs) + mean masked loss (+ ``subset_weight`` x the subset-consistency loss
+    ``subset``, computed by the caller with the model). ``rescale`` multiplies W by sqrt(#present)
+    in SIMCL, and the importances in the masked loss too unless ``rescale_importance`` says otherwise.
+    ``gathered``: ``out`` gathered across data-parallel ranks (:func:`fuse.gather.gather_output`);
+    SIMCL then contrasts every rank's samples, while the masked losses stay on ``out``."""
+    con = out if gathered is None else gathered
+    pooled = con.enc_pooled if contrast_on == "encoder" else con.pooled
+    simcl, per_pair = simcl_loss(pooled, con.present, con.weights, con.modalities, temperature, rescale)
     mask, recon = masked_losses(out, batch["tokens"], mask_kind,
                                 rescale if rescale_importance is None else rescale_importance)
     masked = torch.stack(list(mask.values())).mean() if mask else simcl * 0.0

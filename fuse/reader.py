@@ -8,8 +8,9 @@ flag (``count > 0``) and, for the table, the entity index of every token.
 
 Two paths, chosen by the size of the stores against a memory budget:
 
-* in memory: every store is loaded once (``ModalityStore.load``) and a batch is a numpy
-  fancy-index of the arrays (``__getitems__``), so the reader is never the bottleneck;
+* in memory: every shard is read once into arrays allocated for the whole store (peak
+  memory: the store once, plus one shard) and a batch is a numpy fancy-index of the arrays
+  (``__getitems__``), so the reader is never the bottleneck;
 * streaming: only the ids/labels/counts are read up front (in the parent, files closed
   again); the token shards are read lazily with :func:`extract.store.read_shard` inside
   the process that needs them (a DataLoader worker), one or two shards cached per worker.
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from scalemm.store import (MODALITIES, ModalityStore, Provenance, ShardData, StoreError, concat_shards,
+from scalemm.store import (MODALITIES, ModalityStore, Provenance, ShardData, StoreError,
                            list_shards, open_stores, read_shard, read_shard_index)
 
 log = logging.getLogger(__name__)
@@ -153,26 +154,25 @@ class FeatureDataset(Dataset):
             yield base, joined
 
     def _load_all(self) -> None:
-        parts: dict[str, list[ShardData]] = {m: [] for m in self.modalities}
-        for base, joined in self._joined_shards(read_shard, "loading features"):
+        """Every shard's rows copied into arrays allocated once for the whole store, so loading
+        holds the store once (not the per-shard copies and their concatenation as well)."""
+        n = int(self.shard_offsets[-1])
+        self._tokens = {m: np.empty((n, s.max_tokens, s.dim), np.float16) for m, s in self.shapes.items()}
+        if TABLE in self.shapes:
+            self._entities = np.full((n, self.shapes[TABLE].max_tokens), -1, np.int32)
+        self.counts: dict[str, np.ndarray] = {m: np.empty(n, np.int32) for m in self.modalities}
+        self.ids, self.labels, self.instances = [], [], []
+        for k, (base, joined) in enumerate(self._joined_shards(read_shard, "loading features")):
+            rows = slice(int(self.shard_offsets[k]), int(self.shard_offsets[k + 1]))
+            self.ids += base.ids
+            self.labels += base.labels
+            self.instances += base.instances
             for m, (data, perm) in joined.items():
-                if perm is not None:
-                    data = ShardData(ids=base.ids, labels=base.labels, instances=base.instances,
-                                     tokens=data.tokens[perm], counts=data.counts[perm],
-                                     pooled=data.pooled[perm],
-                                     entities=None if data.entities is None else data.entities[perm])
-                parts[m].append(data)
-        self.counts: dict[str, np.ndarray] = {}
-        for m in self.modalities:
-            full = concat_shards(parts[m])
-            parts[m] = []  # free the per-shard copies as we go
-            self._tokens[m] = full.tokens
-            self.counts[m] = full.counts.astype(np.int32)
-            if m == TABLE:
-                self._entities = full.entities if full.entities is not None else \
-                    np.full(full.tokens.shape[:2], -1, np.int32)
-            if m == self.modalities[0]:
-                self.ids, self.labels, self.instances = full.ids, full.labels, full.instances
+                pick = slice(None) if perm is None else perm
+                self._tokens[m][rows] = data.tokens[pick]
+                self.counts[m][rows] = data.counts[pick]
+                if m == TABLE and data.entities is not None:
+                    self._entities[rows] = data.entities[pick]
 
     def _index_all(self) -> None:
         ids: list[str] = []

@@ -14,8 +14,9 @@ weights, the optimizer state, the batch and the step number alone, whatever ran 
 in the process. That is what lets a resumed run reproduce the uninterrupted one exactly.
 
 Several workers. With ``world > 1`` the objective is wrapped in
-``DistributedDataParallel`` (the process group must exist) and the finite-loss check is
-reduced over all ranks, so a NaN on any rank stops every rank before any of them steps.
+``DistributedDataParallel`` (the process group must exist), the contrastive losses see the
+samples of every rank (``gather_negatives``, :mod:`fuse.gather`), and the finite-loss check
+is reduced over all ranks, so a NaN on any rank stops every rank before any of them steps.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from .config import ScaleConfig
 from .device import to_device
+from .gather import gather_output
 from .losses import scale_loss, subset_consistency_loss
 from .masking import choose_masks
 from .model import ScaleModel
@@ -66,10 +68,12 @@ class Objective(nn.Module):
         cfg = self.cfg
         out = self.model(batch, masks)
         rescale = cfg.harmonize and cfg.weight_scale == "sqrt_m"
-        subset = subset_consistency_loss(self.model, out, cfg.temperature) if cfg.subset_weight > 0 else None
+        # several ranks: the contrastive losses see every rank's samples (fuse.gather)
+        con = gather_output(out, contrast_fields(cfg)) if cfg.gather_negatives else out
+        subset = subset_consistency_loss(self.model, con, cfg.temperature) if cfg.subset_weight > 0 else None
         terms = scale_loss(out, batch, cfg.temperature, cfg.mask_loss, cfg.contrast_on, rescale,
                            rescale_importance=rescale and cfg.importance == "diagonal", subset=subset,
-                           subset_weight=cfg.subset_weight, simcl_weight=cfg.simcl_weight)
+                           subset_weight=cfg.subset_weight, simcl_weight=cfg.simcl_weight, gathered=con)
         stats: dict[str, Tensor] = {"loss": terms.total.detach(), "loss_simcl": terms.simcl.detach(),
                                     "loss_mask": terms.masked.detach()}
         if subset is not None:
@@ -81,6 +85,12 @@ class Objective(nn.Module):
             if bool(pres.any()):
                 stats[f"importance_{m}"] = out.importances[pres, j].detach().float().mean()
         return terms.total, stats
+
+
+def contrast_fields(cfg: ScaleConfig) -> tuple[str, ...]:
+    """The parts of the model output the contrastive losses read (what is gathered across ranks)."""
+    pooled = "enc_pooled" if cfg.contrast_on == "encoder" else "pooled"
+    return tuple(dict.fromkeys([pooled, "weights", *(["enc_pooled"] if cfg.subset_weight > 0 else [])]))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

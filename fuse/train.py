@@ -44,7 +44,7 @@ from .step import Learner, NonFiniteStep, build_learner, train_step
 log = logging.getLogger(__name__)
 
 # settings that may differ between a run and its resumption (they do not change the math)
-RUNTIME_FIELDS = ("epochs", "device", "threads", "loader_workers", "tensorboard", "memory_budget_gb",
+RUNTIME_FIELDS = ("epochs", "max_steps", "device", "threads", "loader_workers", "tensorboard", "memory_budget_gb",
                   "keep_checkpoints", "checkpoint_every", "checkpoint_unit")
 
 
@@ -71,7 +71,7 @@ class DistContext:
 class TrainResult:
     """Summary of a run; ``to_dict`` is the CLI's last stdout line."""
 
-    final_loss: float  # mean loss over the last epoch's steps
+    final_loss: float  # mean loss over the last epoch's steps (an epoch cut by max_steps counts)
     first_epoch_loss: float  # mean loss over the first epoch's steps
     steps: int
     epochs: int
@@ -112,14 +112,22 @@ class Counters:
         self.epoch_n += 1
         return rec
 
+    def reached(self, max_steps: int) -> bool:
+        """True when ``max_steps`` (> 0) steps are done."""
+        return 0 < max_steps <= self.step
+
+    def epoch_means(self) -> tuple[float, dict[str, float]]:
+        """Mean loss and mean importances over the steps of the current epoch (at least one)."""
+        sums = self.epoch_sums
+        return sums["loss"] / sums["n_loss"], {k.removeprefix("importance_"): sums[k] / sums["n_" + k]
+                                               for k in sums if k.startswith("importance_")}
+
     def end_epoch(self) -> float | None:
         """Close the current epoch; returns its mean loss (None if it had no step)."""
-        sums, mean = self.epoch_sums, None
+        mean = None
         if self.epoch_n:
-            mean = sums["loss"] / sums["n_loss"]
+            mean, self.last_epoch_importances = self.epoch_means()
             self.epoch_losses = list(self.epoch_losses) + [mean]
-            self.last_epoch_importances = {k.removeprefix("importance_"): sums[k] / sums["n_" + k]
-                                           for k in sums if k.startswith("importance_")}
         self.epoch += 1
         self.batch_in_epoch = 0
         self.epoch_sums, self.epoch_n = {}, 0
@@ -164,14 +172,15 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
         start_run_folder(run, cfg, ds)
     runlog = RunLog(run, resumed_from, cfg.tensorboard, dist.is_main)
     from tqdm.auto import tqdm
-    pbar = tqdm(total=len(sampler.batches()) * cfg.epochs, initial=counters.step, unit="step",
+    total = len(sampler.batches()) * cfg.epochs
+    pbar = tqdm(total=min(total, cfg.max_steps) if cfg.max_steps else total, initial=counters.step, unit="step",
                 desc="train SCALE", disable=not (progress and dist.is_main), dynamic_ncols=True)
     last_ck: Checkpoint | None = ck
     n_samples = 0
     t_loop = time.perf_counter()
     learner.model.train()
     try:
-        while counters.epoch < cfg.epochs:
+        while counters.epoch < cfg.epochs and not counters.reached(cfg.max_steps):
             sampler.set_epoch(counters.epoch, skip=counters.batch_in_epoch)
             t_last = time.perf_counter()
             for batch in loader:
@@ -188,6 +197,10 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", epoch=counters.epoch + 1)
                 if cfg.checkpoint_unit == "step" and counters.step % cfg.checkpoint_every == 0:
                     last_ck = save(run, learner, counters, ds, dist) or last_ck
+                if counters.reached(cfg.max_steps):
+                    break
+            if counters.reached(cfg.max_steps):
+                break  # the epoch stays open: a resume with more steps continues it where it stopped
             mean = counters.end_epoch()
             if mean is not None:
                 log.info("epoch %d/%d: mean loss %.4f", counters.epoch, cfg.epochs, mean)
@@ -205,13 +218,16 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
         except Exception as e:  # a plot never fails a finished run
             log.warning("could not draw %s: %s", run.plot, e)
 
-    losses = counters.epoch_losses
+    losses, importances = counters.epoch_losses, counters.last_epoch_importances
+    if counters.epoch_n:  # an epoch cut short by max_steps counts as the last one
+        mean, importances = counters.epoch_means()
+        losses = losses + [mean]
     result = TrainResult(
         final_loss=float(losses[-1]) if losses else float("nan"),
         first_epoch_loss=float(losses[0]) if losses else float("nan"),
         steps=int(counters.step), epochs=int(counters.epoch), seconds=time.perf_counter() - t0,
         samples_per_s=n_samples / loop_s if loop_s > 0 else 0.0,
-        importances={k: float(v) for k, v in counters.last_epoch_importances.items()},
+        importances={k: float(v) for k, v in importances.items()},
         run_dir=str(run.root), checkpoint=str(last_ck.weights) if last_ck else "",
         resumed_from_step=resumed_from, epoch_losses=[float(x) for x in losses])
     if dist.is_main:

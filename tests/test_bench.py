@@ -102,3 +102,24 @@ def test_within_bounds_nulls_every_impossible_ratio():
         assert h[k] is None and "physical bound" in why[k]
     assert check(None, ">=", 0.7) == "NOT MEASURED" and fmt(None) == "not measured"
     assert set(BOUNDS) >= {"extract_efficiency", "extract_scaling", "store_read_efficiency"}
+
+
+@pytest.mark.slow
+def test_bench_scale_writes_every_key_and_says_what_it_did_not_measure(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    p = subprocess.run([sys.executable, str(ROOT / "pipelines" / "bench.py"), "--scale", "--sizes", "2000",
+                        "--steps", "4", "--out", str(out), "--work", str(tmp_path / "w")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    h = r["headline"]
+    assert h["gathered_negatives_equal"] is True
+    s = r["sizes"]["2k"]
+    assert s["train"]["memory_samples_per_s"] > 0 and s["train"]["stream_samples_per_s"] > 0
+    assert 0 < s["train"]["memory_peak_rss_gb"] < 4 and 0 < s["eval"]["peak_rss_gb"] < 12
+    assert 0.5 < s["eval"]["ann_recall@10"] <= 1 and s["eval"]["minutes"] > 0
+    for tag in ("100k", "1m"):  # sizes not run: null, with the reason, never a number
+        for key in ("train_peak_rss_gb", "eval_minutes", "eval_peak_rss_gb", "ann_recall@10"):
+            assert h[f"{key}_{tag}"] is None and "not run" in h[f"{key}_{tag}_not_measured"]
+    assert h["stream_vs_memory_samples_ratio"] is None and h["stream_vs_memory_samples_ratio_100k"] is None
+    assert {t["status"] for t in r["targets"]} == {"PASS", "not measured"}

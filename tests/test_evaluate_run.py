@@ -100,3 +100,44 @@ def test_a_run_that_saw_the_test_split_is_refused(runs, run_cli, tmp_path) -> No
                               "--out", str(tmp_path / "e"))
     assert rc == 2 and "Traceback" not in err
     assert "train_split" in err.strip().splitlines()[-1] and not (tmp_path / "e" / "metrics.json").exists()
+
+
+def test_sampled_evaluation_records_its_samples_and_new_products_join_the_catalogue(runs, run_cli, tmp_path) -> None:
+    """The at-scale path on a small store (limits lowered): sampled queries, probe and k-means
+    products recorded in metrics.json, the catalogue of every product indexed, the rebuilt index
+    scoring the same sampled queries, and new products added to the catalogue index."""
+    from scalemm.embedfile import load_embeddings, save_embeddings
+    from scalemm.evaluate.index import load_index, search
+
+    out = tmp_path / "eval"
+    m = _evaluate(run_cli, runs, runs["scale"], out, "--max-queries", "12", "--max-sample", "40")
+    smp = m["samples"]
+    assert smp["retrieval_queries"]["used"] == 12 and smp["retrieval_queries"]["sampled"]
+    assert smp["gallery"]["used"] == smp["gallery"]["of"] == m["evaluated_items"]  # the gallery is whole
+    assert smp["probe_train"] == {"used": 40, "of": m["split"]["sizes"]["train"], "sampled": True}
+    assert smp["kmeans"]["used"] == min(40, m["evaluated_items"]) and "minibatch" in smp["probe"]
+    for sec, key in METHOD_KEYS.items():
+        assert 0 <= m["methods"]["scale"][sec][key]["mean"] <= 1
+    cat = m["catalogue"]
+    assert cat["vectors"] == m["items"] == 160 and m["index"]["type"] == cat["type"]
+    assert set(m["timings"]) == {"embedding_s", "catalogue_index_s", "scoring_s"}
+    rc, stdout, err, _ = run_cli("evaluate.py", "--out", str(out), "--rebuild-index")
+    assert rc == 0, err
+    assert json.loads(stdout.strip().splitlines()[-1])["same_as_metrics_json"] is True
+    # new products: another store's embeddings under new ids, added without a rebuild
+    new_feats = tmp_path / "new"
+    write_synthetic_store(new_feats, n_items=20, nuisance=1.5, noise=0.5, seed=11)
+    rc, _, err, _ = run_cli("embed.py", "--run", str(runs["scale"] / "seed-0"), "--features", str(new_feats),
+                            "--out", str(tmp_path / "new.npz"))
+    assert rc == 0, err
+    z = load_embeddings(tmp_path / "new.npz")
+    ids = [f"new-{i}" for i in z["ids"]]
+    save_embeddings(tmp_path / "new.npz", ids, z["vectors"], z["labels"], z["instances"])
+    rc, stdout, err, _ = run_cli("evaluate.py", "--out", str(out), "--add-products", str(tmp_path / "new.npz"))
+    assert rc == 0, err
+    assert json.loads(stdout.strip().splitlines()[-1])["products"] == 180
+    idx = load_index(out / "index" / "catalogue")
+    _, rows = search(idx, z["vectors"], 1)
+    assert [idx.ids[r] for r in rows[:, 0]] == ids
+    rc, _, err, _ = run_cli("evaluate.py", "--out", str(out), "--add-products", str(tmp_path / "new.npz"))
+    assert rc == 2 and "already in the index" in err.strip().splitlines()[-1]

@@ -141,3 +141,38 @@ def test_train_cli_last_line_is_json(tmp_path) -> None:
     assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "training.png").stat().st_size > 1000
+
+
+def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(trained) -> None:
+    """embed_variants skips the joint transformer for encoder-sourced variants and fuses only the
+    kept rows: the numbers must be those of the plain forward pass (model.fuse) all the same."""
+    from scalemm.fuse.model import weighted_embedding  # noqa: F401 - the weighting under test
+    from scalemm.fuse.reader import EpochBatchSampler, make_loader
+    from scalemm.fuse.variants import Variant, embed_variants, variant_presence
+
+    feats, run = trained
+    model, info = load_model(run)
+    ds = FeatureDataset(feats)
+    loader = make_loader(ds, EpochBatchSampler(ds, 10, seed=0, shuffle=False, drop_last=False))
+    variants = [Variant("scale"), Variant("fused", source="fusion"), Variant("t+i", ("text", "image")),
+                Variant("drop", drop=0.4, drop_seed=3), Variant("fused_drop", drop=0.4, drop_seed=3, source="fusion")]
+    res = embed_variants(model, loader, variants, torch.device("cpu"), "encoder")
+    batch = ds.get_batch(np.arange(len(ds)))
+    with torch.no_grad():
+        enc = model.encode(batch)
+        full = model.fuse(enc)
+        assert np.allclose(res["importances"], full.importances.numpy(), atol=1e-6)
+        assert np.allclose(res["enc_pooled"], full.enc_pooled.numpy(), atol=1e-6)
+        for v in variants:
+            keep = torch.from_numpy(variant_presence(v, model.modalities, ds.ids))
+            ref = product_embedding(model.fuse(enc, keep), v.source or "encoder", info["config"].embed_weighting)
+            assert np.allclose(res["vectors"][v.name], ref.numpy(), atol=1e-5), v.name
+    # at scale: only some rows kept in memory, a writer gets every row of its variant
+    rows = np.array([0, 3, 9, 10, 11, 23])
+    chunks: list[np.ndarray] = []
+    part = embed_variants(model, loader, variants, torch.device("cpu"), "encoder", rows=rows,
+                          writers={"scale": chunks.append})
+    assert part["ids"] == [ds.ids[i] for i in rows] and part["presence"].shape == (6, 5)
+    for v in variants:
+        assert np.allclose(part["vectors"][v.name], res["vectors"][v.name][rows], atol=1e-5), v.name
+    assert np.allclose(np.concatenate(chunks), res["vectors"]["scale"], atol=1e-6)

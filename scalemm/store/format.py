@@ -176,11 +176,12 @@ def read_shard(path: str | Path, rows: slice | np.ndarray | None = None) -> tupl
     return data, prov
 
 
-def read_shard_index(path: str | Path) -> tuple[ShardData, Provenance]:
+def read_shard_index(path: str | Path, pooled: bool = False) -> tuple[ShardData, Provenance]:
     """Read a shard's ids, labels, instances and counts only (no token features).
 
-    The returned ShardData has zero-size ``tokens`` [N, 0, 0] and ``pooled`` [N, 0], and no
-    entities: it indexes a shard cheaply (streaming readers join and count items with it).
+    The returned ShardData has zero-size ``tokens`` [N, 0, 0] and no entities, and ``pooled``
+    [N, 0] unless ``pooled`` asks for the pooled vectors: it indexes a shard cheaply (streaming
+    readers join and count items with it; the frozen baselines read the pooled vectors so).
     Raises StoreError naming the file, like :func:`read_shard`.
     """
     try:
@@ -190,7 +191,7 @@ def read_shard_index(path: str | Path) -> tuple[ShardData, Provenance]:
             data = ShardData(
                 ids=ids, labels=_strs(f["labels"]), instances=_strs(f["instances"]),
                 tokens=np.zeros((len(ids), 0, 0), np.float16), counts=f["counts"][()],
-                pooled=np.zeros((len(ids), 0), np.float32), entities=None,
+                pooled=f["pooled"][()] if pooled else np.zeros((len(ids), 0), np.float32), entities=None,
             )
     except StoreError as e:
         raise StoreError(f"{path}: {e}") from e
