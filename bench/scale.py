@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -171,6 +172,7 @@ def train_runs(work: Path, feats: str, n: int, steps: int, root: Path) -> dict[s
             cfg_path = work / f"train-{label(n)}-{mode}.yaml"
             cfg_path.write_text(yaml.safe_dump(cfg))
             run = work / f"train-{label(n)}-{mode}-{r}"
+            shutil.rmtree(run, ignore_errors=True)  # a --work reused for its store: runs start afresh
             res = run_measured([sys.executable, str(root / "pipelines" / "train.py"), "--features", feats,
                                 "--out", str(run), "--config", str(cfg_path), "--no-progress"], root,
                                work / f"train-{label(n)}-{mode}-{r}.log")
@@ -202,6 +204,7 @@ def median(v: list[float]) -> float:
 def eval_run(work: Path, feats: str, checkpoint: str, n: int, root: Path) -> dict[str, Any]:
     """``pipelines/evaluate.py`` of ``checkpoint`` on the store; see the module doc."""
     out = work / f"eval-{label(n)}"
+    shutil.rmtree(out, ignore_errors=True)
     res = run_measured([sys.executable, str(root / "pipelines" / "evaluate.py"), "--features", feats,
                         "--checkpoint", checkpoint, "--out", str(out)], root, work / f"eval-{label(n)}.log")
     m = json.loads((out / "metrics.json").read_text())
@@ -286,7 +289,6 @@ def table(r: dict[str, Any]) -> str:
 
 def run_scale_bench(a: Any, root: Path) -> dict[str, Any]:
     """The whole scale benchmark for the parsed command line ``a`` (pipelines/bench.py --scale)."""
-    import shutil
     import tempfile
 
     from scalemm.bench.main import machine_info
