@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from statistics import median
 from pathlib import Path
 from typing import Any
 
@@ -194,11 +195,6 @@ def train_runs(work: Path, feats: str, n: int, steps: int, root: Path) -> dict[s
                                 for m, s in zip(out["memory"], out["stream"])]
         out["stream_vs_memory_samples_ratio"] = median(out["paired_ratios"])
     return out
-
-
-def median(v: list[float]) -> float:
-    v = sorted(v)
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 def eval_run(work: Path, feats: str, checkpoint: str, n: int, root: Path) -> dict[str, Any]:
