@@ -11,8 +11,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 DEMO_ITEMS ?= 600
 DEMO_OUT   ?= demo-output
+DEV_OUT    ?= dev-output
+# Debian packages of the real-media corpus (clip art images, speech synthesis); the tests that
+# need them are skipped without them, or fail with SCALE_REQUIRE_MEDIA_PACKAGES=1 (CI)
+MEDIA_PACKAGES := openclipart-png espeak-ng
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo dev test test-fast bench media-packages clean
 
 setup: $(STAMP)
 
@@ -26,6 +30,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	bash pipelines/demo.sh $(DEMO_OUT) $(DEMO_ITEMS)
 
+# the README's headline: the real-media development corpus (1,200 products), 3 seeds, test split
+dev: setup media-packages
+	CORPUS=clipart bash pipelines/demo.sh $(DEV_OUT) 1200
+
 test: setup
 	$(PY) -m pytest -q tests
 
@@ -35,5 +43,14 @@ test-fast: setup
 bench: setup
 	$(PY) pipelines/bench.py --quick --out $(DEMO_OUT)/bench.json
 
+# installs MEDIA_PACKAGES with apt-get when missing (as root); otherwise says what to run
+media-packages:
+	@missing=""; for p in $(MEDIA_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "media packages installed: $(MEDIA_PACKAGES)"; \
+	elif ! command -v apt-get >/dev/null; then echo "error: missing$$missing (Debian packages) and no apt-get here: install their equivalents"; exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing; \
+	else echo "error: missing Debian packages:$$missing; install them with: sudo apt-get install -y$$missing"; exit 1; fi
+
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache
+	rm -rf $(DEMO_OUT) $(DEV_OUT) .pytest_cache

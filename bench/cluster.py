@@ -1,49 +1,25 @@
-"""A private Ray cluster on this machine, for benchmarks and tests: a head and any number of
-worker nodes joined to it with ``ray start --address``, each with its own CPUs and ports.
+"""A private Ray cluster on this machine, for benchmarks and tests: the private head of
+:mod:`scalemm.ray_head` (its own token file, ports and temp dir; never ``~/.ray``, never
+``ray stop``) and any number of worker nodes joined to it with ``ray start --address``, each
+with its own CPUs, ports and temp dir.
 
-Private on every count: token authentication with a token file of its own
-(``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN_PATH``; ``~/.ray`` is never read or written), its
-own temporary folder (``RAY_TMPDIR``, so the ``ray_current_cluster`` file that ``ray start``
-writes is not the one other Ray users on this machine find), free ports. Every node runs as
-``ray start --block`` in a process group of its own; stopping the cluster, or one node, sends
-SIGTERM (then SIGKILL) to those groups only, never ``ray stop``.
+A worker node runs as ``ray start --block`` leading a session of its own, with the head's
+token (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN_PATH``). Stopping the cluster, or one node,
+signals those sessions only (:func:`scalemm.ray_head.terminate_session`, or SIGKILL to the
+whole session for a node lost), then stops the head with :func:`scalemm.ray_head.stop_head`.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 30) -> None:
-    """Signal ``proc``'s process group (``sig``, then SIGKILL if it outlives ``wait``)."""
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=wait)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=wait)
+from scalemm.ray_head import Head, free_port, kill_session, ray_executable, start_head, stop_head, terminate_session
 
 
 class LocalCluster:
@@ -51,71 +27,57 @@ class LocalCluster:
     ``c.address`` (GCS, for ``ray.init`` / ``--address``), ``c.dashboard`` (for ``ray job
     submit``), ``c.env()`` (what a driver process needs to connect), ``c.kill_worker(i)``."""
 
-    def __init__(self, head_cpus: float = 2, worker_cpus: list[float] | tuple[float, ...] = (),
-                 dashboard: bool = False) -> None:
-        self.head_cpus, self.worker_cpus, self.with_dashboard = head_cpus, list(worker_cpus), dashboard
-        self.gcs_port, self.dash_port = free_port(), free_port()
-        self.address = f"127.0.0.1:{self.gcs_port}"
-        self.dashboard = f"http://127.0.0.1:{self.dash_port}"
-        self.head: subprocess.Popen | None = None
+    def __init__(self, head_cpus: float = 2, worker_cpus: list[float] | tuple[float, ...] = ()) -> None:
+        self.head_cpus, self.worker_cpus = int(head_cpus), [int(c) for c in worker_cpus]
+        self.folder: Path | None = None  # the head's folder (token, state, log); the workers' logs
+        self.head: Head | None = None
         self.workers: list[subprocess.Popen | None] = []
-        self.tmp: Path | None = None
+        self.worker_tmp: list[Path] = []
 
-    # ------------------------------------------------------------------ environment
+    @property
+    def address(self) -> str:
+        assert self.head is not None, "start the cluster first"
+        return self.head.gcs_address
+
+    @property
+    def dashboard(self) -> str:
+        assert self.head is not None, "start the cluster first"
+        return self.head.dashboard
+
     def env(self) -> dict[str, str]:
-        assert self.tmp is not None, "start the cluster first"
+        """The environment of a driver (or a worker node) of this cluster: its token, nothing of ~/.ray."""
+        assert self.head is not None, "start the cluster first"
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-        env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", PYTHONUNBUFFERED="1",
-                   RAY_AUTH_TOKEN_PATH=str(self.tmp / "auth_token"), RAY_TMPDIR=str(self.tmp))
+        env.update(self.head.env(), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         return env
 
-    def _ray(self, *args: str) -> subprocess.Popen:
-        ray = str(Path(sys.executable).parent / "ray")
+    def _worker(self, i: int, cpus: int) -> subprocess.Popen:
+        assert self.folder is not None
+        tmp = Path(tempfile.mkdtemp(prefix="scalemm-ray-"))  # short: Ray's socket paths are long
+        self.worker_tmp.append(tmp)
         ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
                  f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
                  f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
-        return subprocess.Popen([ray, "start", "--block", "--disable-usage-stats", *ports, *args], env=self.env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        with open(self.folder / f"worker-{i}.log", "wb") as out:
+            return subprocess.Popen(
+                [ray_executable(), "start", "--block", "--disable-usage-stats", f"--address={self.address}",
+                 f"--temp-dir={tmp}", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1", *ports],
+                env=self.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
 
     # ------------------------------------------------------------------ life cycle
     def __enter__(self) -> "LocalCluster":
-        self.tmp = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))  # short: Ray's socket paths are long
-        token = self.tmp / "auth_token"
-        token.write_text(secrets.token_hex(32))
-        token.chmod(0o600)
-        dash = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash_port}"] \
-            if self.with_dashboard else ["--include-dashboard=false"]
+        self.folder = Path(tempfile.mkdtemp(prefix="scalemm-cluster-"))
         try:
-            self.head = self._ray("--head", f"--port={self.gcs_port}", f"--num-cpus={self.head_cpus}",
-                                  "--node-ip-address=127.0.0.1", *dash)
-            self._wait_head()
-            for c in self.worker_cpus:
-                self.workers.append(self._ray(f"--address={self.address}", f"--num-cpus={c}",
-                                              "--node-ip-address=127.0.0.1"))
+            self.head = start_head(self.folder, num_cpus=self.head_cpus, extra_args=["--node-ip-address=127.0.0.1"])
+            for i, c in enumerate(self.worker_cpus):
+                self.workers.append(self._worker(i, c))
             self.wait_nodes(1 + len(self.worker_cpus))
         except BaseException:
             self.__exit__()
             raise
         return self
-
-    def _wait_head(self, timeout: float = 90) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            assert self.head is not None
-            if self.head.poll() is not None:
-                raise RuntimeError("the ray head exited during start")
-            try:
-                if not self.with_dashboard:
-                    socket.create_connection(("127.0.0.1", self.gcs_port), timeout=2).close()
-                    return
-                urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2)
-                return
-            except urllib.error.HTTPError:  # it answers (token auth asks for a token): it is up
-                return
-            except OSError:
-                time.sleep(1)
-        raise RuntimeError(f"the ray head did not come up in {timeout:.0f} s")
 
     def alive_nodes(self) -> int:
         """Alive nodes, as the GCS sees them (asked from a short-lived driver process)."""
@@ -128,20 +90,30 @@ class LocalCluster:
         deadline = time.time() + timeout
         while (got := self.alive_nodes()) != n:
             if time.time() > deadline:
-                raise RuntimeError(f"{got} of {n} Ray nodes came up in {timeout:.0f} s")
+                raise RuntimeError(f"{got} of {n} Ray nodes came up in {timeout:.0f} s"
+                                   f" (logs under {self.folder})")
             time.sleep(1)
 
     def kill_worker(self, i: int = 0) -> None:
-        """SIGKILL worker node ``i``'s whole process group (its raylet and workers): a node lost."""
+        """SIGKILL worker node ``i``'s whole session (its raylet and Ray's workers): a node lost."""
         proc = self.workers[i]
         if proc is not None:
-            _stop(proc, signal.SIGKILL)
+            kill_session(proc.pid)
+            proc.wait(timeout=30)
             self.workers[i] = None
 
     def __exit__(self, *exc: object) -> None:
-        for proc in [*self.workers, self.head]:
-            if proc is not None:
-                _stop(proc)
-        self.workers, self.head = [], None
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            for proc in self.workers:
+                if proc is not None:
+                    terminate_session(proc.pid, grace=10.0, proc=proc)
+                    proc.wait(timeout=30)
+            self.workers = []
+            if self.folder is not None:
+                stop_head(self.folder)
+        finally:
+            for tmp in self.worker_tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self.worker_tmp, self.head = [], None
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)

@@ -2,11 +2,13 @@
 
 ``make_corpus(out_dir, n_items, seed)`` writes::
 
-    out_dir/corpus.jsonl        one product per line (format: extract/corpus.py)
+    out_dir/corpus.jsonl        one product per line (format: scalemm/corpus.py)
     out_dir/images/<id>.jpg     JPEG, 160x160
     out_dir/videos/<id>.mp4     H.264 (libx264, yuv420p, 128x128, 24 fps, 2-4 s) + AAC mono 16 kHz
     out_dir/audio/<id>.wav      16-bit PCM mono 16 kHz (about 30% of products)
     out_dir/corpus_stats.json   per modality: expected_ok / expected_failures / absent, and more
+
+(the media files, broken ones included, are written by :mod:`corpora.media`).
 
 How the catalogue is built (each modality carries something the others lack, and each has
 its own nuisance, independent across modalities):
@@ -48,28 +50,24 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
-import wave
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from scalemm.atomic import write_text_atomic
 from scalemm.errors import UserError
+from scalemm.modalities import MODALITIES
+
+from .media import AUDIO_SR, FPS, VIDEO_SIZE, decode_error, garbage_jpg, truncate_file, wav_bytes, write_video
 
 log = logging.getLogger(__name__)
 
 GENERATOR = "scale-demo-corpus"
 VERSION = 1
-MODALITIES: tuple[str, ...] = ("image", "text", "table", "video", "audio")
-
 IMAGE_SIZE = 160
-VIDEO_SIZE = 128
-FPS = 24
-AUDIO_SR = 16000
 VIDEO_SECONDS = (2.0, 4.0)
-X264_PRESET = "superfast"
 WAV_SECONDS = (2.0, 5.0)
 
 CORPUS_FILE = "corpus.jsonl"
@@ -736,76 +734,6 @@ def _sound(cat: dict[str, Any], inst: dict[str, Any], rng: np.random.Generator, 
     return np.clip(sig + noise, -1, 1).astype(np.float32)
 
 
-def _wav_bytes(x: np.ndarray | None) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(AUDIO_SR)
-        if x is not None and len(x):
-            w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
-    return buf.getvalue()
-
-
-def _write_video(path: Path, frames: Iterable[Image.Image | np.ndarray], audio: np.ndarray) -> None:
-    import av
-
-    c = av.open(str(path), "w", format="mp4", container_options={"fflags": "+bitexact"})
-    try:
-        vs = c.add_stream("libx264", rate=FPS)
-        vs.width = vs.height = VIDEO_SIZE
-        vs.pix_fmt = "yuv420p"
-        vs.codec_context.thread_count = 1
-        vs.codec_context.options = {"preset": X264_PRESET, "crf": "26", "threads": "1"}
-        aus = c.add_stream("aac", rate=AUDIO_SR)
-        aus.layout = "mono"
-        aus.codec_context.thread_count = 1
-        aus.codec_context.options = {"aac_coder": "fast"}
-        for i, arr in enumerate(frames):
-            f = (av.VideoFrame.from_image(arr) if isinstance(arr, Image.Image)
-                 else av.VideoFrame.from_ndarray(arr, format="rgb24"))
-            f.pts = i
-            for p in vs.encode(f):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        mux_mono_audio(c, aus, audio, AUDIO_SR)
-    finally:
-        c.close()
-
-
-def mux_mono_audio(container: Any, stream: Any, samples: np.ndarray, rate: int) -> None:
-    """Encode float mono ``samples`` at ``rate`` Hz into the PyAV audio ``stream`` of
-    ``container`` (1024-sample frames) and flush it."""
-    import av
-
-    pts = 0
-    for s in range(0, len(samples), 1024):
-        chunk = np.ascontiguousarray(samples[s:s + 1024], np.float32)
-        fr = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
-        fr.sample_rate, fr.pts, fr.time_base = rate, pts, Fraction(1, rate)
-        pts += len(chunk)
-        for p in stream.encode(fr):
-            container.mux(p)
-    for p in stream.encode():
-        container.mux(p)
-
-
-def _garbage_jpg(rng: np.random.Generator) -> bytes:
-    """Bytes under a .jpg name that no image decoder accepts (a crawler's error page or noise)."""
-    for _ in range(10):
-        if rng.random() < 0.5:
-            body = b"<html><head><title>404 Not Found</title></head><body>" + rng.bytes(int(rng.integers(200, 2000)))
-        else:
-            body = b"\x00\x00" + rng.bytes(int(rng.integers(500, 4000)))
-        try:
-            with Image.open(io.BytesIO(body)) as im:
-                im.load()
-        except Exception:
-            return body
-    raise RuntimeError("could not make an undecodable image")  # pragma: no cover
-
-
 # --------------------------------------------------------------------------- one product
 
 
@@ -848,7 +776,7 @@ def _make_product(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, 
     else:
         rel = f"images/{pid}.jpg"
         if corrupt == "image":
-            data, status["image"] = _garbage_jpg(r_bad), "failure"
+            data, status["image"] = garbage_jpg(r_bad), "failure"
         else:
             data, status["image"] = _image_bytes(cat, inst, r_img), "ok"
         (root / rel).write_bytes(data)
@@ -861,10 +789,9 @@ def _make_product(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, 
         rel = f"videos/{pid}.mp4"
         n = int(round(r_vid.uniform(*VIDEO_SECONDS) * FPS))
         sound = _sound(cat, inst, r_vaud, n / FPS)
-        _write_video(root / rel, _frames(cat, inst, r_vid, n), sound)
+        write_video(root / rel, _frames(cat, inst, r_vid, n), sound)
         if corrupt == "video":
-            data = (root / rel).read_bytes()
-            (root / rel).write_bytes(data[: int(len(data) * 0.3)])
+            truncate_file(root / rel, keep=0.3)
         video_ok = corrupt != "video"
         status["video"] = "ok" if video_ok else "failure"
         rec["video"] = rel
@@ -872,10 +799,10 @@ def _make_product(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, 
     if spec["standalone_audio"]:
         rel = f"audio/{pid}.wav"
         if corrupt == "audio":
-            data = b"" if spec["empty_wav"] == "zero-bytes" else _wav_bytes(None)
+            data = b"" if spec["empty_wav"] == "zero-bytes" else wav_bytes(None)
             status["audio"] = "failure"
         else:
-            data = _wav_bytes(_sound(cat, inst, r_aud, float(r_aud.uniform(*WAV_SECONDS))))
+            data = wav_bytes(_sound(cat, inst, r_aud, float(r_aud.uniform(*WAV_SECONDS))))
             status["audio"] = "ok"
         (root / rel).write_bytes(data)
         rec["audio"] = rel
@@ -906,12 +833,6 @@ def _prepare(out: Path) -> None:
     (out / MARKER_FILE).write_text(json.dumps({"generator": GENERATOR, "version": VERSION}) + "\n")
     for d in ("images", "videos", "audio"):
         (out / d).mkdir()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _stats(seed: int, specs: list[dict[str, Any]], records: list[dict[str, Any]],
@@ -1010,48 +931,15 @@ def make_corpus(out_dir: str | Path, n_items: int, seed: int = 0, *, workers: in
             pool.join()
     recs = [r for r in records if r is not None]
     sts = [s for s in statuses if s is not None]
-    _atomic_write(out / CORPUS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    write_text_atomic(out / CORPUS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
     stats = _stats(seed, specs, recs, sts)
-    _atomic_write(out / STATS_FILE, json.dumps(stats, indent=1) + "\n")
+    write_text_atomic(out / STATS_FILE, json.dumps(stats, indent=1) + "\n")
     log.info("demo corpus: %d products, %d categories, %d instances -> %s",
              n_items, stats["n_categories"], stats["n_instances"], out)
     return stats
 
 
 # --------------------------------------------------------------------------- decode check
-
-
-def _decode(kind: str, path: Path) -> str | None:
-    """None when the media decodes to something non-empty, else the error."""
-    try:
-        if kind == "image":
-            with Image.open(path) as im:
-                im.load()
-                if im.width < 1 or im.height < 1:
-                    return "empty image"
-        elif kind == "video":
-            from decord import VideoReader, cpu
-
-            vr = VideoReader(str(path), ctx=cpu(0))
-            if len(vr) == 0:
-                return "no frames"
-            vr[len(vr) // 2].asnumpy()
-        elif kind == "audio":
-            if path.suffix.lower() == ".wav":
-                with wave.open(str(path), "rb") as w:
-                    if w.getnframes() == 0:
-                        return "no samples"
-                    w.readframes(w.getnframes())
-            else:
-                from decord import AudioReader, cpu
-
-                ar = AudioReader(str(path), ctx=cpu(0), sample_rate=AUDIO_SR, mono=True)
-                if ar.shape[-1] == 0:
-                    return "no samples"
-                ar[:].asnumpy()
-        return None
-    except Exception as e:  # noqa: BLE001 - any decoder error is a failure to report
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def check_corpus(out_dir: str | Path) -> dict[str, Any]:
@@ -1078,7 +966,7 @@ def check_corpus(out_dir: str | Path) -> dict[str, Any]:
                 present, err = p.table is not None, None
             else:
                 present = srcs[m] is not None
-                err = _decode(m, out / srcs[m]) if present else None
+                err = decode_error(m, out / srcs[m]) if present else None
             key = "absent" if not present else ("failures" if err else "ok")
             counts[m][key] += 1
             if err:

@@ -1,8 +1,9 @@
 """Product embeddings as the evaluation sees them, and the training-free frozen baselines.
 
 An :class:`EmbeddingSet` is N product vectors with their ids, category labels and
-instance ids (``''`` when unknown). It is saved as a plain ``.npz`` (strings as unicode
-arrays, no pickle) so that an index can be rebuilt from it alone.
+instance ids (``''`` when unknown). It is saved as the embeddings file of
+:mod:`scalemm.embedfile` (a plain ``.npz``, no pickle) so that an index can be rebuilt from
+it alone.
 
 :func:`frozen_baselines` reads the feature stores written by ``extract/`` and returns the
 baselines that need no training: each modality's pooled backbone vector, and their
@@ -12,15 +13,14 @@ concatenation.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from scalemm.embedfile import load_embeddings, save_embeddings
 
-NPZ_FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -78,45 +78,22 @@ class EmbeddingSet:
                             [self.labels[i] for i in idx], [self.instances[i] for i in idx])
 
     def save(self, path: str | Path) -> Path:
-        """Write to ``path`` (``.npz``, no pickle) atomically. Returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(
-                    f,
-                    format_version=np.array(NPZ_FORMAT_VERSION, dtype=np.int64),
-                    ids=np.array(self.ids, dtype=np.str_),
-                    vectors=self.vectors,
-                    labels=np.array(self.labels, dtype=np.str_),
-                    instances=np.array(self.instances, dtype=np.str_),
-                )
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+        """Write to ``path`` (the embeddings file of :mod:`scalemm.embedfile`) atomically."""
+        return save_embeddings(path, self.ids, self.vectors, self.labels, self.instances)
 
     @classmethod
     def load(cls, path: str | Path) -> "EmbeddingSet":
-        """Read a set written by :meth:`save`. Raises ValueError naming the file if unreadable."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"embeddings file {path} does not exist")
+        """Read an embeddings file (:meth:`save`'s, or ``pipelines/embed.py``'s: its extras are
+        ignored). Raises FileNotFoundError, or ValueError naming the file if unreadable."""
+        z = load_embeddings(path)
+        vectors = z["vectors"]
+        if vectors.ndim == 1 and vectors.size == 0:
+            vectors = vectors.reshape(0, 0)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = {"ids", "vectors", "labels", "instances"} - set(z.files)
-                if missing:
-                    raise ValueError(f"missing arrays {sorted(missing)}")
-                vectors = z["vectors"]
-                if vectors.ndim == 1 and vectors.size == 0:
-                    vectors = vectors.reshape(0, 0)
-                return cls(ids=z["ids"].tolist(), vectors=vectors,
-                           labels=z["labels"].tolist(), instances=z["instances"].tolist())
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"cannot read embeddings file {path}: {e}; rewrite it with "
-                             f"EmbeddingSet.save") from e
+            return cls(ids=z["ids"].tolist(), vectors=vectors, labels=z["labels"].tolist(),
+                       instances=z["instances"].tolist())
+        except ValueError as e:
+            raise ValueError(f"embeddings file {path} is inconsistent: {e}") from e
 
 
 # ----------------------------------------------------------------------------- frozen baselines
@@ -125,9 +102,11 @@ FROZEN_PREFIX = "frozen_"
 CONCAT_NAME = "concat_frozen"
 
 
-def frozen_baselines(features_dir: str | Path,
-                     modalities: tuple[str, ...] | None = None) -> dict[str, EmbeddingSet]:
-    """Training-free baselines from the feature stores under ``features_dir``.
+def frozen_baselines(features_dir: str | Path, modalities: tuple[str, ...] | None = None,
+                     rows: np.ndarray | None = None) -> dict[str, EmbeddingSet]:
+    """Training-free baselines from the feature stores under ``features_dir`` (their pooled
+    vectors: the token features are not read); ``rows``: only these items (positions in the
+    stores' order), e.g. the ones an evaluation at scale uses.
 
     Returns ``frozen_<modality>`` for every modality whose store exists (the store's pooled
     vector, L2-normalized; an item whose modality is absent, ``counts == 0``, gets a zero
@@ -136,7 +115,7 @@ def frozen_baselines(features_dir: str | Path,
     are skipped with a warning. Raises ``StoreError`` if no store exists or the stores do
     not join (different corpus, code, or item order).
     """
-    from scalemm.store import MODALITIES, StoreError, list_shards, open_stores
+    from scalemm.store import MODALITIES, ShardData, StoreError, concat_shards, list_shards, open_stores
 
     root = Path(features_dir)
     if not root.is_dir():
@@ -158,8 +137,13 @@ def frozen_baselines(features_dir: str | Path,
     ref_labels: list[str] = []
     ref_instances: list[str] = []
     parts: list[np.ndarray] = []
-    for m in present:
-        data = stores[m].load()
+    for m in present:  # the pooled vectors only: token features are never read
+        data = concat_shards([stores[m].read_index(k, pooled=True) for k in range(len(stores[m].shards))])
+        if rows is not None:
+            pick = [int(i) for i in rows]
+            data = ShardData(ids=[data.ids[i] for i in pick], labels=[data.labels[i] for i in pick],
+                             instances=[data.instances[i] for i in pick], tokens=data.tokens[rows],
+                             counts=data.counts[rows], pooled=data.pooled[rows])
         if ref_ids is None:
             ref_ids, ref_labels, ref_instances = data.ids, data.labels, data.instances
         elif data.ids != ref_ids:

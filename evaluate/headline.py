@@ -12,8 +12,16 @@ HEADLINE_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def format_value(v: Any) -> str:
+    """A figure in percent: ``12.34`` or, averaged over seeds, ``12.34 ± 0.56``; ``-`` if missing."""
+    if isinstance(v, Mapping) and "mean" in v:
+        return f"{100 * v['mean']:.2f} ± {100 * v.get('std', 0.0):.2f}"
+    return f"{100 * v:.2f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
 def format_headline(metrics: Mapping[str, Any]) -> str:
-    """A compact fixed-width table of every method's headline numbers, in percent.
+    """A compact fixed-width table of every method's headline numbers, in percent (mean ± std
+    over seeds where the figures carry both).
 
     ``metrics`` is the metrics.json object (or just its ``"methods"`` mapping). Missing
     values print as ``-``.
@@ -25,7 +33,7 @@ def format_headline(metrics: Mapping[str, Any]) -> str:
         row = [str(name)]
         for _, sec, key in HEADLINE_COLUMNS:
             v = m.get(sec, {}).get(key) if isinstance(m, Mapping) else None
-            row.append(f"{100 * v:.2f}" if isinstance(v, (int, float)) else "-")
+            row.append(format_value(v))
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -37,4 +45,13 @@ def format_headline(metrics: Mapping[str, Any]) -> str:
     if isinstance(idx, Mapping) and "ann_recall@10" in idx:
         lines.append(f"index: {idx.get('type')}, recall@10 vs exact "
                      f"{100 * float(idx['ann_recall@10']):.2f}")
+    split, seeds = metrics.get("split"), metrics.get("seeds")
+    if isinstance(split, Mapping):
+        lines.append(f"split by instance {split.get('sizes')}, seed {split.get('seed')}; figures on the "
+                     f"{split.get('evaluated_on')} split, mean ± std over training seeds {seeds}")
+    rob = metrics.get("robustness", {}).get("methods", {}).get("scale") if isinstance(metrics, Mapping) else None
+    if isinstance(rob, Mapping):
+        lines.append(f"scale with {100 * metrics['robustness']['drop_prob']:.0f}% of query modalities dropped: "
+                     f"coarse mAP@1 {format_value(rob['coarse_mAP@1'])} "
+                     f"({format_value(rob['coarse_fraction_of_full'])} % of full)")
     return "\n".join(lines)

@@ -10,9 +10,13 @@ The index kind is chosen from the gallery size and an optional memory budget
 :func:`build_index` trains and fills it (through faiss's GPU API when a GPU is visible,
 except HNSW which faiss only has on CPU; the result is cloned back to CPU for saving) and
 tunes ``efSearch`` / ``nprobe`` on a sample of the gallery until recall@10 against exact
-search reaches a target (0.95). :func:`save_index` writes the index (``faiss.write_index``),
-its id map (JSON) and its spec (JSON); :func:`load_index` reads them back, and
-:func:`rebuild_index` rebuilds everything from a saved embeddings ``.npz`` alone.
+search reaches a target (0.95). A catalogue of millions is never copied whole: the gallery
+may be a memory-mapped file, an IVF index trains on a sample of it, the vectors are added in
+batches and exact search (the reference for the recall) runs over chunks of it.
+:func:`save_index` writes the index (``faiss.write_index``), its id map (JSON) and its spec
+(JSON); :func:`load_index` reads them back, :func:`add_to_index` adds new products to a saved
+index without rebuilding it, and :func:`rebuild_index` rebuilds everything from a saved
+embeddings ``.npz`` alone.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from scalemm.atomic import replace_atomic, write_json_atomic, write_text_atomic
 from scalemm.errors import UserError
 
 
@@ -55,6 +59,8 @@ _SEARCH_BATCH = 8192
 _EF_GRID = (16, 32, 64, 128, 256, 512, 1024, 2048)
 _ID_BYTES = 8  # faiss idx_t stored per vector by IVF lists
 _PQ_M_MAX = 64
+_EXACT_CHUNK = 1 << 18  # gallery rows per chunk of a chunked exact search
+TRAIN_POINTS_PER_LIST = 64  # IVF training sample: at most this many vectors per inverted list
 
 
 class IndexFileError(UserError, RuntimeError):
@@ -219,7 +225,9 @@ def build_index(vectors: np.ndarray, ids: list[str] | None = None, spec: IndexSp
                 force_approximate: bool = False, tune: bool = True,
                 target_recall: float = TARGET_RECALL, seed: int = 0,
                 use_gpu: bool | None = None) -> IdIndex:
-    """Build (train, add, tune) an inner-product index over ``vectors`` (rows = gallery).
+    """Build (train, add, tune) an inner-product index over ``vectors`` (rows = gallery; a
+    memory-mapped array is read in batches: an IVF index trains on a sample, :func:`training_rows`,
+    and the gallery is added batch by batch).
 
     ``spec`` defaults to :func:`choose_index`'s choice. Approximate indexes have their
     search parameter raised until recall@10 against exact search on a sample of gallery
@@ -244,30 +252,69 @@ def build_index(vectors: np.ndarray, ids: list[str] | None = None, spec: IndexSp
             ivfpq.pq.cp.seed = int(seed)
             # polysemous codes only serve Hamming filtering under L2; training them is slow
             ivfpq.do_polysemous_training = False
+    def train_and_add(index: Any) -> None:
+        """Train on a sample (IVF), then add the gallery in batches (x may be a memory map)."""
+        if not index.is_trained:
+            t = training_rows(n, spec, seed)
+            log.info("training %s on %d of %d vectors", spec.factory_string, n if t is None else len(t), n)
+            index.train(x if t is None else _as_f32(x[t]))
+        for start in tqdm(range(0, n, _SEARCH_BATCH * 8), desc=f"add {spec.kind}", leave=False,
+                          disable=n < 200_000):
+            index.add(x[start:start + _SEARCH_BATCH * 8])
+
     gpu_index, res = None, None
     if _use_gpu(use_gpu) and spec.kind != "hnsw":
         try:
             gpu_index, res = _to_gpu(cpu)
-            if not gpu_index.is_trained:
-                gpu_index.train(x)
-            gpu_index.add(x)
+            train_and_add(gpu_index)
             cpu = faiss.index_gpu_to_cpu(gpu_index)
         except RuntimeError as e:  # e.g. a PQ size the GPU kernels do not support
             log.warning("GPU build of %s failed (%s); building on CPU", spec.factory_string, e)
             gpu_index, res = None, None
     if gpu_index is None:
-        if not cpu.is_trained:
-            log.info("training %s on %d vectors", spec.factory_string, n)
-            cpu.train(x)
-        for start in tqdm(range(0, n, _SEARCH_BATCH * 8), desc=f"add {spec.kind}", leave=False,
-                          disable=n < 200_000):
-            cpu.add(x[start:start + _SEARCH_BATCH * 8])
+        train_and_add(cpu)
     built = IdIndex(index=cpu, ids=ids, spec=spec, gpu_index=gpu_index, _gpu_res=res)
     if spec.search_params():
         built.set_search_params(spec.search_params())
     if spec.approximate and tune:
         tune_search_params(built, x, target_recall=target_recall, seed=seed)
     log.info("built %s index over %d vectors (dim %d): %s", spec.kind, n, d, built.spec.params)
+    return built
+
+
+def training_rows(n: int, spec: IndexSpec, seed: int = 0) -> np.ndarray | None:
+    """The sorted gallery rows an IVF index trains its coarse quantizer (and PQ codebooks) on:
+    ``TRAIN_POINTS_PER_LIST`` per inverted list at most, drawn with ``seed``; None: every row.
+    (FAISS would subsample to 256 per list itself, but only after being handed every vector.)"""
+    cap = TRAIN_POINTS_PER_LIST * int(spec.params.get("nlist", 1))
+    if spec.kind not in ("ivf_flat", "ivf_pq") or n <= cap:
+        return None
+    return np.sort(np.random.default_rng([int(seed), 0x7A1]).choice(n, size=cap, replace=False))
+
+
+def add_to_index(index_dir: str | Path, vectors: np.ndarray, ids: list[str]) -> IdIndex:
+    """Add new products' vectors to the saved index in ``index_dir`` and save it again: no
+    retraining and no rebuild (HNSW links the new nodes into its graph; IVF assigns them to the
+    lists trained before; a flat index appends them). Ids already in the index are refused."""
+    built = load_index(index_dir, use_gpu=False)
+    x = _as_f32(vectors)
+    ids = [str(i) for i in ids]
+    if x.shape[0] != len(ids):
+        raise ValueError(f"{len(ids)} ids for {x.shape[0]} vectors")
+    if x.shape[1] != built.index.d:
+        raise IndexFileError(f"the new vectors have dimension {x.shape[1]}, the index in {index_dir} "
+                             f"{built.index.d}; embed them with the model the index was built from")
+    known = set(built.ids)
+    dup = [i for i in ids if i in known][:3] + ([] if len(set(ids)) == len(ids) else ["(repeated ids)"])
+    if dup:
+        raise IndexFileError(f"products {dup} are already in the index in {index_dir}; "
+                             f"give only new products")
+    for start in tqdm(range(0, len(ids), _SEARCH_BATCH * 8), desc="add", leave=False,
+                      disable=len(ids) < 200_000):
+        built.index.add(x[start:start + _SEARCH_BATCH * 8])
+    built.ids += ids
+    save_index(built, index_dir)
+    log.info("added %d products to %s (%d in all)", len(ids), index_dir, built.ntotal)
     return built
 
 
@@ -293,11 +340,25 @@ def search(index: IdIndex | faiss.Index, queries: np.ndarray, k: int) -> tuple[n
 
 
 def exact_search(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reference brute-force inner-product search (``IndexFlatIP``): (scores, rows)."""
-    g = _as_f32(gallery)
-    flat = faiss.IndexFlatIP(g.shape[1])
-    flat.add(g)
-    return search(flat, queries, k)
+    """Reference brute-force inner-product search (``IndexFlatIP``): (scores, rows).
+
+    A gallery of more than ``_EXACT_CHUNK`` rows (e.g. a memory-mapped catalogue) is searched
+    chunk by chunk and the top ``k`` merged, so it is never copied whole."""
+    n = gallery.shape[0]
+    if n <= _EXACT_CHUNK:
+        g = _as_f32(gallery)
+        flat = faiss.IndexFlatIP(g.shape[1])
+        flat.add(g)
+        return search(flat, queries, k)
+    best_s = best_r = None
+    for start in tqdm(range(0, n, _EXACT_CHUNK), desc="exact search", leave=False):
+        s, r = exact_search(gallery[start:start + _EXACT_CHUNK], queries, min(k, n - start))
+        r = np.where(r >= 0, r + start, -1)
+        if best_s is not None:
+            s, r = np.concatenate([best_s, s], 1), np.concatenate([best_r, r], 1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        best_s, best_r = np.take_along_axis(s, top, 1), np.take_along_axis(r, top, 1)
+    return best_s, best_r
 
 
 def ann_recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int = 10, *,
@@ -366,14 +427,9 @@ def tune_search_params(built: IdIndex, vectors: np.ndarray, *, target_recall: fl
 def save_index(built: IdIndex, out_dir: str | Path) -> Path:
     """Write ``index.faiss``, ``ids.json`` and ``spec.json`` into ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"{INDEX_FILE}.tmp{os.getpid()}"
-    faiss.write_index(built.index, str(tmp))
-    os.replace(tmp, out / INDEX_FILE)
-    for name, obj in ((IDS_FILE, built.ids), (SPEC_FILE, built.spec.to_json())):
-        t = out / f"{name}.tmp{os.getpid()}"
-        t.write_text(json.dumps(obj, indent=None if name == IDS_FILE else 2, sort_keys=True))
-        os.replace(t, out / name)
+    replace_atomic(out / INDEX_FILE, lambda tmp: faiss.write_index(built.index, str(tmp)))
+    write_text_atomic(out / IDS_FILE, json.dumps(built.ids))
+    write_json_atomic(out / SPEC_FILE, built.spec.to_json())
     log.info("saved %s index (%d vectors) to %s", built.spec.kind, built.ntotal, out)
     return out
 

@@ -116,23 +116,25 @@ def coarse_query_mask(labels: Sequence[str]) -> np.ndarray:
 
 
 def retrieval_scores(neighbors: np.ndarray, labels: Sequence[str], instances: Sequence[str],
-                     k: int = 10) -> dict[str, dict[str, float]]:
+                     k: int = 10, query_rows: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Coarse and fine retrieval metrics from every item's ranked neighbors.
 
     ``neighbors[i]`` ranks the gallery rows for query item ``i`` (all N items are both the
     queries and the gallery), with at least ``k + 1`` columns so that the query itself can
-    be left out (:func:`drop_self`).
+    be left out (:func:`drop_self`). ``query_rows``: only these gallery items were queries
+    (a sample; ``neighbors[j]`` belongs to item ``query_rows[j]``), the gallery is still all N.
     """
     n = len(labels)
     nb = np.asarray(neighbors)
-    if nb.shape[0] != n or len(instances) != n:
-        raise ValueError(f"neighbors ({nb.shape[0]} rows), labels ({n}) and instances "
+    rows = np.arange(n) if query_rows is None else np.asarray(query_rows, dtype=np.int64)
+    if nb.shape[0] != len(rows) or len(instances) != n:
+        raise ValueError(f"neighbors ({nb.shape[0]} rows), queries ({len(rows)}), labels ({n}) and instances "
                          f"({len(instances)}) must describe the same items")
-    rows = np.arange(n)
     ranked = drop_self(nb, rows, k)
     out: dict[str, dict[str, float]] = {}
-    for name, keys, mask in (("coarse", labels, coarse_query_mask(labels)),
-                             ("fine", instances, fine_query_mask(instances))):
+    for name, keys, usable in (("coarse", labels, coarse_query_mask(labels)),
+                               ("fine", instances, fine_query_mask(instances))):
+        mask = usable[rows]  # usable as a query: decided on the whole gallery
         if not mask.any():
             log.warning("%s retrieval: no usable queries (%s); reporting 0.0", name,
                         "no labels" if name == "coarse" else "no instance has two listings")
@@ -174,17 +176,9 @@ def stratified_split(labels: Sequence[str], test_size: float = 0.3,
 
 def classification(vectors: np.ndarray, labels: Sequence[str], *, test_size: float = 0.3,
                    seed: int = 0, C: float = 1.0, max_iter: int = 1000) -> dict[str, float]:
-    """Linear-probe classification: {"accuracy", "macro_f1"} on a held-out stratified split.
-
-    The probe is scikit-learn's standardization + LogisticRegression fitted on the train
-    part of :func:`stratified_split`; items with an empty label are not used.
-    """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+    """Linear-probe classification: {"accuracy", "macro_f1"} on a held-out stratified split
+    of the given items (:func:`stratified_split`); items with an empty label are not used.
+    The evaluation protocol fits the probe on the train split instead (:func:`linear_probe`)."""
     x = np.asarray(vectors, dtype=np.float32)
     y_all = np.asarray(list(labels), dtype=object)
     if x.shape[0] != len(y_all):
@@ -192,24 +186,85 @@ def classification(vectors: np.ndarray, labels: Sequence[str], *, test_size: flo
     keep = y_all != ""
     x, y = x[keep], y_all[keep].astype(str)
     train, test = stratified_split(y.tolist(), test_size, seed)
-    if len(test) == 0:
-        log.warning("classification: no class has two examples, nothing to test; reporting 0.0")
+    return linear_probe(x[train], y[train], x[test], y[test], seed=seed, C=C, max_iter=max_iter)
+
+
+def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray, test_y: Sequence[str], *,
+                 seed: int = 0, C: float = 1.0, max_iter: int = 1000) -> dict[str, float]:
+    """Fit scikit-learn's standardization + LogisticRegression on the train items, score it on
+    the test items: {"accuracy", "macro_f1"}. Items with an empty label are left out."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ytr, yte = np.asarray(list(train_y), dtype=object), np.asarray(list(test_y), dtype=object)
+    if len(ytr) != len(train_x) or len(yte) != len(test_x):
+        raise ValueError("vectors and labels differ in length")
+    ktr, kte = ytr != "", yte != ""
+    xtr, ytr = np.asarray(train_x, np.float32)[ktr], ytr[ktr].astype(str)
+    xte, yte = np.asarray(test_x, np.float32)[kte], yte[kte].astype(str)
+    if len(yte) == 0 or len(ytr) == 0:
+        log.warning("classification: no labelled %s item; reporting 0.0", "test" if len(yte) == 0 else "train")
         return {"accuracy": 0.0, "macro_f1": 0.0}
-    classes = np.unique(y[train])
+    classes = np.unique(ytr)
     if len(classes) < 2:
-        pred = np.full(len(test), classes[0], dtype=object).astype(str)
+        pred = np.full(len(yte), classes[0], dtype=object).astype(str)
     else:
         probe = make_pipeline(StandardScaler(),
                               LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            probe.fit(x[train], y[train])
+            probe.fit(xtr, ytr)
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):
             log.warning("classification: the linear probe did not converge in %d iterations",
                         max_iter)
-        pred = probe.predict(x[test])
-    return {"accuracy": float(accuracy_score(y[test], pred)),
-            "macro_f1": float(f1_score(y[test], pred, average="macro", zero_division=0))}
+        pred = probe.predict(xte)
+    return {"accuracy": float(accuracy_score(yte, pred)),
+            "macro_f1": float(f1_score(yte, pred, average="macro", zero_division=0))}
+
+
+def linear_probe_minibatch(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray,
+                           test_y: Sequence[str], *, seed: int = 0, epochs: int = 20, batch: int = 1024,
+                           lr: float = 1e-2, C: float = 1.0) -> dict[str, float]:
+    """The linear probe for samples too big for :func:`linear_probe`'s full-batch solver: the same
+    model (standardization, then multinomial logistic regression with the L2 penalty of
+    scikit-learn's ``C``) fitted by Adam on minibatches of ``batch`` for ``epochs`` passes, from
+    zero weights, in a seeded order. {"accuracy", "macro_f1"}; items with an empty label are
+    left out."""
+    import torch
+    from sklearn.metrics import accuracy_score, f1_score
+
+    ytr, yte = np.asarray(list(train_y), dtype=object), np.asarray(list(test_y), dtype=object)
+    if len(ytr) != len(train_x) or len(yte) != len(test_x):
+        raise ValueError("vectors and labels differ in length")
+    ktr, kte = ytr != "", yte != ""
+    xtr, xte = np.asarray(train_x, np.float32)[ktr], np.asarray(test_x, np.float32)[kte]
+    classes, ytr_i = np.unique(ytr[ktr].astype(str), return_inverse=True)
+    yte_s = yte[kte].astype(str)
+    if len(yte_s) == 0 or len(ytr_i) == 0:
+        log.warning("classification: no labelled %s item; reporting 0.0", "test" if len(yte_s) == 0 else "train")
+        return {"accuracy": 0.0, "macro_f1": 0.0}
+    mean, std = xtr.mean(0), xtr.std(0)
+    std[std == 0] = 1.0
+    X, Y = torch.from_numpy((xtr - mean) / std), torch.from_numpy(ytr_i.astype(np.int64))
+    n, d = X.shape
+    W = torch.zeros(d, len(classes), requires_grad=True)
+    b = torch.zeros(len(classes), requires_grad=True)
+    opt = torch.optim.Adam([W, b], lr=lr)
+    g = torch.Generator().manual_seed(int(seed))
+    l2 = 1.0 / (2.0 * C * n)  # scikit-learn: C * sum(loss) + ||W||^2 / 2, per sample
+    for _ in tqdm(range(epochs), desc="probe", leave=False, disable=n < 200_000):
+        for idx in torch.randperm(n, generator=g).split(batch):
+            loss = torch.nn.functional.cross_entropy(X[idx] @ W + b, Y[idx]) + l2 * (W * W).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        pred = classes[(torch.from_numpy((xte - mean) / std) @ W + b).argmax(1).numpy()]
+    return {"accuracy": float(accuracy_score(yte_s, pred)),
+            "macro_f1": float(f1_score(yte_s, pred, average="macro", zero_division=0))}
 
 
 # ----------------------------------------------------------------------------- clustering
@@ -256,12 +311,15 @@ def clustering(vectors: np.ndarray, labels: Sequence[str], *, seed: int = 0, nit
 # ----------------------------------------------------------------------------- cross-modal
 
 def cross_modal_recall(query_vecs: np.ndarray, gallery_vecs: np.ndarray,
-                       k: Sequence[int] = (1, 5, 10), *, batch: int = 4096) -> dict[str, float]:
+                       k: Sequence[int] = (1, 5, 10), *, batch: int = 4096,
+                       query_rows: np.ndarray | None = None) -> dict[str, float]:
     """Text-to-image style recall: query i's correct answer is gallery item i.
 
     Rows where the query or the gallery vector is all zero (a missing modality) are left out
     of both sides. The gallery is ranked by inner product; R@K is the fraction of queries
     whose correct item is in the top K (ties with the correct item count against it).
+    ``query_rows``: only these rows are queries (a sample), against the whole gallery. The
+    similarity block is at most ``batch`` queries by 16M / gallery-size rows, whichever is fewer.
     """
     q = np.asarray(query_vecs, dtype=np.float32)
     g = np.asarray(gallery_vecs, dtype=np.float32)
@@ -269,16 +327,21 @@ def cross_modal_recall(query_vecs: np.ndarray, gallery_vecs: np.ndarray,
         raise ValueError(f"{q.shape[0]} queries but {g.shape[0]} gallery items; row i of each "
                          f"must be the same product")
     valid = (np.abs(q).sum(axis=1) > 0) & (np.abs(g).sum(axis=1) > 0)
-    q, g = q[valid], g[valid]
+    answer = np.arange(int(valid.sum()))  # query j's correct gallery row, among the valid ones
+    if query_rows is not None:
+        rows = np.asarray(query_rows, dtype=np.int64)
+        answer = np.searchsorted(np.flatnonzero(valid), rows[valid[rows]])
+    q, g = q[valid][answer], g[valid]
     n = q.shape[0]
     if n == 0:
         log.warning("cross_modal_recall: no row has both vectors; reporting 0.0")
         return {f"R@{kk}": 0.0 for kk in k}
+    batch = max(1, min(batch, (1 << 24) // max(len(g), 1)))
     ranks = np.empty(n, dtype=np.int64)
     for s in tqdm(range(0, n, batch), desc="cross-modal", leave=False, disable=n <= 4 * batch):
         sims = q[s:s + batch] @ g.T
         rows = np.arange(sims.shape[0])
-        correct = sims[rows, s + rows]
+        correct = sims[rows, answer[s:s + batch]]
         ranks[s:s + batch] = (sims > correct[:, None]).sum(axis=1) + (
             (sims == correct[:, None]).sum(axis=1) - 1)
     return {f"R@{kk}": float((ranks < kk).mean()) for kk in k}

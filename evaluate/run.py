@@ -1,12 +1,29 @@
-"""The evaluation run: embeddings of every method -> tasks -> metrics.json + report.
+"""The evaluation run: every method's embeddings -> the split protocol -> metrics.json + report.
 
-Methods compared in one run (``metrics.json`` keys):
-    scale           the trained SCALE model, all modalities (sum of pooled outputs, as configured)
+Methods compared in one run (``metrics.json`` keys, each figure ``{"mean", "std"}`` over the
+training seeds; see :mod:`evaluate.protocol` for the split and the seeds):
+    scale           the trained SCALE model, all modalities (its configured product embedding)
     scale_fused     the same model, sum of the fused first tokens (the paper's pooled outputs)
-    scale_uniform   the same model trained with uniform pair weights (when its run is given)
+    scale_uniform   the same model trained with uniform pair weights (when its runs are given)
     concat_frozen   training-free concatenation of the L2-normalized frozen pooled features
     frozen_<m>      each modality's frozen pooled feature alone
-and the SCALE modality ablation (text; +image; +table; +video; +audio) from the one model.
+and, from the same SCALE models: the modality ablation (text; +image; +table; +video;
++audio), robustness to dropped query modalities, the learned importances (their rank
+correlation with the frozen modalities' own coarse mAP@1, and on products planted with a
+wrong title when the corpus records them), text-to-image recall and the recall lost to the
+approximate index. Each model runs over the store once (:mod:`fuse.variants`).
+
+At a million products (:mod:`evaluate.budget`): queries, the probe's and k-means' products are
+recorded samples (``metrics.json`` ``samples``, ``EVAL/samples.npz``), only the products scored
+are kept in memory, the frozen baselines read the stores' pooled vectors only, and the first
+seed's ``scale`` embedding of every product is written in chunks to ``EVAL/catalogue/`` and
+indexed by size and memory budget into ``EVAL/index/catalogue/`` (:mod:`evaluate.catalogue`):
+its recall@10 against exact search is ``index.ann_recall@10``, and new products can be added
+to it (``--add-products``). ``metrics.json`` ``timings`` has the embedding, catalogue-index and
+scoring seconds.
+
+``--checkpoint`` is one run directory (one seed) or a folder of ``seed-<s>/`` run directories
+(``pipelines/train.py --seeds``).
 """
 
 from __future__ import annotations
@@ -15,24 +32,43 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from scalemm.evaluate.embeddings import EmbeddingSet, frozen_baselines
-from scalemm.evaluate.index import load_index, rebuild_index, search
-from scalemm.evaluate.metrics import cross_modal_recall, retrieval_scores
-from scalemm.evaluate.report import write_report
-from scalemm.evaluate.tasks import ABLATION_NAMES, ABLATION_ORDER, K, evaluate_ablation, evaluate_methods, index_report
+from scalemm.errors import ConfigError, StoreError
+from scalemm.modalities import ABLATION_ORDER, canonical
+from scalemm.store import open_stores
+from scalemm.runs import RunFolder
+
+from .budget import SAMPLES_FILE, EvalBudget, Samples
+from .catalogue import CATALOGUE_DIR, CATALOGUE_INDEX, VECTORS_FILE, build_catalogue_index, write_vectors
+from .embeddings import EmbeddingSet, frozen_baselines, l2_normalize
+from .index import load_index, rebuild_index, search
+from .metrics import cross_modal_recall, retrieval_scores
+from .protocol import SplitView, evaluate_on_split, mean_std, robustness, spearman
+from .report import write_report
+from .tasks import K, evaluate_retrieval
 
 log = logging.getLogger(__name__)
 
 EMB_DIR, INDEX_DIR = "embeddings", "index"
+DROP_PROB = 0.3
 
 
-def _embedding_set(res: dict[str, Any]) -> EmbeddingSet:
-    return EmbeddingSet(list(res["ids"]), np.asarray(res["vectors"], np.float32), list(res["labels"]),
-                        list(res["instances"]))
+def resolve_runs(path: str | Path) -> list[Path]:
+    """A run directory (it has checkpoints), or a folder of ``seed-*`` run directories."""
+    p = Path(path)
+    if (p / "checkpoints").is_dir() or p.is_file():
+        return [p]
+    runs = sorted((d for d in p.glob("seed-*") if (d / "checkpoints").is_dir()),
+                  key=lambda d: int(d.name.split("-", 1)[1]) if d.name.split("-", 1)[1].isdigit() else 0)
+    if not runs:
+        from scalemm.fuse.checkpoint import CheckpointError
+        raise CheckpointError(f"{p} is neither a training run (no checkpoints/) nor a folder of seed-*/ runs; "
+                              f"pass the --out of pipelines/train.py")
+    return runs
 
 
 def product_info(features: Path, media_root: str | Path | None = None) -> dict[str, dict[str, Any]]:
@@ -54,65 +90,251 @@ def product_info(features: Path, media_root: str | Path | None = None) -> dict[s
     return info
 
 
+def planted_wrong_titles(features: Path) -> set[str] | None:
+    """Ids of products whose title was planted from another category, when the corpus maker
+    recorded them (``corpus_stats.json`` beside the corpus: ``wrong_title_ids``, or the demo
+    corpus's ``title_noise_ids.mismatched``)."""
+    from scalemm.store import read_manifest
+
+    corpus = (read_manifest(features) or {}).get("corpus")
+    stats = Path(corpus).with_name("corpus_stats.json") if corpus else None
+    if stats is None or not stats.is_file():
+        return None
+    try:
+        data = json.loads(stats.read_text())
+        ids = data.get("wrong_title_ids", data.get("title_noise_ids", {}).get("mismatched"))
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return set(ids) if isinstance(ids, list) else None
+
+
+class _Model:
+    """A trained run, loaded once: its model, config and provenance."""
+
+    def __init__(self, run: Path, device: Any) -> None:
+        from scalemm.fuse.embed import load_model
+
+        self.run = run
+        self.model, info = load_model(run, device)
+        self.cfg, self.provenance, self.weights = info["config"], info["provenance"], info["weights"]
+
+    def check(self, view_split: str) -> None:
+        trained_on = set(self.cfg.train_split.split("+")) if self.cfg.train_split != "all" else {"train", "val", "test"}
+        if view_split in trained_on:
+            raise ConfigError(f"{self.run} was trained on split '{self.cfg.train_split}', which includes the "
+                              f"'{view_split}' split this evaluation reports on; retrain with train_split: train "
+                              f"or evaluate on another --split")
+
+
+def _load_models(runs: Sequence[Path], device: Any) -> list[_Model]:
+    return [_Model(r, device) for r in runs]
+
+
 def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path,
                    uniform_checkpoint: str | Path | None = None, media_root: str | Path | None = None,
-                   seed: int = 0) -> dict[str, Any]:
-    from scalemm.fuse.embed import embed_store
+                   split: str = "test", drop_prob: float = DROP_PROB, progress: bool = True,
+                   budget: EvalBudget | None = None) -> dict[str, Any]:
+    from scalemm.fuse.checkpoint import EMBED_FIELDS, check_provenance
+    from scalemm.fuse.reader import EpochBatchSampler, FeatureDataset, make_loader
+    from scalemm.fuse.train import resolve_device
+    from scalemm.fuse.variants import Variant, ablation_variants, drop_mask, embed_variants
 
     t0 = time.time()
+    timings: dict[str, float] = {"embedding_s": 0.0, "scoring_s": 0.0}
+    peak: dict[str, float] = {}  # this process's peak RSS (GB) at the end of each stage
     features, out = Path(features), Path(out)
-    (out / EMB_DIR).mkdir(parents=True, exist_ok=True)
-    full = embed_store(checkpoint, features)
-    methods: dict[str, EmbeddingSet] = {"scale": _embedding_set(full)}
-    # the paper's variant: the sum of the fused first tokens (when "scale" sums the encoders')
-    methods["scale_fused"] = _embedding_set(embed_store(checkpoint, features, source="fusion"))
-    if uniform_checkpoint:
-        methods["scale_uniform"] = _embedding_set(embed_store(uniform_checkpoint, features))
-    else:
+    budget = budget or EvalBudget()
+    dev = resolve_device("auto")
+    scale = _load_models(resolve_runs(checkpoint), dev)
+    uniform = _load_models(resolve_runs(uniform_checkpoint), dev) if uniform_checkpoint else []
+    if not uniform:
         log.warning("no --uniform-checkpoint: scale_uniform is left out of the comparison")
-    methods.update(frozen_baselines(features))
-    for name, es in methods.items():
-        es.save(out / EMB_DIR / f"{name}.npz")
+    spec = scale[0].cfg.split_spec()
+    for m in scale + uniform:
+        if m.cfg.split_spec() != spec:
+            raise ConfigError(f"{m.run} was trained with split {m.cfg.split_spec()}, {scale[0].run} with {spec}; "
+                              f"runs compared in one evaluation must share the split")
+        m.check(split)
+    seeds = [m.cfg.seed for m in scale]
+    if uniform and len(uniform) != len(scale):
+        log.warning("%d scale runs but %d scale_uniform runs: seeds are paired in order", len(scale), len(uniform))
 
-    log.info("evaluating %d methods on %d items", len(methods), len(methods["scale"]))
-    results = evaluate_methods(methods, index_root=out / INDEX_DIR, seed=seed)
+    mods = canonical({x for m in scale + uniform for x in m.model.modalities})
+    provenance = {k: s.provenance for k, s in open_stores(features, mods).items()}  # metadata only
+    for m in scale + uniform:  # before any feature is loaded
+        check_provenance(m.provenance, {k: v for k, v in provenance.items() if k in m.model.modalities},
+                         EMBED_FIELDS, where=f"embedding {features} with {m.weights}")
+    ds = FeatureDataset(features, mods, scale[0].cfg.memory_budget_gb, progress=progress)
+    view = SplitView.of(ds.instances, ds.ids, spec, split)
+    log.info("split %s: %s; evaluating on %d %s products with seeds %s", spec, view.to_json()["sizes"],
+             len(view.eval_rows), split, seeds)
+    if len(view.eval_rows) < 2:
+        raise StoreError(f"the {split} split holds {len(view.eval_rows)} product(s); the store is too small")
+    # at scale: samples of queries / probe / k-means products, and only the products scored kept
+    drawn = Samples.draw(view.eval_rows, view.train_rows, budget, spec.seed)
+    work = drawn.workset
+    local = drawn.within(work)
+    if work is not None:
+        log.info("sampled: %s; %d of %d products kept in memory", drawn.to_json(), len(work), len(ds))
+    kept = (lambda xs: list(xs)) if work is None else (lambda xs: [xs[i] for i in work])
+    ids, labels, instances = kept(ds.ids), kept(ds.labels), kept(ds.instances)
+    loader = make_loader(ds, EpochBatchSampler(ds, 256 if work is None else 2048, seed=0, shuffle=False,
+                                               drop_last=False), scale[0].cfg.loader_workers)
 
-    trained = list(full["modalities"])
-    subsets = {}
-    for mods, name in zip(ABLATION_ORDER, ABLATION_NAMES):
-        if all(m in trained for m in mods):
-            subsets[name] = full if len(mods) == len(trained) else None
-            if subsets[name] is None:
-                subsets[name] = embed_store(checkpoint, features, modalities=list(mods))
-    ablation = evaluate_ablation({n: _embedding_set(r) for n, r in subsets.items()}, seed=seed)
+    frozen = frozen_baselines(features, rows=work)
+    if [*frozen.values()][0].ids != ids:
+        raise StoreError(f"the frozen features of {features} are not in the order of its joined stores")
+    frozen_mods = [n.removeprefix("frozen_") for n in frozen if n.startswith("frozen_")]
 
-    idx = index_report(methods["scale"], seed=seed)
-    extra: dict[str, Any] = {}
-    if "text" in trained and "image" in trained:
-        t, i = trained.index("text"), trained.index("image")
-        pres = full["presence"]
-        both = pres[:, t] & pres[:, i]
-        q, g = full["enc_pooled"][both, t], full["enc_pooled"][both, i]  # the SIMCL-aligned space
-        extra["cross_modal"] = {"text_to_image": cross_modal_recall(_l2(q), _l2(g)), "items": int(both.sum())}
-    extra["importance"] = {m: float(np.nanmean(np.where(full["presence"][:, j], full["importances"][:, j], np.nan)))
-                           for j, m in enumerate(trained)}
-    metrics = {"methods": results["methods"], "ablation": ablation, "index": idx, **extra,
-               "items": len(methods["scale"]), "seconds": round(time.time() - t0, 1)}
-    imp = np.where(full["presence"], full["importances"], np.nan)
-    write_report(out, metrics, training_log=Path(checkpoint) / "log.jsonl", importance=imp,
-                 importance_labels=list(full["labels"]), gallery_set=methods["scale"],
-                 product_info=product_info(features, media_root), seed=seed)
+    def es(vectors: np.ndarray) -> EmbeddingSet:
+        return EmbeddingSet(ids, vectors, labels, instances)
+
+    planted = planted_wrong_titles(features)
+    per_seed: dict[str, Any] = {"methods": {}, "ablation": {}, "robustness": {}, "importance": [],
+                                "cross_modal": []}
+    gallery_set: EmbeddingSet | None = None
+    first_full: dict[str, Any] | None = None
+    catalogue: dict[str, Any] = {}
+    for k, (s, m) in enumerate(zip(seeds, scale)):
+        log.info("seed %d (%d of %d): %s", s, k + 1, len(scale), m.run)
+        trained = list(m.model.modalities)
+        abl = ablation_variants(trained, ABLATION_ORDER)
+        variants = [Variant("scale"), Variant("scale_fused", source="fusion"), *abl,
+                    Variant("scale@drop", drop=drop_prob, drop_seed=s)]
+        t = time.perf_counter()
+        if k == 0:  # every product's scale embedding, written in chunks: the catalogue
+            cat_path = out / CATALOGUE_DIR / VECTORS_FILE
+            res = write_vectors(cat_path, len(ds), m.cfg.d_model, lambda w: embed_variants(
+                m.model, loader, variants, dev, m.cfg.embed_from, progress=progress, rows=work,
+                writers={"scale": w}))
+        else:
+            res = embed_variants(m.model, loader, variants, dev, m.cfg.embed_from, progress=progress, rows=work)
+        sets = {"scale": es(res["vectors"]["scale"]), "scale_fused": es(res["vectors"]["scale_fused"])}
+        dropped = {"scale": res["vectors"]["scale@drop"]}
+        if k < len(uniform):
+            u = uniform[k]
+            ures = embed_variants(u.model, loader, [Variant("u"), Variant("u@drop", drop=drop_prob, drop_seed=s)],
+                                  dev, u.cfg.embed_from, progress=progress, rows=work)
+            sets["scale_uniform"] = es(ures["vectors"]["u"])
+            dropped["scale_uniform"] = ures["vectors"]["u@drop"]
+        timings["embedding_s"] += time.perf_counter() - t
+        peak["embedding"] = peak_rss_gb()
+        if k == 0:
+            t = time.perf_counter()
+            catalogue = build_catalogue_index(cat_path, list(ds.ids), out / INDEX_DIR / CATALOGUE_INDEX,
+                                              memory_budget_bytes=budget.memory_budget_bytes, seed=s)
+            timings["catalogue_index_s"] = time.perf_counter() - t
+            peak["catalogue_index"] = peak_rss_gb()
+        t = time.perf_counter()
+        first_full = first_full or res
+        sets.update(frozen)
+        keep = drop_mask(ids, frozen_mods, drop_prob, s)
+        dropped["concat_frozen"] = l2_normalize(np.concatenate(
+            [frozen["frozen_" + x].vectors * keep[:, [j]] for j, x in enumerate(frozen_mods)], axis=1))
+        results = {}
+        for name, e in tqdm(sets.items(), desc="methods", unit="method", disable=not progress, leave=False):
+            results[name] = evaluate_on_split(e, view, s, index_dir=out / INDEX_DIR / name if k == 0 else None,
+                                              samples=local)
+            per_seed["methods"].setdefault(name, []).append(results[name])
+            if k == 0:  # each method's embeddings of the evaluated split, written now and let go
+                e.subset(local.eval_rows).save(out / EMB_DIR / f"{name}.npz")
+        if k == 0:
+            gallery_set = sets["scale"].subset(local.eval_rows)
+        for name, q in dropped.items():
+            rob = robustness(results[name], evaluate_on_split(sets[name], view, s, queries=q, samples=local))
+            per_seed["robustness"].setdefault(name, []).append(rob)
+        for v in abl:
+            per_seed["ablation"].setdefault(v.name, []).append(
+                evaluate_retrieval(es(res["vectors"][v.name]).subset(local.eval_rows), K, seed=s,
+                                   query_rows=local.queries))
+        per_seed["importance"].append(_importance(res, local, results, planted))
+        if "text" in trained and "image" in trained:
+            per_seed["cross_modal"].append(_cross_modal(res, local, trained, budget.max_queries, spec.seed))
+        timings["scoring_s"] += time.perf_counter() - t
+        peak["scoring"] = peak_rss_gb()
+        del sets, dropped, res
+
+    assert first_full is not None and gallery_set is not None
+    drawn.save(out / SAMPLES_FILE)
+    metrics: dict[str, Any] = {
+        "methods": {n: mean_std(v) for n, v in per_seed["methods"].items()},
+        "ablation": {n: mean_std(v) for n, v in per_seed["ablation"].items()},
+        "robustness": {"drop_prob": drop_prob, "queries": "each modality of each query product dropped with "
+                       "drop_prob; gallery intact", "methods": {n: mean_std(v) for n, v in per_seed["robustness"].items()}},
+        "importance": mean_std(per_seed["importance"]),
+        "index": {"type": catalogue["type"], "ann_recall@10": catalogue["ann_recall@10"]},
+        "catalogue": catalogue,
+        "samples": drawn.to_json(),
+        "split": view.to_json(), "seeds": seeds,
+        "per_seed": per_seed,
+        "runs": {"scale": [str(m.run) for m in scale], "scale_uniform": [str(m.run) for m in uniform]},
+        "items": len(ds), "evaluated_items": int(len(view.eval_rows)),
+    }
+    if per_seed["cross_modal"]:
+        metrics["cross_modal"] = mean_std(per_seed["cross_modal"])
+    imp = np.where(first_full["presence"], first_full["importances"], np.nan)[local.eval_rows]
+    t = time.perf_counter()
+    metrics["seconds"] = round(time.time() - t0, 1)
+    metrics["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    metrics["peak_rss_gb_after"] = peak
+    write_report(out, metrics, training_log=RunFolder(scale[0].run).log, importance=imp,
+                 importance_labels=[labels[i] for i in local.eval_rows], gallery_set=gallery_set,
+                 product_info=product_info(features, media_root), seed=seeds[0])
+    log.info("evaluated in %.1f s (report %.1f s): %s", time.time() - t0, time.perf_counter() - t, metrics["timings"])
     return metrics
 
 
-def _l2(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(n, 1e-12)).astype(np.float32)
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, GB (``ru_maxrss``)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20), 3)
+
+
+def _cross_modal(res: dict[str, Any], local: Samples, trained: list[str], max_queries: int,
+                 seed: int) -> dict[str, Any]:
+    """Text-to-image recall over the evaluated products that have both (at most ``max_queries``
+    text queries, drawn with ``seed``, against every image)."""
+    t, i = trained.index("text"), trained.index("image")
+    pres = res["presence"][local.eval_rows]
+    rows = local.eval_rows[pres[:, t] & pres[:, i]]
+    q = None
+    if len(rows) > max_queries:
+        q = np.sort(np.random.default_rng([int(seed), 0xC405]).choice(len(rows), size=max_queries, replace=False))
+    return {"text_to_image": cross_modal_recall(l2_normalize(res["enc_pooled"][rows, t]),
+                                                l2_normalize(res["enc_pooled"][rows, i]), query_rows=q),
+            "items": int(len(rows)), "queries": int(len(rows) if q is None else len(q))}
+
+
+def _importance(res: dict[str, Any], view: SplitView | Samples, results: dict[str, Any],
+                planted: set[str] | None) -> dict[str, Any]:
+    """Mean learned importance per modality (evaluated split, present items), its Spearman rank
+    correlation with the modalities' own frozen coarse mAP@1, and the title's importance on
+    products planted with a wrong title against the others."""
+    mods, rows = res["modalities"], view.eval_rows
+    pres, imp = res["presence"][rows], res["importances"][rows]
+    mean = {m: float(imp[pres[:, j], j].mean()) if pres[:, j].any() else float("nan") for j, m in enumerate(mods)}
+    ranked = [m for m in mods if f"frozen_{m}" in results]
+    out: dict[str, Any] = {"mean": mean,
+                           "spearman_vs_frozen_coarse": spearman([mean[m] for m in ranked],
+                                                                 [results[f"frozen_{m}"]["coarse"]["mAP@1"]
+                                                                  for m in ranked])}
+    if planted is not None and "text" in mods:
+        t = mods.index("text")
+        ids = np.asarray(res["ids"], dtype=object)[rows]
+        is_p = np.isin(ids, list(planted)) & pres[:, t]
+        other = ~np.isin(ids, list(planted)) & pres[:, t]
+        out["planted_wrong_title"] = {
+            "products": int(is_p.sum()),
+            "title_importance_planted": float(imp[is_p, t].mean()) if is_p.any() else float("nan"),
+            "title_importance_others": float(imp[other, t].mean()) if other.any() else float("nan")}
+    return out
 
 
 def rebuild_and_check(out: str | Path, method: str = "scale") -> dict[str, Any]:
     """Rebuild ``out/index/<method>`` from ``out/embeddings/<method>.npz`` alone, search with
-    the rebuilt index and compare its retrieval metrics with those in ``metrics.json``."""
+    the rebuilt index (the evaluation's sampled queries, ``out/samples.npz``, if it sampled)
+    and compare its retrieval metrics with those of the first seed in ``metrics.json``."""
     out = Path(out)
     npz, idx_dir = out / EMB_DIR / f"{method}.npz", out / INDEX_DIR / method
     if not npz.is_file():
@@ -124,13 +346,27 @@ def rebuild_and_check(out: str | Path, method: str = "scale") -> dict[str, Any]:
     rebuild_index(npz, idx_dir, spec)
     built = load_index(idx_dir)
     es = EmbeddingSet.load(npz)
-    _, rows = search(built, es.vectors, min(K + 1, len(es)))
-    got = retrieval_scores(rows, es.labels, es.instances, K)
+    queries = Samples.load(out / SAMPLES_FILE).queries if (out / SAMPLES_FILE).is_file() else None
+    _, rows = search(built, es.vectors if queries is None else es.vectors[queries], min(K + 1, len(es)))
+    got = retrieval_scores(rows, es.labels, es.instances, K, query_rows=queries)
     result: dict[str, Any] = {"method": method, "index": built.spec.kind, "vectors": len(es),
                               "seconds": round(time.time() - t0, 2), "coarse": got["coarse"], "fine": got["fine"]}
     mpath = out / "metrics.json"
     if mpath.is_file():
-        old = json.loads(mpath.read_text())["methods"].get(method, {})
+        runs = json.loads(mpath.read_text()).get("per_seed", {}).get("methods", {}).get(method, [{}])
+        old = runs[0] if runs else {}
         result["same_as_metrics_json"] = all(
             abs(old.get(t, {}).get(k, -1) - v) < 1e-9 for t in ("coarse", "fine") for k, v in got[t].items())
     return result
+
+
+def add_products(out: str | Path, embeddings: str | Path) -> dict[str, Any]:
+    """Add the products of an embeddings file (``pipelines/embed.py`` of the new products with
+    the catalogue's model) to the catalogue index ``out/index/catalogue``, without rebuilding it."""
+    from .index import add_to_index
+
+    es = EmbeddingSet.load(embeddings)
+    t0 = time.time()
+    built = add_to_index(Path(out) / INDEX_DIR / CATALOGUE_INDEX, es.vectors, es.ids)
+    return {"index": str(Path(out) / INDEX_DIR / CATALOGUE_INDEX), "added": len(es), "products": built.ntotal,
+            "seconds": round(time.time() - t0, 2)}

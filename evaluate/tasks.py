@@ -11,48 +11,50 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from scalemm.evaluate.embeddings import EmbeddingSet
-from scalemm.evaluate.index import (EXACT_THRESHOLD, ann_recall_at_k, build_index, exact_search,
-                            save_index, search)
+from scalemm.evaluate.index import EXACT_THRESHOLD, IndexSpec, build_index, estimate_bytes, save_index, search
 from scalemm.evaluate.metrics import classification, clustering, retrieval_scores
+from scalemm.modalities import ABLATION_NAMES
 
 log = logging.getLogger(__name__)
 
 K = 10
-# The modality ablation of the paper: text, then adding image, table, video, audio.
-ABLATION_ORDER: tuple[tuple[str, ...], ...] = (
-    ("text",),
-    ("text", "image"),
-    ("text", "image", "table"),
-    ("text", "image", "table", "video"),
-    ("text", "image", "table", "video", "audio"),
-)
-
-
-def ablation_name(modalities: tuple[str, ...]) -> str:
-    """``('text', 'image')`` -> ``'text+image'`` (the metrics.json key)."""
-    return "+".join(modalities)
-
-
-ABLATION_NAMES: tuple[str, ...] = tuple(ablation_name(m) for m in ABLATION_ORDER)
+EXACT_PAIRS = 4_000_000_000  # sampled queries x gallery up to which retrieval search is brute force
 
 
 def ranked_neighbors(es: EmbeddingSet, k: int = K, *, index_dir: str | Path | None = None,
                      seed: int = 0, memory_budget_bytes: int | None = None,
-                     exact_threshold: int = EXACT_THRESHOLD) -> np.ndarray:
-    """Every item's top ``k + 1`` gallery rows (itself included), through the chosen index."""
-    built = build_index(es.vectors, es.ids, memory_budget_bytes=memory_budget_bytes,
+                     exact_threshold: int = EXACT_THRESHOLD, queries: np.ndarray | None = None,
+                     query_rows: np.ndarray | None = None) -> np.ndarray:
+    """Every item's top ``k + 1`` gallery rows (itself included), through the chosen index.
+
+    ``queries`` (float32 [N, D], row i = item i seen another way, e.g. with modalities dropped)
+    searches the gallery with those vectors instead of the items' own. ``query_rows``: only
+    these items are queries (a sample; one result row each), against the whole gallery; the
+    search is then exact when queries x gallery <= ``EXACT_PAIRS`` (brute force over a sample
+    of queries costs less than building an approximate index)."""
+    spec = None
+    if query_rows is not None and len(query_rows) * len(es) <= EXACT_PAIRS:
+        spec = IndexSpec("flat", "Flat", {"estimated_bytes": estimate_bytes("flat", len(es), es.dim)})
+    built = build_index(es.vectors, es.ids, spec, memory_budget_bytes=memory_budget_bytes,
                         exact_threshold=exact_threshold, seed=seed)
     if index_dir is not None:
         save_index(built, index_dir)
-    _, rows = search(built, es.vectors, min(k + 1, len(es)))
+    q = es.vectors if queries is None else np.ascontiguousarray(queries, dtype=np.float32)
+    if q.shape != es.vectors.shape:
+        raise ValueError(f"queries of shape {q.shape} for a gallery of shape {es.vectors.shape}")
+    if query_rows is not None:
+        q = q[np.asarray(query_rows, dtype=np.int64)]
+    _, rows = search(built, q, min(k + 1, len(es)))
     if rows.shape[1] < k + 1:  # gallery smaller than k + 1: pad with "no result"
         rows = np.pad(rows, ((0, 0), (0, k + 1 - rows.shape[1])), constant_values=-1)
     return rows
 
 
 def evaluate_retrieval(es: EmbeddingSet, k: int = K, **index_kwargs: Any) -> dict[str, dict[str, float]]:
-    """Coarse and fine retrieval metrics ({"coarse": {...}, "fine": {...}})."""
-    return retrieval_scores(ranked_neighbors(es, k, **index_kwargs), es.labels, es.instances, k)
+    """Coarse and fine retrieval metrics ({"coarse": {...}, "fine": {...}}); ``queries=`` and
+    ``query_rows=`` as in :func:`ranked_neighbors`."""
+    return retrieval_scores(ranked_neighbors(es, k, **index_kwargs), es.labels, es.instances, k,
+                            query_rows=index_kwargs.get("query_rows"))
 
 
 def evaluate_set(es: EmbeddingSet, index_dir: str | Path | None = None, seed: int = 0, *,
@@ -108,16 +110,11 @@ def index_report(es: EmbeddingSet, *, memory_budget_bytes: int | None = None, se
 
     Builds the approximate index :func:`~evaluate.index.choose_index` would pick for this
     gallery (approximate even when the gallery is small enough for exact search), and
-    measures recall@k of its top ``k`` against exact search for ``n_queries`` gallery items.
+    measures recall@k of its top ``k`` against exact search for ``n_queries`` gallery items
+    (:func:`evaluate.catalogue.index_catalogue`, which the evaluation runs on the catalogue).
     """
-    built = build_index(es.vectors, es.ids, memory_budget_bytes=memory_budget_bytes,
-                        force_approximate=True, seed=seed)
-    rng = np.random.default_rng(seed + 1)  # other queries than the ones used for tuning
-    q = es.vectors[rng.choice(len(es), size=min(n_queries, len(es)), replace=False)]
-    kk = min(k, len(es))
-    ex_s, ex_i = exact_search(es.vectors, q, kk)
-    ap_s, ap_i = search(built, q, kk)
-    recall = ann_recall_at_k(ap_i, ex_i, kk, approx_scores=ap_s, exact_scores=ex_s)
-    log.info("index %s (%s): recall@%d vs exact %.4f", built.spec.kind,
-             built.spec.factory_string, k, recall)
-    return {"type": built.spec.kind, f"ann_recall@{k}": recall}
+    from scalemm.evaluate.catalogue import index_catalogue
+
+    res = index_catalogue(es.vectors, es.ids, memory_budget_bytes=memory_budget_bytes, seed=seed, k=k,
+                          n_queries=n_queries)
+    return {"type": res["type"], f"ann_recall@{k}": res[f"ann_recall@{k}"]}

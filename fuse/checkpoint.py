@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from scalemm.atomic import remove_stale_temps as _remove_temps
 from scalemm.atomic import replace_atomic, write_json_atomic
 from scalemm.errors import UserError
+from scalemm.runs import CHECKPOINTS, RunFolder
 from scalemm.store import Provenance, StoreError
 
 from .config import ConfigError, ScaleConfig
@@ -35,7 +37,6 @@ from .config import ConfigError, ScaleConfig
 log = logging.getLogger(__name__)
 
 FORMAT = "scale-fuse-1"
-CKPT_DIR = "checkpoints"
 LATEST = "latest.json"
 # provenance fields a store must share with the training stores to be embedded by the model
 EMBED_FIELDS = ("modality", "backbone", "weights_hash", "pretrained", "preprocessing", "dim",
@@ -54,7 +55,7 @@ class Checkpoint:
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CKPT_DIR
+    return RunFolder(run_dir).checkpoints
 
 
 def remove_stale_temps(run_dir: str | Path) -> list[Path]:
@@ -72,6 +73,23 @@ def provenance_to_json(prov: dict[str, Provenance]) -> dict[str, dict[str, Any]]
 
 def provenance_from_json(d: dict[str, dict[str, Any]]) -> dict[str, Provenance]:
     return {m: Provenance.from_json(p) for m, p in d.items()}
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (torch, Python, CUDA when present), for a checkpoint's state."""
+    st: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                          "python_version": random.getstate()[0]}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(st["torch"])
+    random.setstate((st["python_version"], tuple(st["python"]), None))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, state: dict[str, Any],
@@ -137,7 +155,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ScaleConfig
         tensors = load_file(str(w))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {w} is unreadable ({e}); delete it (and "
-                              f"{CKPT_DIR}/{LATEST} if it names it) and resume from an older one") from None
+                              f"{CHECKPOINTS}/{LATEST} if it names it) and resume from an older one") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{w} is not a SCALE checkpoint (metadata format {meta.get('format')!r})")
     try:
@@ -156,7 +174,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
     except Exception as e:  # torch raises many types for a truncated/corrupt pickle
         raise CheckpointError(f"checkpoint state {path} is unreadable ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); delete the checkpoint "
-                              f"(and {CKPT_DIR}/{LATEST}) and resume from an older one or start afresh") from None
+                              f"(and {CHECKPOINTS}/{LATEST}) and resume from an older one or start afresh") from None
 
 
 def check_provenance(expected: dict[str, Provenance], actual: dict[str, Provenance],

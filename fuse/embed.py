@@ -12,23 +12,21 @@ fusion transformer, so modality ablations come from one trained model.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from scalemm import embedfile
 from scalemm.store import StoreError
 
 from .checkpoint import EMBED_FIELDS, check_provenance, load_weights, resolve_weights
 from .model import ScaleModel, product_embedding
 from .reader import EpochBatchSampler, FeatureDataset, make_loader
-from .train import resolve_device, to_device
+from .device import resolve_device, to_device
 
 log = logging.getLogger(__name__)
-
-NPZ_FORMAT_VERSION = 1  # same keys as evaluate's EmbeddingSet files, plus extras
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[ScaleModel, dict[str, Any]]:
@@ -78,7 +76,7 @@ def embed_store(run_dir: str | Path, features_dir: str | Path, modalities: Seque
     with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
             out = model(to_device(batch, dev))
-            vecs.append(product_embedding(out, source).cpu())
+            vecs.append(product_embedding(out, source, info["config"].embed_weighting).cpu())
             pooled.append(out.pooled[:, cols].float().cpu())
             enc_pooled.append(out.enc_pooled[:, cols].float().cpu())
             pres.append(out.present[:, cols].cpu())
@@ -95,27 +93,12 @@ def embed_store(run_dir: str | Path, features_dir: str | Path, modalities: Seque
 
 
 def save_embeddings(result: dict[str, Any], path: str | Path, with_pooled: bool = True) -> Path:
-    """Write an ``embed_store`` result as ``.npz`` (no pickle: strings as unicode arrays), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    arrays = {
-        "format_version": np.array(NPZ_FORMAT_VERSION, dtype=np.int64),
-        "ids": np.array(result["ids"], dtype=np.str_),
-        "labels": np.array(result["labels"], dtype=np.str_),
-        "instances": np.array(result["instances"], dtype=np.str_),
-        "vectors": result["vectors"],
-        "modalities": np.array(result["modalities"], dtype=np.str_),
-        "presence": result["presence"],
-        "importances": result["importances"],
-    }
+    """Write an ``embed_store`` result as an embeddings file (:mod:`scalemm.embedfile`) with
+    its extras (modalities, presence, importances, and ``pooled`` unless ``with_pooled`` is
+    False), atomically."""
+    extras = {"modalities": result["modalities"], "presence": result["presence"],
+              "importances": result["importances"]}
     if with_pooled:
-        arrays["pooled"] = result["pooled"]
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+        extras["pooled"] = result["pooled"]
+    return embedfile.save_embeddings(path, result["ids"], result["vectors"], result["labels"],
+                                     result["instances"], **extras)

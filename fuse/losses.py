@@ -23,6 +23,10 @@ at small batch sizes. Each sample's loss is the mean over its masked tokens, sca
 the sample's importance W[m, m] (detached: W learns from SIMCL); a modality's masked loss is the mean over its samples
 with a masked token; the masked loss is the mean over modalities that had any.
 
+With several data-parallel workers, SIMCL and the subset-consistency loss contrast the samples
+of every worker: the model outputs they read are gathered across ranks with their gradients
+(:mod:`fuse.gather`, passed in as ``gathered``); the masked losses stay per rank.
+
 Total = SIMCL + masked loss (weight 1 each). Uniform pair weights and switching masked
 losses off go through the same code (W = 1 / ``masked=None``).
 """
@@ -49,12 +53,15 @@ class LossTerms:
     per_pair: dict[str, Tensor] = field(default_factory=dict)
     mask: dict[str, Tensor] = field(default_factory=dict)  # weighted, as in ``total``
     recon: dict[str, Tensor] = field(default_factory=dict)  # unweighted mean error
+    subset: Tensor | None = None  # subset-consistency loss (unweighted), when used
 
     def scalars(self) -> dict[str, float]:
         """Plain floats for logging: loss, loss_simcl, loss_mask, loss_mask_<m>, recon_<m>."""
         out = {"loss": float(self.total), "loss_simcl": float(self.simcl), "loss_mask": float(self.masked)}
         out.update({f"loss_mask_{m}": float(v) for m, v in self.mask.items()})
         out.update({f"recon_{m}": float(v) for m, v in self.recon.items()})
+        if self.subset is not None:
+            out["loss_subset"] = float(self.subset)
         return out
 
 
@@ -128,12 +135,60 @@ def masked_losses(out: ModelOutput, tokens: Mapping[str, Tensor], kind: str = "m
     return weighted, recon
 
 
+def random_halves(present: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Split each sample's present modalities at random into two non-empty halves.
+
+    Returns Bool [B, M] masks ``a`` and ``b`` (disjoint, together the present set) and Bool [B]
+    ``ok``: the samples with at least two modalities (the others have empty halves). Uses the
+    global torch RNG, which the training step seeds."""
+    side = torch.rand(present.shape, device=present.device) < 0.5
+    a, b = present & side, present & ~side
+    # a half left empty takes one modality from the other: the first present one in random order
+    order = torch.rand(present.shape, device=present.device).masked_fill(~present, 2.0).argsort(-1)
+    first = torch.zeros_like(present).scatter_(1, order[:, :1], True)
+    a_empty, b_empty = ~a.any(-1, keepdim=True), ~b.any(-1, keepdim=True)
+    a = torch.where(a_empty, first, a & ~(b_empty & first))
+    b = torch.where(b_empty, first, b & ~(a_empty & first))
+    ok = present.sum(-1) >= 2
+    return a & ok[:, None], b & ok[:, None], ok
+
+
+def subset_consistency_loss(model: Any, out: ModelOutput, temperature: float = 0.07) -> Tensor:
+    """The product embedding must not depend on which modalities a listing happens to have.
+
+    Each product's present modalities are split at random into two halves; the embedding from
+    one half (its importances harmonized among that half's modalities) must find the embedding
+    of the same product from the other half among the batch's products (InfoNCE, both ways).
+    Noise and modalities that say little about the product lower the loss least when their
+    weight is small, so the harmonizer learns to weigh each modality by what it adds; and the
+    embedding of any subset is trained to land near the others (missing modalities, ablations)."""
+    a, b, ok = random_halves(out.present)
+    if int(ok.sum()) < 2:
+        return out.enc_pooled.sum() * 0.0
+    z = out.enc_pooled[ok]
+    ea, eb = model.subset_embedding(z, a[ok]), model.subset_embedding(z, b[ok])
+    logits = ea @ eb.T / temperature
+    return 0.5 * (info_nce(logits) + info_nce(logits.T))
+
+
 def scale_loss(out: ModelOutput, batch: Mapping[str, Any], temperature: float = 0.07,
-               mask_kind: str = "mse", contrast_on: str = "encoder", rescale: bool = False) -> LossTerms:
-    """Total SCALE loss of one batch: SIMCL (on the encoders' or the fused pooled outputs)
-    + mean masked loss."""
-    pooled = out.enc_pooled if contrast_on == "encoder" else out.pooled
-    simcl, per_pair = simcl_loss(pooled, out.present, out.weights, out.modalities, temperature, rescale)
-    mask, recon = masked_losses(out, batch["tokens"], mask_kind, rescale)
+               mask_kind: str = "mse", contrast_on: str = "encoder", rescale: bool = False,
+               rescale_importance: bool | None = None, subset: Tensor | None = None,
+               subset_weight: float = 0.0, simcl_weight: float = 1.0,
+               gathered: ModelOutput | None = None) -> LossTerms:
+    """Total SCALE loss of one batch: ``simcl_weight`` x SIMCL (on the encoders' or the fused
+    pooled outputs) + mean masked loss (+ ``subset_weight`` x the subset-consistency loss
+    ``subset``, computed by the caller with the model). ``rescale`` multiplies W by sqrt(#present)
+    in SIMCL, and the importances in the masked loss too unless ``rescale_importance`` says otherwise.
+    ``gathered``: ``out`` gathered across data-parallel ranks (:func:`fuse.gather.gather_output`);
+    SIMCL then contrasts every rank's samples, while the masked losses stay on ``out``."""
+    con = out if gathered is None else gathered
+    pooled = con.enc_pooled if contrast_on == "encoder" else con.pooled
+    simcl, per_pair = simcl_loss(pooled, con.present, con.weights, con.modalities, temperature, rescale)
+    mask, recon = masked_losses(out, batch["tokens"], mask_kind,
+                                rescale if rescale_importance is None else rescale_importance)
     masked = torch.stack(list(mask.values())).mean() if mask else simcl * 0.0
-    return LossTerms(simcl + masked, simcl, masked, per_pair, mask, recon)
+    total = simcl_weight * simcl + masked
+    if subset is not None and subset_weight > 0:
+        total = total + subset_weight * subset
+    return LossTerms(total, simcl, masked, per_pair, mask, recon, subset)

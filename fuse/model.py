@@ -25,12 +25,15 @@ from one trained model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from scalemm.modalities import MODALITIES
 
 from .attention import Transformer
 from .config import ScaleConfig
@@ -50,21 +53,51 @@ class ModelOutput:
     masked: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
 
 
+@dataclass
+class Encoded:
+    """The per-modality encoder outputs of a batch, before fusion."""
+
+    modalities: list[str]  # the modalities the batch carries (model order)
+    present: Tensor  # Bool [B, M] over the model's modalities
+    seqs: dict[str, Tensor]  # m -> [B, 1 + T_m, d] (first token = the modality's pooled output)
+    keys: dict[str, Tensor]  # m -> Bool [B, 1 + T_m] valid keys
+    masks: dict[str, Tensor] = field(default_factory=dict)  # tokens hidden for masked modelling
+
+
 class SelfHarmonizer(nn.Module):
     """Self-harmonized modality weights, per sample, as in SCALE.
 
     f_m = ReLU(Linear(pooled_m)); S = cos(f_m, f_n) [B, M, M]; entries involving a missing
     modality are masked out of S before the row-wise softmax; S' = S * softmax(S);
-    W = S' with each row L2-normalized; importance_m = W[m, m]. Entries of W outside
-    present pairs are exactly 0, and rows of absent modalities are all 0 (no NaN: masked
-    logits are filled with a large finite negative and normalisations are clamped).
+    W = S' with each row L2-normalized. Entries of W outside present pairs are exactly 0, and
+    rows of absent modalities are all 0 (no NaN: masked logits are filled with a large finite
+    negative and normalisations are clamped).
 
-    ``uniform=True`` gives W = 1 for every present pair (so importances are 1).
+    The importance of modality m (``importance``):
+
+    * ``"agreement"`` (default): the mean of S[m, n] over the other present modalities n, in
+      [0, 1]: how well m agrees with the rest of the product, which is what self-harmonizing is
+      meant to measure. A modality alone in its product has importance 1.
+    * ``"gated"``: sigmoid(a_m * softplus(s_m) + b_m) of that agreement a_m, with a learned
+      scale s_m and offset b_m per modality: the product's own agreement still moves it (a
+      title that contradicts the picture weighs less), and the offset learns, from the
+      subset-consistency loss, how much a modality adds in general, which agreement alone
+      cannot tell (two near-copies, such as a picture and a video of it, agree more with each
+      other than the most informative modality does with either).
+    * ``"diagonal"``: the paper's literal W[m, m]. Because S[m, m] = 1 always and each row of W
+      is normalised, W[m, m] is largest (up to 1) when m agrees with nothing else, and
+      1/sqrt(#present) when it agrees with everything: it ranks the noisiest modality first.
+
+    ``uniform=True`` gives W = 1 for every present pair and importance 1 (no harmonizing).
     """
 
-    def __init__(self, d_model: int, dim: int = 0) -> None:
+    def __init__(self, d_model: int, dim: int = 0, importance: str = "agreement", n_modalities: int = 5) -> None:
         super().__init__()
         self.proj = nn.Linear(d_model, dim or d_model)
+        self.importance = importance
+        if importance == "gated":  # sigmoid(4 a - 2) at the start: 0.5 for an agreement of 0.5
+            self.gate_scale = nn.Parameter(torch.full((n_modalities,), math.log(math.e ** 4 - 1)))
+            self.gate_bias = nn.Parameter(torch.full((n_modalities,), -2.0))
 
     def forward(self, pooled: Tensor, present: Tensor, uniform: bool = False) -> tuple[Tensor, Tensor]:
         pair = present[:, :, None] & present[:, None, :]  # [B, M, M]
@@ -79,17 +112,32 @@ class SelfHarmonizer(nn.Module):
         S2 = S * P
         W = S2 / S2.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         W = torch.where(pair, W, torch.zeros_like(W))
-        return W, torch.diagonal(W, dim1=1, dim2=2)
+        if self.importance == "diagonal":
+            return W, torch.diagonal(W, dim1=1, dim2=2)
+        others = pair & ~torch.eye(pair.shape[1], dtype=torch.bool, device=pair.device)
+        n = others.sum(-1)
+        agree = torch.where(others, S, torch.zeros_like(S)).sum(-1) / n.clamp_min(1)
+        if self.importance == "gated":
+            agree = torch.sigmoid(agree * F.softplus(self.gate_scale) + self.gate_bias)
+        imp = torch.where(n > 0, agree, torch.ones_like(agree))
+        return W, torch.where(present, imp, torch.zeros_like(imp))
 
 
 class ModalityEncoder(nn.Module):
     """Input projection, first token, mask embedding, positions and encoder of one modality,
     plus its fusion-side embeddings and masked-modelling head."""
 
-    def __init__(self, max_tokens: int, dim: int, cfg: ScaleConfig) -> None:
+    def __init__(self, max_tokens: int, dim: int, cfg: ScaleConfig, index: int = 0) -> None:
         super().__init__()
         d = cfg.d_model
         self.max_tokens, self.dim = max_tokens, dim
+        self.skip = float(cfg.frozen_skip)
+        if self.skip > 0:
+            # a fixed orthonormal map of the frozen global vector into d_model (see forward);
+            # drawn from its own seed, so it is the same in every run and needs no checkpoint slot
+            g = torch.Generator().manual_seed(0x5CA1E + index)
+            q, _ = torch.linalg.qr(torch.randn(max(dim, d), min(dim, d), generator=g))
+            self.register_buffer("skip_map", q if dim >= d else q.T.contiguous(), persistent=False)
         self.in_norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, d)
         self.cls = nn.Parameter(torch.randn(d) * 0.02)
@@ -115,7 +163,18 @@ class ModalityEncoder(nn.Module):
             h = torch.where(masked[..., None], self.mask_emb.to(h.dtype), h)
         h = torch.cat([self.cls.to(h.dtype).expand(B, 1, -1), h], dim=1) + self.pos.to(h.dtype)
         key = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=valid.device), valid], dim=1)
-        return self.encoder(h, key), key
+        out = self.encoder(h, key)
+        if self.skip > 0:
+            # The frozen backbone's global vector (the mean of the visible tokens, which is what the
+            # stores' pooled vector is) joins the first token through the fixed map: the modality's
+            # output starts as the frozen feature, whose neighbourhoods it keeps, and the encoder
+            # learns what to add. A few hundred products cannot teach a transformer from scratch
+            # what the backbone already knows.
+            seen = valid if masked is None else valid & ~masked
+            mean = (x.float() * seen[..., None]).sum(1) / seen.sum(1, keepdim=True).clamp_min(1)
+            first = out[:, 0] + self.skip * F.normalize(mean @ self.skip_map, dim=-1).to(out.dtype)
+            out = torch.cat([first[:, None], out[:, 1:]], dim=1)
+        return out, key
 
 
 class ScaleModel(nn.Module):
@@ -132,10 +191,11 @@ class ScaleModel(nn.Module):
         self.cfg = cfg
         self.modalities: list[str] = list(cfg.modalities)
         self.shapes = {m: (int(shapes[m][0]), int(shapes[m][1])) for m in self.modalities}
-        self.encoders = nn.ModuleDict({m: ModalityEncoder(*self.shapes[m], cfg) for m in self.modalities})
+        self.encoders = nn.ModuleDict({m: ModalityEncoder(*self.shapes[m], cfg, MODALITIES.index(m))
+                                       for m in self.modalities})
         self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, cfg.mlp_ratio, cfg.dropout,
                                   cfg.attn_dropout)
-        self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim)
+        self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim, cfg.importance, len(self.modalities))
 
     def set_attention(self, impl: str) -> None:
         """Run every block with ``"sdpa"`` (default) or the ``"naive"`` reference."""
@@ -143,36 +203,53 @@ class ScaleModel(nn.Module):
             if isinstance(mod, Transformer):
                 mod.impl = impl
 
-    def forward(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> ModelOutput:
-        """``batch`` as from :func:`fuse.reader.collate` (on the model's device); ``masks``
-        {m: Bool [B, T_m]} marks the tokens to hide for masked modelling (None: none)."""
+    def encode(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> Encoded:
+        """Run each modality's encoder (they do not see each other): ``batch`` as from
+        :func:`fuse.reader.collate` (on the model's device); ``masks`` {m: Bool [B, T_m]} marks
+        the tokens to hide for masked modelling (None: none)."""
         masks = masks or {}
         mods = [m for m in self.modalities if m in batch["tokens"]]
         if not mods:
             raise ValueError(f"the batch carries none of the model's modalities {self.modalities}")
         B = batch["tokens"][mods[0]].shape[0]
         dev = batch["tokens"][mods[0]].device
-        d = self.cfg.d_model
-        seq, keys, starts, enc_first = [], [], {}, {}
-        L = 0
         present = torch.zeros(B, len(self.modalities), dtype=torch.bool, device=dev)
+        seqs: dict[str, Tensor] = {}
+        keys: dict[str, Tensor] = {}
         for m in mods:
-            j = self.modalities.index(m)
             pres = batch["present"][m]
-            present[:, j] = pres
-            valid = batch["mask"][m] & pres[:, None]
-            enc = self.encoders[m]
-            h, key = enc(batch["tokens"][m], valid, masks.get(m))
-            enc_first[m] = h[:, 0]
-            seq.append(h + (enc.type_emb + enc.fusion_pos).to(h.dtype))
-            keys.append(key & pres[:, None])
+            present[:, self.modalities.index(m)] = pres
+            h, key = self.encoders[m](batch["tokens"][m], batch["mask"][m] & pres[:, None], masks.get(m))
+            seqs[m], keys[m] = h, key
+        return Encoded(mods, present, seqs, keys, dict(masks))
+
+    def fuse(self, enc: Encoded, present: Tensor | None = None, masked_targets: Mapping[str, Any] | None = None
+             ) -> ModelOutput:
+        """The joint transformer, the self-harmonizer and the masked-modelling heads over encoded
+        modalities. ``present`` Bool [B, M] (default: the batch's) may switch modalities off, which
+        is exactly the model on a batch without them: that is how ablations and dropped-query
+        variants come from one pass of the encoders. ``masked_targets`` (the batch) enables the
+        masked-modelling predictions for the tokens ``enc`` was encoded with hidden."""
+        present = enc.present if present is None else present & enc.present
+        mods = [m for m in enc.modalities if bool(present[:, self.modalities.index(m)].any())]
+        if not mods:
+            mods = enc.modalities[:1]
+        first = enc.seqs[enc.modalities[0]]
+        B, dev, d = first.shape[0], first.device, self.cfg.d_model
+        seq, keys, starts = [], [], {}
+        L = 0
+        for m in mods:
+            h = enc.seqs[m]
+            e = self.encoders[m]
+            seq.append(h + (e.type_emb + e.fusion_pos).to(h.dtype))
+            keys.append(enc.keys[m] & present[:, self.modalities.index(m)][:, None])
             starts[m] = L
             L += h.shape[1]
         fused = self.fusion(torch.cat(seq, dim=1), torch.cat(keys, dim=1))
 
         zeros = torch.zeros(B, d, dtype=fused.dtype, device=dev)
         pooled = torch.stack([fused[:, starts[m]] if m in starts else zeros for m in self.modalities], 1)
-        enc_pooled = torch.stack([enc_first[m].to(fused.dtype) if m in enc_first else zeros
+        enc_pooled = torch.stack([enc.seqs[m][:, 0].to(fused.dtype) if m in starts else zeros
                                   for m in self.modalities], 1)
         pm = present[..., None]
         pooled = torch.where(pm, pooled, torch.zeros((), dtype=pooled.dtype, device=dev))
@@ -182,26 +259,59 @@ class ScaleModel(nn.Module):
             W, imp = self.harmonizer(enc_pooled.float(), present, uniform=not self.cfg.harmonize)
 
         masked: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
-        for m in mods:
-            mk = masks.get(m)
+        for m in mods if masked_targets is not None else ():
+            mk = enc.masks.get(m)
             if mk is None:
                 continue
-            mk = mk & batch["present"][m][:, None] & batch["mask"][m]
+            mk = mk & masked_targets["present"][m][:, None] & masked_targets["mask"][m] \
+                & present[:, self.modalities.index(m)][:, None]
             T = self.shapes[m][0]
             tok = fused[:, starts[m] + 1: starts[m] + 1 + T]
             rows = mk.nonzero(as_tuple=True)
             masked[m] = (self.encoders[m].head(tok[rows]), rows[0], rows[1])
         return ModelOutput(self.modalities, present, pooled, enc_pooled, W, imp, masked)
 
+    def subset_embedding(self, enc_pooled: Tensor, present: Tensor) -> Tensor:
+        """The product embedding (from the encoders' pooled outputs) of the modalities in
+        ``present`` only, with importances harmonized among those modalities alone."""
+        with torch.autocast(device_type=enc_pooled.device.type, enabled=False):
+            _, imp = self.harmonizer(enc_pooled.float(), present, uniform=not self.cfg.harmonize)
+            return weighted_embedding(enc_pooled, present, imp, self.cfg.embed_weighting)
 
-def product_embedding(out: ModelOutput, source: str = "fusion") -> Tensor:
-    """The paper's product embedding: sum of the present modalities' pooled outputs, L2-normalized
-    (``source``: the fused pooled outputs, or the modality encoders' before fusion).
+    def forward(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> ModelOutput:
+        """``encode`` then ``fuse`` (see both): the training and embedding forward pass."""
+        return self.fuse(self.encode(batch, masks), masked_targets=batch)
 
+
+def weighted_embedding(z: Tensor, present: Tensor, importances: Tensor, weighting: str = "sum") -> Tensor:
+    """L2-normalized sum over the modality axis of ``z`` [B, M, d], or with ``importance_concat``
+    the weighted blocks side by side [B, M * d] (see :func:`product_embedding`)."""
+    z = z.float()
+    if weighting in ("importance", "importance_concat"):
+        w = torch.where(present, importances.float().clamp_min(0), torch.zeros_like(importances.float()))
+        w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
+        if weighting == "importance_concat":
+            # modality blocks side by side, block m scaled by sqrt(w_m): the cosine of two products
+            # is then sum_m sqrt(w_m w'_m) cos(z_m, z'_m), each modality compared only with itself
+            s = (F.normalize(z, dim=-1) * w.sqrt()[..., None]).flatten(1)
+            return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        z = F.normalize(z, dim=-1) * w[..., None]
+    s = z.sum(dim=1)
+    return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def product_embedding(out: ModelOutput, source: str = "fusion", weighting: str = "sum") -> Tensor:
+    """The product embedding from the pooled outputs of the present modalities, L2-normalized.
+
+    ``source``: the fused pooled outputs, or the modality encoders' before fusion (``"encoder"``).
+    ``weighting``: ``"sum"`` is the paper's plain sum of the pooled outputs; ``"importance"``
+    L2-normalizes each modality's output and weighs it by the product's own importances (each
+    modality by how well it agrees with the product's other modalities), so that a modality
+    that is weak, or wrong for this product, moves the embedding little.
     An item with no present modality gets a zero vector.
     """
-    s = (out.pooled if source == "fusion" else out.enc_pooled).float().sum(dim=1)
-    return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return weighted_embedding(out.pooled if source == "fusion" else out.enc_pooled, out.present, out.importances,
+                              weighting)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -10,8 +10,9 @@ rows of a grown catalogue's store are read (``ModalityStore.read``, see
 
 Two paths, chosen by the size of the stores against a memory budget:
 
-* in memory: every store is loaded once (``ModalityStore.load``) and a batch is a numpy
-  fancy-index of the arrays (``__getitems__``), so the reader is never the bottleneck;
+* in memory: every shard is read once into arrays allocated for the whole store (peak
+  memory: the store once, plus one shard) and a batch is a numpy fancy-index of the arrays
+  (``__getitems__``), so the reader is never the bottleneck;
 * streaming: only the ids/labels/counts are read up front (in the parent, files closed
   again); the token shards are read lazily with ``ModalityStore.read`` inside
   the process that needs them (a DataLoader worker), one or two shards cached per worker.
@@ -29,13 +30,13 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from scalemm.store import (MODALITIES, ModalityStore, Provenance, ShardData, StoreError, concat_shards,
+from scalemm.store import (MODALITIES, ModalityStore, Provenance, ShardData, StoreError,
                            list_shards, open_stores)
 
 log = logging.getLogger(__name__)
@@ -136,56 +137,56 @@ class FeatureDataset(Dataset):
             return iter(tqdm(range(n), desc=what, unit="shard", leave=False))
         return iter(range(n))
 
-    def _load_all(self) -> None:
-        parts: dict[str, list[ShardData]] = {m: [] for m in self.modalities}
-        for k in self._shard_iter("loading features"):
-            base: ShardData | None = None
+    def _joined_shards(self, read: Callable[[ModalityStore, int], ShardData], what: str
+                       ) -> Iterator[tuple[ShardData, dict[str, tuple[ShardData, np.ndarray | None]]]]:
+        """Per shard: the first modality's data (its row order is the items' order) and, per
+        modality, the data ``read`` returns (``ModalityStore.read`` / ``read_index``: the shard's
+        live rows) with the permutation that puts its rows in that order (None: they are in it
+        already). Raises StoreError when the modalities' items differ."""
+        for k in self._shard_iter(what):
+            joined: dict[str, tuple[ShardData, np.ndarray | None]] = {}
             for m in self.modalities:
-                data = self.stores[m].read(k)  # the shard's live rows
-                if base is None:
-                    base = data
-                    perm = None
+                data = read(self.stores[m], k)
+                if not joined:
+                    base, perm = data, None
                 else:
                     perm = _join_permutation(base.ids, data.ids,
                                              f"{self.shard_paths[self.modalities[0]][k]} and "
                                              f"{self.shard_paths[m][k]}")
-                if perm is not None:
-                    data = ShardData(ids=base.ids, labels=base.labels, instances=base.instances,
-                                     tokens=data.tokens[perm], counts=data.counts[perm],
-                                     pooled=data.pooled[perm],
-                                     entities=None if data.entities is None else data.entities[perm])
-                parts[m].append(data)
-        self.counts: dict[str, np.ndarray] = {}
-        for m in self.modalities:
-            full = concat_shards(parts[m])
-            parts[m] = []  # free the per-shard copies as we go
-            self._tokens[m] = full.tokens
-            self.counts[m] = full.counts.astype(np.int32)
-            if m == TABLE:
-                self._entities = full.entities if full.entities is not None else \
-                    np.full(full.tokens.shape[:2], -1, np.int32)
-            if m == self.modalities[0]:
-                self.ids, self.labels, self.instances = full.ids, full.labels, full.instances
+                joined[m] = (data, perm)
+            yield base, joined
+
+    def _load_all(self) -> None:
+        """Every shard's rows copied into arrays allocated once for the whole store, so loading
+        holds the store once (not the per-shard copies and their concatenation as well)."""
+        n = int(self.shard_offsets[-1])
+        self._tokens = {m: np.empty((n, s.max_tokens, s.dim), np.float16) for m, s in self.shapes.items()}
+        if TABLE in self.shapes:
+            self._entities = np.full((n, self.shapes[TABLE].max_tokens), -1, np.int32)
+        self.counts: dict[str, np.ndarray] = {m: np.empty(n, np.int32) for m in self.modalities}
+        self.ids, self.labels, self.instances = [], [], []
+        for k, (base, joined) in enumerate(self._joined_shards(ModalityStore.read, "loading features")):
+            rows = slice(int(self.shard_offsets[k]), int(self.shard_offsets[k + 1]))
+            self.ids += base.ids
+            self.labels += base.labels
+            self.instances += base.instances
+            for m, (data, perm) in joined.items():
+                pick = slice(None) if perm is None else perm
+                self._tokens[m][rows] = data.tokens[pick]
+                self.counts[m][rows] = data.counts[pick]
+                if m == TABLE and data.entities is not None:
+                    self._entities[rows] = data.entities[pick]
 
     def _index_all(self) -> None:
         ids: list[str] = []
         labels: list[str] = []
         instances: list[str] = []
         counts: dict[str, list[np.ndarray]] = {m: [] for m in self.modalities}
-        for k in self._shard_iter("indexing features"):
-            base: ShardData | None = None
-            for m in self.modalities:
-                data = self.stores[m].read_index(k)
-                if base is None:
-                    base = data
-                    perm = None
-                    ids += data.ids
-                    labels += data.labels
-                    instances += data.instances
-                else:
-                    perm = _join_permutation(base.ids, data.ids,
-                                             f"{self.shard_paths[self.modalities[0]][k]} and "
-                                             f"{self.shard_paths[m][k]}")
+        for base, joined in self._joined_shards(ModalityStore.read_index, "indexing features"):
+            ids += base.ids
+            labels += base.labels
+            instances += base.instances
+            for m, (data, perm) in joined.items():
                 self._perm[m].append(perm)
                 counts[m].append(data.counts if perm is None else data.counts[perm])
         self.ids, self.labels, self.instances = ids, labels, instances
@@ -329,9 +330,18 @@ class EpochBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, dataset: FeatureDataset, batch_size: int, seed: int, shuffle: bool = True,
-                 drop_last: bool = True, rank: int = 0, world: int = 1) -> None:
-        self.n = len(dataset)
-        self.shard_sizes = None if dataset.in_memory else dataset.shard_sizes
+                 drop_last: bool = True, rank: int = 0, world: int = 1,
+                 subset: np.ndarray | None = None) -> None:
+        # ``subset``: the sorted item indices to draw from (a split), default every item
+        self.subset = None if subset is None else np.asarray(subset, dtype=np.int64)
+        self.n = len(dataset) if self.subset is None else len(self.subset)
+        self.shard_sizes = None
+        if not dataset.in_memory:  # items of one shard stay together (positions in the subset)
+            sizes = np.asarray(dataset.shard_sizes, dtype=np.int64)
+            if self.subset is not None:
+                sizes = np.bincount(np.searchsorted(dataset.shard_offsets, self.subset, side="right") - 1,
+                                    minlength=len(sizes))
+            self.shard_sizes = [int(x) for x in sizes]
         self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
         self.rank, self.world = rank, world
         self.epoch, self.skip = 0, 0
@@ -342,6 +352,8 @@ class EpochBatchSampler(Sampler[list[int]]):
     def batches(self) -> list[np.ndarray]:
         b = epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.shuffle,
                           self.drop_last, self.shard_sizes)
+        if self.subset is not None:
+            b = [self.subset[x] for x in b]
         if self.world > 1:
             per = len(b) // self.world  # equal step counts on every rank
             b = b[self.rank: per * self.world: self.world]

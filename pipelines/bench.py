@@ -2,8 +2,9 @@
 target next to its measured value, PASS/MISS) and writes every figure to a JSON file.
 See bench/main.py for what is measured and how.
 
-    python pipelines/bench.py --quick --out bench.json     # about 1.5 min on 2 cores
+    python pipelines/bench.py --quick --out bench.json     # a few minutes on 2 cores (make bench)
     python pipelines/bench.py --out bench.json --md bench.md
+    python pipelines/bench.py --scale --out scale.json      # training and evaluation at 100k and 1M products (bench/scale.py)
 """
 
 import argparse
@@ -20,15 +21,22 @@ def main() -> dict:
     ap.add_argument("--quick", action="store_true", help="small and fast (tiny backbones, 100k vectors)")
     ap.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON file to write (default bench.json)")
     ap.add_argument("--md", type=Path, default=None, help="also write the table as Markdown to this file")
-    ap.add_argument("--items", type=int, default=None, help="N (default 16 quick, 256 full)")
+    ap.add_argument("--items", type=int, default=None, help="N (default 32 quick, 256 full)")
     ap.add_argument("--config", type=Path, default=None,
                     help="extraction config (default configs/tiny.yaml quick, configs/offline.yaml full)")
     ap.add_argument("--sizes", default=None, help="index gallery sizes, comma-separated (default 100000[,1000000])")
     ap.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray (default: all this process may use)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one, removed)")
+    ap.add_argument("--scale", action="store_true",
+                    help="the scale benchmark instead: training and evaluation at --sizes products (default 100000,1000000)")
+    ap.add_argument("--steps", type=cli.int_at_least(1), default=200, help="--scale: training steps per run (default 200)")
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args()
     cli.setup_logging(a.verbose)
+    if a.scale:
+        from scalemm.bench.scale import run_scale_bench
+
+        return run_scale_bench(a, ROOT)
     from scalemm.bench.main import run_bench
 
     return run_bench(a, ROOT / "configs")

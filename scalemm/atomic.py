@@ -70,7 +70,7 @@ def remove_stale_temps(dirs: Iterable[str | Path]) -> list[Path]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    return replace_atomic(path, lambda tmp: tmp.write_text(text))
+    return replace_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:

@@ -15,6 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 apply_offline_env()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_ray_token(tmp_path_factory: pytest.TempPathFactory):
+    """Every Ray the tests start (``ray.init()`` of a local cluster, pipelines/extract.py without
+    --address) uses a token of this session, never ~/.ray (see scalemm.ray_head.private_token)."""
+    from scalemm.ray_head import private_token
+
+    with private_token(tmp_path_factory.mktemp("ray-token")) as token:
+        yield token
+
+
 @pytest.fixture(scope="module")
 def one_faiss_thread():
     """FAISS on one OpenMP thread for a test module: deterministic HNSW construction, and no

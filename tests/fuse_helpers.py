@@ -103,7 +103,11 @@ def tiny_config(**kw: Any):
     from scalemm.fuse.config import ScaleConfig
     base = dict(d_model=32, heads=4, encoder_layers=1, fusion_layers=1, dropout=0.1, batch_size=16,
                 epochs=2, lr=2e-3, warmup_steps=2, seed=0, tensorboard=False, threads=2,
-                checkpoint_every=1, checkpoint_unit="epoch")
+                checkpoint_every=1, checkpoint_unit="epoch",
+                train_split="all",  # the mechanics tests train on every item; splits: test_splits.py
+                # every loss term on (SIMCL, masked modelling), from the tokens alone (no frozen skip):
+                # the mechanics the tests exercise; the default mix is the demo's (CI) and configs/scale.yaml's
+                masked_losses=True, simcl_weight=1.0, subset_weight=0.0, frozen_skip=0.0, importance="agreement")
     base.update(kw)
     return ScaleConfig(**base)
 

@@ -1,28 +1,54 @@
-"""A private local Ray head (own ports, own temp dir, own auth token) for end-to-end tests,
-with ``ray job submit`` to it; see :mod:`scalemm.bench.cluster` (only the processes it started
-are stopped, never with ``ray stop``)."""
+"""A private local Ray head for end-to-end tests: the demo's head (scalemm/ray_head.py), with
+its own token, ports and temp dir in a temporary folder; never ~/.ray, never ``ray stop``."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-from scalemm.bench.cluster import LocalCluster
+from scalemm.ray_head import Head, start_head, stop_head
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-class RayHead(LocalCluster):
+class RayHead:
     def __init__(self, num_cpus: int = 2) -> None:
-        super().__init__(head_cpus=num_cpus, dashboard=True)
+        self.num_cpus = num_cpus
+        self.folder = Path(tempfile.mkdtemp(prefix="scalemm-test-head-"))
+        self.head: Head | None = None
+
+    @property
+    def address(self) -> str:
+        assert self.head is not None
+        return self.head.dashboard
+
+    def env(self) -> dict[str, str]:
+        """The environment of a client of this head (its token; the venv's bin first on PATH)."""
+        assert self.head is not None
+        env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
+        env.update(self.head.env(), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        return env
+
+    def __enter__(self) -> "RayHead":
+        try:
+            self.head = start_head(self.folder, num_cpus=self.num_cpus)
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        return self
 
     def submit(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
         ray = str(Path(sys.executable).parent / "ray")
-        root = Path(__file__).resolve().parents[1]
-        cmd = [ray, "job", "submit", "--address", self.dashboard, "--working-dir", str(root), "--", "python", *args]
-        for _ in range(30):  # the job agent comes up a little after the dashboard
-            r = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
-            if "No available agent" not in r.stderr + r.stdout:
-                return r
-            time.sleep(2)
-        return r
+        cmd = [ray, "job", "submit", "--address", self.address, "--working-dir", str(ROOT), "--", "python", *args]
+        return subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            stop_head(self.folder)
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -12,8 +12,10 @@ from PIL import Image
 from scalemm.evaluate.embeddings import EmbeddingSet, l2_normalize
 from scalemm.evaluate.headline import format_headline
 from scalemm.evaluate.metrics import CLASSIFICATION_KEYS, CLUSTERING_KEYS, RETRIEVAL_KEYS
-from scalemm.evaluate.report import (ABLATION_KEYS, assemble_metrics, render_markdown, validate_metrics,
-                             write_gallery, write_metrics_json, write_report)
+from scalemm.evaluate.gallery import write_gallery
+from scalemm.evaluate.markdown import render_markdown
+from scalemm.evaluate.report import write_report
+from scalemm.evaluate.schema import assemble_metrics, validate_metrics, write_metrics_json
 from scalemm.evaluate.tasks import ABLATION_NAMES, evaluate_ablation, evaluate_methods, evaluate_set, index_report
 
 
@@ -68,7 +70,7 @@ def test_evaluate_methods_ablation_and_index_report() -> None:
     assert list(res) == ["methods"] and list(res["methods"]) == ["scale", "frozen_text"]
     assert res["methods"]["scale"]["coarse"]["Prec@10"] > res["methods"]["frozen_text"]["coarse"]["Prec@10"]
     abl = evaluate_ablation({name: a for name in ABLATION_NAMES})
-    assert list(abl) == list(ABLATION_KEYS)
+    assert list(abl) == list(ABLATION_NAMES)
     assert all(list(v) == ["coarse", "fine"] for v in abl.values())
     rep = index_report(a)
     assert list(rep) == ["type", "ann_recall@10"]
@@ -82,7 +84,7 @@ def _fake_metrics() -> dict:
     method = {"coarse": dict(r), "fine": dict(r), "classification": {"accuracy": 0.7, "macro_f1": 0.6},
               "clustering": {"nmi": 0.8, "purity": 0.75}}
     return assemble_metrics({"methods": {"scale": method, "concat_frozen": json.loads(json.dumps(method))}},
-                            {name: {"coarse": dict(r), "fine": dict(r)} for name in ABLATION_KEYS},
+                            {name: {"coarse": dict(r), "fine": dict(r)} for name in ABLATION_NAMES},
                             {"type": "hnsw", "ann_recall@10": 0.99},
                             cross_modal={"scale": {"R@1": 0.4, "R@5": 0.7, "R@10": 0.8}})
 

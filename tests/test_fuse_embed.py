@@ -44,14 +44,18 @@ def test_embed_store_outputs(trained) -> None:
     assert np.array_equal(res["presence"], pres)
     norms = np.linalg.norm(res["vectors"], axis=1)
     assert np.allclose(norms[pres.any(1)], 1.0, atol=1e-5)
-    # the vector is the normalised sum of the pooled outputs of the configured source
-    # (default embed_from: encoder), or of the fused ones with source="fusion"
+    # the vector is the importance-weighted sum of the L2-normalised pooled outputs of the
+    # configured source (default embed_from: encoder), or of the fused ones with source="fusion"
     assert res["enc_pooled"].shape == (n, M, 32)
-    s = res["enc_pooled"].sum(1)
-    assert np.allclose(res["vectors"], s / np.linalg.norm(s, axis=1, keepdims=True), atol=1e-5)
+    w = np.where(pres, res["importances"], 0.0)
+    w = w / np.maximum(w.sum(1, keepdims=True), 1e-6)
+
+    def expected(z):
+        s = (z / np.maximum(np.linalg.norm(z, axis=2, keepdims=True), 1e-12) * w[..., None]).sum(1)
+        return s / np.linalg.norm(s, axis=1, keepdims=True)
+    assert np.allclose(res["vectors"], expected(res["enc_pooled"]), atol=1e-5)
     fused = embed_store(run, feats, batch_size=7, source="fusion")
-    s = fused["pooled"].sum(1)
-    assert np.allclose(fused["vectors"], s / np.linalg.norm(s, axis=1, keepdims=True), atol=1e-5)
+    assert np.allclose(fused["vectors"], expected(fused["pooled"]), atol=1e-5)
     assert not np.allclose(fused["vectors"], res["vectors"], atol=1e-3)
     assert (res["importances"][~pres] == 0).all()
 
@@ -65,7 +69,7 @@ def test_modality_subset_is_the_model_with_the_others_absent(trained) -> None:
     for m in ("table", "video", "audio"):
         batch["present"][m][:] = False
     with torch.no_grad():
-        ref = product_embedding(model(batch), "encoder").numpy()
+        ref = product_embedding(model(batch), "encoder", model.cfg.embed_weighting).numpy()
     assert np.allclose(sub["vectors"], ref, atol=1e-5)
     full = embed_store(run, feats)
     assert not np.allclose(sub["vectors"], full["vectors"], atol=1e-3)
@@ -126,7 +130,7 @@ def test_train_cli_last_line_is_json(tmp_path) -> None:
     write_synthetic_store(feats, n_items=16, shards=1, seed=4)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("d_model: 16\nheads: 2\nencoder_layers: 1\nfusion_layers: 1\nbatch_size: 8\n"
-                   "threads: 1\ntensorboard: true\n")
+                   "threads: 1\ntensorboard: true\ntrain_split: all\n")
     proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train.py"), "--features", str(feats),
                            "--out", str(tmp_path / "run"), "--config", str(cfg), "--epochs", "1"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -137,3 +141,38 @@ def test_train_cli_last_line_is_json(tmp_path) -> None:
     assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "training.png").stat().st_size > 1000
+
+
+def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(trained) -> None:
+    """embed_variants skips the joint transformer for encoder-sourced variants and fuses only the
+    kept rows: the numbers must be those of the plain forward pass (model.fuse) all the same."""
+    from scalemm.fuse.model import weighted_embedding  # noqa: F401 - the weighting under test
+    from scalemm.fuse.reader import EpochBatchSampler, make_loader
+    from scalemm.fuse.variants import Variant, embed_variants, variant_presence
+
+    feats, run = trained
+    model, info = load_model(run)
+    ds = FeatureDataset(feats)
+    loader = make_loader(ds, EpochBatchSampler(ds, 10, seed=0, shuffle=False, drop_last=False))
+    variants = [Variant("scale"), Variant("fused", source="fusion"), Variant("t+i", ("text", "image")),
+                Variant("drop", drop=0.4, drop_seed=3), Variant("fused_drop", drop=0.4, drop_seed=3, source="fusion")]
+    res = embed_variants(model, loader, variants, torch.device("cpu"), "encoder")
+    batch = ds.get_batch(np.arange(len(ds)))
+    with torch.no_grad():
+        enc = model.encode(batch)
+        full = model.fuse(enc)
+        assert np.allclose(res["importances"], full.importances.numpy(), atol=1e-6)
+        assert np.allclose(res["enc_pooled"], full.enc_pooled.numpy(), atol=1e-6)
+        for v in variants:
+            keep = torch.from_numpy(variant_presence(v, model.modalities, ds.ids))
+            ref = product_embedding(model.fuse(enc, keep), v.source or "encoder", info["config"].embed_weighting)
+            assert np.allclose(res["vectors"][v.name], ref.numpy(), atol=1e-5), v.name
+    # at scale: only some rows kept in memory, a writer gets every row of its variant
+    rows = np.array([0, 3, 9, 10, 11, 23])
+    chunks: list[np.ndarray] = []
+    part = embed_variants(model, loader, variants, torch.device("cpu"), "encoder", rows=rows,
+                          writers={"scale": chunks.append})
+    assert part["ids"] == [ds.ids[i] for i in rows] and part["presence"].shape == (6, 5)
+    for v in variants:
+        assert np.allclose(part["vectors"][v.name], res["vectors"][v.name][rows], atol=1e-5), v.name
+    assert np.allclose(np.concatenate(chunks), res["vectors"]["scale"], atol=1e-6)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import scalemm.fuse.train as fuse_train
+import scalemm.fuse.step as fuse_step
 from scalemm.store import StoreError
 from scalemm.fuse.checkpoint import CheckpointError, latest_checkpoint
 from scalemm.fuse.embed import embed_store
@@ -119,12 +119,26 @@ def test_resume_ends_at_the_uninterrupted_loss_and_weights(small, reference, tmp
     assert _losses(tmp_path / "part") == pytest.approx(_losses(full_run), abs=1e-5)
 
 
+def test_max_steps_stops_mid_epoch_and_a_resume_with_more_steps_continues_exactly(small, reference,
+                                                                                 tmp_path) -> None:
+    full_run, full = reference  # 2 epochs of 3 steps
+    cut = train(small, tmp_path / "cut", tiny_config(epochs=2, max_steps=4), progress=False)
+    assert cut.steps == 4 and cut.epochs == 1  # the second epoch is open after one of its steps
+    log = _losses(tmp_path / "cut")
+    assert log == pytest.approx(_losses(full_run)[:4], abs=1e-6)
+    assert cut.final_loss == pytest.approx(log[3]) and len(cut.epoch_losses) == 2
+    # max_steps is a run-time setting: a resume may raise it, and the run ends as if never cut
+    resumed = train(small, tmp_path / "cut", tiny_config(epochs=2, max_steps=6), resume=True, progress=False)
+    assert resumed.steps == full.steps == 6 and resumed.final_loss == pytest.approx(full.final_loss, abs=1e-5)
+    assert _losses(tmp_path / "cut") == pytest.approx(_losses(full_run), abs=1e-5)
+
+
 def test_nan_guard_keeps_last_checkpoint_and_mid_epoch_resume_is_exact(small, reference, tmp_path,
                                                                        monkeypatch) -> None:
     # checkpoint settings do not change the math: the reference run checkpointed per epoch
     cfg = tiny_config(epochs=2, checkpoint_unit="step", checkpoint_every=2)
     full_run, full = reference
-    real = fuse_train.scale_loss
+    real = fuse_step.scale_loss
     calls = {"n": 0}
 
     def poisoned(*a, **kw):
@@ -134,13 +148,13 @@ def test_nan_guard_keeps_last_checkpoint_and_mid_epoch_resume_is_exact(small, re
             terms.total = terms.total * float("nan")
         return terms
 
-    monkeypatch.setattr(fuse_train, "scale_loss", poisoned)
+    monkeypatch.setattr(fuse_step, "scale_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="at step 3 ") as err:
         train(small, tmp_path / "run", cfg, progress=False)
     ck = latest_checkpoint(tmp_path / "run")
     assert ck.step == 2 and str(ck.weights) in str(err.value)
     assert not list((tmp_path / "run" / "checkpoints").glob("step-00000003*"))
-    monkeypatch.setattr(fuse_train, "scale_loss", real)
+    monkeypatch.setattr(fuse_step, "scale_loss", real)
     resumed = train(small, tmp_path / "run", None, resume=True, progress=False)  # step 2 of 3 in epoch 1
     assert abs(resumed.final_loss - full.final_loss) < 1e-4
     assert _losses(tmp_path / "run") == pytest.approx(_losses(full_run), abs=1e-5)
@@ -163,12 +177,24 @@ def test_stores_that_do_not_fit_are_refused(small, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_ray_train_with_one_worker_equals_single_process(small, reference, tmp_path) -> None:
+def test_two_ray_train_workers_train_like_one_process_with_their_combined_batch(small, tmp_path) -> None:
+    """2 workers x batch 8 (negatives gathered across them) = 1 process x batch 16, step by step:
+    rank r takes the r-th of every 2 consecutive batches, which together are the one process's
+    batch. Dropout and the masked losses (per-sample means on each rank) are off: what is left,
+    SIMCL and the subset-consistency loss, must agree exactly (up to float summation order)."""
     pytest.importorskip("ray.train.torch")
     from scalemm.fuse.distributed import train_distributed
 
-    run_a, a = reference
-    res = train_distributed(small, tmp_path / "ray", tiny_config(epochs=2), workers=1, progress=False)
-    assert res.steps == a.steps
-    assert abs(res.final_loss - a.final_loss) < 1e-6
-    assert _losses(tmp_path / "ray") == pytest.approx(_losses(run_a), abs=1e-6)
+    cfg = tiny_config(epochs=2, batch_size=8, dropout=0.0, masked_losses=False, subset_weight=1.0)
+    two = train_distributed(small, tmp_path / "two", cfg, workers=2, progress=False)
+    one = train(small, tmp_path / "one", cfg.replace(batch_size=16), progress=False)
+    assert two.steps == one.steps == 6
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-5)
+    wa, wb = load_file(two.checkpoint), load_file(one.checkpoint)
+    assert set(wa) == set(wb)
+    for k in wa:
+        a, b = wa[k], wb[k]
+        if k.endswith("qkv.bias"):  # the key bias: softmax ignores it, its gradient is float noise that
+            d = a.shape[0] // 3     # AdamW's normalised step turns into +-lr; compare the q and v biases
+            a, b = torch.cat([a[:d], a[2 * d:]]), torch.cat([b[:d], b[2 * d:]])
+        assert float((a - b).abs().max()) < 2e-5, k

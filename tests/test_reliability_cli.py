@@ -68,7 +68,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("relcli")
     feats = base / "feats"
     write_synthetic_store(feats, n_items=24, missing=0.1, seed=11)
-    train(feats, base / "run", tiny_config(epochs=1, checkpoint_unit="step"), progress=False)
+    train(feats, base / "run", tiny_config(epochs=1, checkpoint_unit="step", train_split="train", batch_size=6), progress=False)
     return feats, base / "run"
 
 

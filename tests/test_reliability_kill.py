@@ -115,8 +115,8 @@ def _assert_same_store(out: Path, ref: Path) -> None:
 @pytest.mark.slow
 def test_kill_9_of_a_worker_node_then_rerun_equals_an_uninterrupted_run(extracted, demo_corpus, tmp_path):
     """A two-node cluster (head and worker node, one CPU each) extracts; once shards are
-    committed, the worker node's whole process group (raylet, model actor, decode workers) gets
-    SIGKILL. The job finishes on the head (its lost actor's shards go to the other one, the lost
+    committed, the worker node's whole session (its `ray start`, raylet, model actor, decode
+    workers) gets SIGKILL. The job finishes on the head (its lost actor's shards go to the other one, the lost
     decode tasks run again) or fails; either way a rerun leaves the store equal to an
     uninterrupted run."""
     from scalemm.bench.cluster import LocalCluster

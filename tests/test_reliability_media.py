@@ -21,7 +21,7 @@ import pytest
 
 from scalemm import store
 from scalemm.extract.decode import CRASH_HOOK_ENV
-from scalemm.corpora.demo import mux_mono_audio
+from scalemm.corpora.media import mux_mono_audio
 
 CRASH_MARKER = "CRASHME"
 MODS = store.MODALITIES

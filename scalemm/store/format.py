@@ -204,12 +204,14 @@ def read_shard(path: str | Path, rows: slice | np.ndarray | None = None) -> tupl
     return data, prov
 
 
-def read_shard_index(path: str | Path, rows: np.ndarray | None = None) -> tuple[ShardData, Provenance]:
+def read_shard_index(path: str | Path, rows: np.ndarray | None = None,
+                     pooled: bool = False) -> tuple[ShardData, Provenance]:
     """Read a shard's ids, labels, instances, counts and fingerprints only (no token features),
     optionally of the rows ``rows`` (row indices).
 
-    The returned ShardData has zero-size ``tokens`` [N, 0, 0] and ``pooled`` [N, 0], and no
-    entities: it indexes a shard cheaply (streaming readers join and count items with it).
+    The returned ShardData has zero-size ``tokens`` [N, 0, 0] and no entities, and ``pooled``
+    [N, 0] unless ``pooled`` asks for the pooled vectors: it indexes a shard cheaply (streaming
+    readers join and count items with it; the frozen baselines read the pooled vectors so).
     Raises StoreError naming the file, like :func:`read_shard`.
     """
     try:
@@ -219,7 +221,7 @@ def read_shard_index(path: str | Path, rows: np.ndarray | None = None) -> tuple[
             data = ShardData(
                 ids=ids, labels=_strs(f["labels"]), instances=_strs(f["instances"]),
                 tokens=np.zeros((len(ids), 0, 0), np.float16), counts=f["counts"][()],
-                pooled=np.zeros((len(ids), 0), np.float32), entities=None,
+                pooled=f["pooled"][()] if pooled else np.zeros((len(ids), 0), np.float32), entities=None,
                 fingerprints=_strs(f["fingerprints"]) if "fingerprints" in f else None,
             )
     except StoreError as e:

@@ -46,9 +46,10 @@ class ModalityStore:
         """The live rows of shard ``k`` (features included)."""
         return read_shard(self.shards[k], self._rows(k))[0]
 
-    def read_index(self, k: int) -> ShardData:
-        """The live rows of shard ``k``: ids, labels, instances and counts only."""
-        return read_shard_index(self.shards[k], self._rows(k))[0]
+    def read_index(self, k: int, pooled: bool = False) -> ShardData:
+        """The live rows of shard ``k``: ids, labels, instances and counts only (and the pooled
+        vectors if ``pooled``)."""
+        return read_shard_index(self.shards[k], self._rows(k), pooled)[0]
 
     def load(self) -> ShardData:
         """All live rows concatenated in memory, shard by shard."""

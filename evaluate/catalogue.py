@@ -1,0 +1,104 @@
+"""The catalogue: every product's SCALE embedding, written in chunks, and its FAISS index.
+
+The evaluation scores methods on a split; the catalogue is what a search service would serve:
+the ``scale`` embedding of every product of the store (all splits), written to
+``EVAL/catalogue/vectors.npy`` batch by batch while the model embeds the store
+(:class:`VectorFileWriter`: plain writes into a ``.npy`` whose header is written first, so no
+memory holds the whole catalogue and a killed run leaves no half file), and indexed into
+``EVAL/index/catalogue/`` (:func:`build_catalogue_index`): the index kind chosen by size and
+memory budget (:func:`evaluate.index.choose_index`, approximate: HNSW, or IVF-Flat / IVF-PQ
+when HNSW does not fit), trained on a sample, filled from the memory-mapped file in batches,
+tuned, and its recall@10 against exact search measured on queries it was not tuned on. That
+recall is ``metrics.json``'s ``index.ann_recall@10``. New products are added to it later with
+:func:`evaluate.index.add_to_index` (``pipelines/evaluate.py --out EVAL --add-products EMB``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+
+from scalemm.atomic import replace_atomic
+
+from .index import ann_recall_at_k, build_index, exact_search, save_index, search
+
+log = logging.getLogger(__name__)
+
+CATALOGUE_DIR, VECTORS_FILE, CATALOGUE_INDEX = "catalogue", "vectors.npy", "catalogue"
+T = TypeVar("T")
+
+
+class VectorFileWriter:
+    """A float32 [n, d] ``.npy`` file filled by successive row chunks (``writer(chunk)``)."""
+
+    def __init__(self, fh: Any, n: int, d: int) -> None:
+        self.fh, self.n, self.d, self.rows = fh, int(n), int(d), 0
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (self.n, self.d)})
+
+    def __call__(self, chunk: np.ndarray) -> None:
+        x = np.ascontiguousarray(chunk, dtype="<f4")
+        if x.ndim != 2 or x.shape[1] != self.d or self.rows + x.shape[0] > self.n:
+            raise ValueError(f"chunk of shape {x.shape} does not fit a [{self.n}, {self.d}] file at row {self.rows}")
+        self.fh.write(x.tobytes())
+        self.rows += x.shape[0]
+
+
+def write_vectors(path: str | Path, n: int, d: int, fill: Callable[[VectorFileWriter], T]) -> T:
+    """Write ``path`` atomically by ``fill(writer)`` (which must write all ``n`` rows); returns
+    what ``fill`` returns."""
+    result: list[T] = []
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            w = VectorFileWriter(fh, n, d)
+            result.append(fill(w))
+            if w.rows != n:
+                raise ValueError(f"{w.rows} rows written to {path}, expected {n}")
+
+    replace_atomic(path, write)
+    return result[0]
+
+
+def index_catalogue(vectors: np.ndarray, ids: list[str], out_dir: str | Path | None = None, *,
+                    memory_budget_bytes: int | None = None, seed: int = 0, k: int = 10,
+                    n_queries: int = 1000) -> dict[str, Any]:
+    """Build and tune the approximate index :func:`~evaluate.index.choose_index` picks for these
+    vectors (approximate even when they are few enough for exact search; ``vectors`` may be a
+    memory map, read in batches), save it into ``out_dir`` (when given), and measure its
+    recall@``k`` against exact search on ``n_queries`` of the vectors drawn with ``seed + 1``
+    (not those it was tuned on).
+
+    Returns ``{"type", "ann_recall@10", ...}`` with the factory string, the search parameters,
+    the vectors, the build seconds and the number of recall queries."""
+    n = vectors.shape[0]
+    t0 = time.perf_counter()
+    built = build_index(vectors, ids, memory_budget_bytes=memory_budget_bytes, force_approximate=True, seed=seed)
+    build_s = time.perf_counter() - t0
+    if out_dir is not None:
+        save_index(built, out_dir)
+    rng = np.random.default_rng(seed + 1)  # other queries than the ones used for tuning
+    q = np.asarray(vectors[rng.choice(n, size=min(n_queries, n), replace=False)], dtype=np.float32)
+    kk = min(k, n)
+    ex_s, ex_i = exact_search(vectors, q, kk)
+    ap_s, ap_i = search(built, q, kk)
+    recall = ann_recall_at_k(ap_i, ex_i, kk, approx_scores=ap_s, exact_scores=ex_s)
+    log.info("index %s (%s) over %d vectors: recall@%d vs exact %.4f, built in %.1f s",
+             built.spec.kind, built.spec.factory_string, n, k, recall, build_s)
+    params = {p: v for p, v in built.spec.params.items() if p != "estimated_bytes"}
+    return {"type": built.spec.kind, f"ann_recall@{k}": recall, "factory": built.spec.factory_string,
+            "params": params, "estimated_gb": round(built.spec.params.get("estimated_bytes", 0) / (1 << 30), 3),
+            "vectors": int(n), "recall_queries": int(len(q)), "build_s": round(build_s, 1)}
+
+
+def build_catalogue_index(vectors_path: str | Path, ids: list[str], out_dir: str | Path, *,
+                          memory_budget_bytes: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """:func:`index_catalogue` of the catalogue file ``vectors_path`` (a ``.npy`` read through a
+    memory map), saved into ``out_dir``."""
+    res = index_catalogue(np.load(vectors_path, mmap_mode="r", allow_pickle=False), ids, out_dir,
+                          memory_budget_bytes=memory_budget_bytes, seed=seed)
+    return {**res, "file_gb": round(os.path.getsize(vectors_path) / 1e9, 3), "path": str(out_dir)}

@@ -1,0 +1,116 @@
+"""The evaluation protocol: an instance split, several training seeds, mean and std.
+
+Products are split by instance into train / validation / test (:mod:`scalemm.splits`, with the
+spec the model was trained with). A method is evaluated on one split (the test split for the
+headline; validation while choosing settings):
+
+* retrieval: queries and gallery are that split's products (the query itself left out);
+* classification: a linear probe fitted on the train split's embeddings, scored on the
+  evaluated split's;
+* clustering: k-means (k = the number of categories present) over the evaluated split;
+* robustness: every query product loses each modality with probability ``p`` (the gallery
+  keeps them all); coarse and fine mAP@1 with those queries, and as a fraction of the full
+  figures.
+
+At scale the queries, the probe's products and the k-means products are samples, drawn once
+per evaluation (:mod:`evaluate.budget`); the retrieval gallery is always the whole split.
+
+Each figure is measured once per seed (the training seed of a SCALE run; the probe, the
+k-means initialisation and the dropped modalities follow the same seed for every method) and
+reported as ``{"mean": ..., "std": ...}`` over the seeds (population std, ``n`` seeds).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from scalemm.splits import SPLITS, SplitSpec, assign, rows_of
+
+from .budget import Samples
+from .embeddings import EmbeddingSet
+from .metrics import clustering, linear_probe, linear_probe_minibatch
+from .tasks import K, evaluate_retrieval
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitView:
+    """The split of every item and the rows a protocol uses."""
+
+    spec: SplitSpec
+    names: np.ndarray  # split name per item
+    on: str  # the evaluated split
+    train_rows: np.ndarray
+    eval_rows: np.ndarray
+
+    @classmethod
+    def of(cls, instances: Sequence[str], ids: Sequence[str], spec: SplitSpec, on: str = "test") -> "SplitView":
+        names = assign(instances, ids, spec)
+        return cls(spec, names, on, rows_of(names, "train"), rows_of(names, on))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.spec.to_json(), "evaluated_on": self.on,
+                "sizes": {s: int((self.names == s).sum()) for s in SPLITS}}
+
+
+def evaluate_on_split(es: EmbeddingSet, view: SplitView, seed: int, *, queries: np.ndarray | None = None,
+                      index_dir: str | Path | None = None, samples: Samples | None = None) -> dict[str, dict[str, float]]:
+    """Retrieval, classification and clustering of one method on the evaluated split (see the
+    module doc). ``es`` holds every item; ``queries`` (optional, aligned with ``es``) are other
+    query vectors for the retrieval (e.g. with modalities dropped). ``samples`` (at scale, see
+    :mod:`evaluate.budget`): the rows of ``es`` to score and the samples of them each task uses,
+    instead of ``view``'s rows in full."""
+    eval_rows = view.eval_rows if samples is None else samples.eval_rows
+    train_rows = view.train_rows if samples is None else samples.train_rows
+    test = es.subset(eval_rows)
+    q = None if queries is None else np.asarray(queries, np.float32)[eval_rows]
+    out: dict[str, dict[str, float]] = dict(evaluate_retrieval(
+        test, K, seed=seed, queries=q, index_dir=index_dir, query_rows=None if samples is None else samples.queries))
+    if queries is None:
+        train = es.subset(train_rows if samples is None or samples.probe_train is None
+                          else train_rows[samples.probe_train])
+        probe_test = test if samples is None or samples.probe_test is None else test.subset(samples.probe_test)
+        probe = linear_probe_minibatch if samples is not None and samples.minibatch_probe else linear_probe
+        out["classification"] = probe(train.vectors, train.labels, probe_test.vectors, probe_test.labels, seed=seed)
+        cl = test if samples is None or samples.cluster is None else test.subset(samples.cluster)
+        out["clustering"] = clustering(cl.vectors, cl.labels, seed=seed)
+    return out
+
+
+def robustness(full: dict[str, dict[str, float]], dropped: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Coarse / fine mAP@1 with dropped query modalities, and each as a fraction of the full one."""
+    out = {}
+    for task in ("coarse", "fine"):
+        f, d = full[task]["mAP@1"], dropped[task]["mAP@1"]
+        out[f"{task}_mAP@1"] = d
+        out[f"{task}_fraction_of_full"] = d / f if f > 0 else float("nan")
+    return out
+
+
+def mean_std(values: Sequence[Any]) -> Any:
+    """Leaves of equally shaped nested dicts -> ``{"mean", "std"}`` over the list; other leaves
+    (strings, None) are kept from the first."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: mean_std([v[k] for v in values]) for k in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        a = np.asarray(values, dtype=np.float64)
+        ok = a[np.isfinite(a)]
+        return {"mean": float(ok.mean()) if len(ok) else float("nan"),
+                "std": float(ok.std()) if len(ok) else float("nan")}
+    return first
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation of two equally long sequences (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    if len(a) < 2:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)

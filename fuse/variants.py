@@ -1,0 +1,169 @@
+"""Product embeddings of every variant a model is evaluated with, from one pass over a store.
+
+A variant is the product embedding under one choice: all the modalities the model was trained
+on, a subset of them (the modality ablation), each modality of each product dropped with some
+probability (robustness to missing modalities), or the other embedding source (the paper's
+fused first tokens). The modality encoders do not see each other, so each batch is encoded
+once (:meth:`ScaleModel.encode`) and only the joint part (:meth:`ScaleModel.fuse`) runs once
+per variant: switching a modality off there is exactly the model on a batch without it.
+
+Dropped modalities are drawn per (seed, product id, modality) from a hash, so every method
+and every model loses the same modalities of the same products.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from scalemm.modalities import MODALITIES
+
+from .model import Encoded, ScaleModel, product_embedding, weighted_embedding
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of embedding the products (see the module doc)."""
+
+    name: str
+    modalities: tuple[str, ...] | None = None  # keep only these (None: every trained modality)
+    drop: float = 0.0  # each present modality of each product is dropped with this probability
+    drop_seed: int = 0
+    source: str | None = None  # "encoder" | "fusion"; None: the run's configured embed_from
+
+
+def drop_mask(ids: Sequence[str], modalities: Sequence[str], prob: float, seed: int) -> np.ndarray:
+    """Bool [N, M]: True where product i keeps modality m, each dropped with probability ``prob``,
+    independently, as a pure function of (seed, id, modality)."""
+    keep = np.ones((len(ids), len(modalities)), dtype=bool)
+    if prob <= 0:
+        return keep
+    for i, pid in enumerate(ids):
+        for j, m in enumerate(modalities):
+            h = hashlib.blake2b(f"{seed}\x00{pid}\x00{m}".encode(), digest_size=8).digest()
+            keep[i, j] = int.from_bytes(h, "big") / 2.0 ** 64 >= prob
+    return keep
+
+
+def variant_presence(v: Variant, model_mods: Sequence[str], ids: Sequence[str]) -> np.ndarray:
+    """Bool [N, M] of the modalities variant ``v`` lets the model see (before the batch's own)."""
+    keep = np.ones((len(ids), len(model_mods)), dtype=bool)
+    if v.modalities is not None:
+        keep &= np.isin(np.asarray(model_mods), list(v.modalities))[None, :]
+    if v.drop > 0:
+        keep &= drop_mask(ids, model_mods, v.drop, v.drop_seed)
+    return keep
+
+
+def _encoder_pooled(model: ScaleModel, enc: Encoded) -> torch.Tensor:
+    """The encoders' pooled outputs [B, M, d] in float32, zero where a modality is absent: what
+    :meth:`ScaleModel.fuse` returns as ``enc_pooled``, without running the joint transformer."""
+    first = enc.seqs[enc.modalities[0]]
+    zeros = torch.zeros(first.shape[0], first.shape[2], dtype=torch.float32, device=first.device)
+    z = torch.stack([enc.seqs[m][:, 0].float() if m in enc.seqs else zeros for m in model.modalities], 1)
+    return torch.where(enc.present[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
+
+
+def _rows_of(enc: Encoded, sel: torch.Tensor) -> Encoded:
+    """The samples ``sel`` of an encoded batch."""
+    return Encoded(enc.modalities, enc.present[sel], {m: s[sel] for m, s in enc.seqs.items()},
+                   {m: k[sel] for m, k in enc.keys.items()})
+
+
+@torch.no_grad()
+def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], device: torch.device,
+                   embed_from: str, progress: bool = False, weighting: str | None = None,
+                   rows: np.ndarray | None = None,
+                   writers: Mapping[str, Callable[[np.ndarray], Any]] | None = None) -> dict[str, Any]:
+    """Every variant's product embeddings for the items of ``loader`` (in its order).
+
+    Returns ``ids``, ``labels``, ``instances``, ``modalities`` (the model's), and per variant
+    name a float32 [N, d] array under ``vectors[name]``; plus, for the whole model (no
+    modality switched off), ``presence`` Bool [N, M], ``importances`` float32 [N, M] and the
+    encoders' pooled outputs ``enc_pooled`` float32 [N, M, d].
+
+    At scale: ``rows`` (sorted positions in the loader's order) keeps only those items' outputs
+    (N = len(rows)); ``writers`` {variant name: callable} receive that variant's vectors of
+    every item, batch by batch (e.g. a chunked file writer), whatever ``rows`` keeps.
+
+    The encoders run once per batch. Variants embedded from the encoders' pooled outputs (the
+    default ``embed_from``) need no joint transformer: their embedding depends on the fusion
+    side only through the harmonizer, which sees the encoders' outputs (the same numbers as
+    :meth:`ScaleModel.fuse` would give). The joint transformer runs once per batch for the
+    variants embedded from the fused tokens, on the kept rows only.
+    """
+    from tqdm.auto import tqdm
+
+    from .device import to_device
+
+    mods = list(model.modalities)
+    weighting = weighting or model.cfg.embed_weighting
+    writers = writers or {}
+    out: dict[str, Any] = {"ids": [], "labels": [], "instances": [], "modalities": mods,
+                           "vectors": {v.name: [] for v in variants}, "presence": [], "importances": [],
+                           "enc_pooled": []}
+    start = 0
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with autocast:
+        for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
+            B = len(batch["ids"])
+            if rows is None:
+                keep = np.arange(B)
+            else:
+                lo, hi = np.searchsorted(rows, [start, start + B])
+                keep = rows[lo:hi] - start
+            start += B
+            if not len(keep) and not writers:
+                continue
+            sel = torch.from_numpy(keep).to(device)
+            batch = to_device(batch, device)
+            enc = model.encode(batch)
+            present = enc.present
+            z = _encoder_pooled(model, enc)
+            with torch.autocast(device_type=device.type, enabled=False):
+                _, imp = model.harmonizer(z, present, uniform=not model.cfg.harmonize)
+            out["presence"].append(present[sel].cpu())
+            out["importances"].append(imp[sel].float().cpu())
+            out["enc_pooled"].append(z[sel].cpu())
+            for k in ("ids", "labels", "instances"):
+                out[k] += [batch[k][i] for i in keep]
+            fused: dict[tuple[bool, bytes], Any] = {}
+            for v in variants:
+                vkeep = torch.from_numpy(variant_presence(v, mods, batch["ids"])).to(device)
+                whole = rows is None or v.name in writers  # computed on every row of the batch
+                if (v.source or embed_from) == "encoder":
+                    pv = present & vkeep
+                    zv = torch.where(pv[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
+                    with torch.autocast(device_type=device.type, enabled=False):
+                        _, iv = model.harmonizer(zv, pv, uniform=not model.cfg.harmonize)
+                        emb = weighted_embedding(zv, pv, iv, weighting)
+                    whole = True
+                else:  # the joint transformer: once per batch and distinct presence
+                    e, k = (enc, vkeep) if whole else (_rows_of(enc, sel), vkeep[sel])
+                    key = (whole, k.cpu().numpy().tobytes())
+                    if key not in fused:
+                        fused[key] = model.fuse(e, None if bool(k.all()) else k)
+                    emb = product_embedding(fused[key], "fusion", weighting)
+                emb = emb.float().cpu()
+                if v.name in writers:
+                    writers[v.name](emb.numpy())
+                out["vectors"][v.name].append(emb if rows is None or not whole else emb[sel.cpu()])
+    out["vectors"] = {k: torch.cat(x).numpy().astype(np.float32) for k, x in out["vectors"].items()}
+    for k in ("presence", "importances", "enc_pooled"):
+        out[k] = torch.cat(out[k]).numpy()
+    out["presence"] = out["presence"].astype(bool)
+    return out
+
+
+def ablation_variants(trained: Sequence[str], order: Sequence[Sequence[str]]) -> list[Variant]:
+    """The ablation subsets of ``order`` whose modalities the model was trained on."""
+    from scalemm.modalities import ablation_name
+
+    return [Variant(ablation_name(tuple(s)), tuple(s)) for s in order if all(m in trained for m in s)]
+
+
+__all__ = ["MODALITIES", "Variant", "ablation_variants", "drop_mask", "embed_variants", "variant_presence"]
