@@ -91,6 +91,8 @@ class ScaleConfig:
 
     # ---- optimisation
     lr: float = 1e-3
+    # learning rate of the importance gate's per-modality scale and offset (0: ``lr``)
+    gate_lr: float = 0.0
     warmup_steps: int = 10  # linear warm-up from 0, then constant (paper: Adam, warm-up)
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max global grad norm; 0 disables
@@ -142,6 +144,8 @@ class ScaleConfig:
             raise ConfigError(f"subset_weight must be >= 0, got {self.subset_weight}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.gate_lr < 0:
+            raise ConfigError(f"gate_lr must be >= 0 (0: lr), got {self.gate_lr}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.weight_scale not in ("sqrt_m", "none"):

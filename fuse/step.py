@@ -93,12 +93,22 @@ def contrast_fields(cfg: ScaleConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys([pooled, "weights", *(["enc_pooled"] if cfg.subset_weight > 0 else [])]))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only (not on norms, biases, embeddings, first/mask tokens)."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, lr: float, gate_lr: float = 0.0) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (not on norms, biases, embeddings, first/mask tokens); the
+    importance gate's per-modality scale and offset (``harmonizer.gate_*``) at ``gate_lr`` when it
+    is set: ten scalars that a run of a few hundred steps at the network's lr would leave where
+    they started (Adam moves a parameter by about lr per step)."""
+    decay, no_decay, gate = [], [], []
     for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and not name.endswith(("pos", "fusion_pos")) else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if gate_lr > 0 and name.startswith("harmonizer.gate_"):
+            gate.append(p)
+        else:
+            (decay if p.ndim >= 2 and not name.endswith(("pos", "fusion_pos")) else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr},
+              {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    if gate:
+        groups.append({"params": gate, "weight_decay": 0.0, "lr": gate_lr})
+    return groups
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -138,7 +148,7 @@ def build_learner(cfg: ScaleConfig, shapes: Mapping[str, tuple[int, int]], devic
         from torch.nn.parallel import DistributedDataParallel
         objective = DistributedDataParallel(objective, find_unused_parameters=True,
                                             device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.lr, cfg.gate_lr), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupConstant(cfg.warmup_steps))
     return Learner(cfg, model, objective, optimizer, scheduler, device, world)
 

@@ -154,3 +154,33 @@ def test_rescaled_weights_make_equal_agreement_neutral() -> None:
     from scalemm.fuse.losses import weight_scale
     present[0, 2] = False
     assert torch.allclose(weight_scale(present)[:2], torch.tensor([math.sqrt(2), math.sqrt(3)]))
+
+
+def test_random_halves_split_each_product_into_two_nonempty_disjoint_halves() -> None:
+    from scalemm.fuse.losses import random_halves
+    torch.manual_seed(0)
+    present = torch.rand(500, 5) < 0.7
+    a, b, ok = random_halves(present)
+    assert torch.equal(ok, present.sum(-1) >= 2)
+    assert not (a & b).any()
+    assert torch.equal((a | b)[ok], present[ok]) and not (a | b)[~ok].any()
+    assert a[ok].any(-1).all() and b[ok].any(-1).all()
+    # every present modality lands on either side about equally often
+    assert abs(float(a[ok].sum()) / float(present[ok].sum()) - 0.5) < 0.05
+
+
+def test_subset_consistency_loss_is_infonce_between_the_two_halves_embeddings() -> None:
+    from scalemm.fuse.losses import random_halves, subset_consistency_loss
+    model = ScaleModel(tiny_config(importance="gated", fusion_layers=0), SMALL_SHAPES)
+    with torch.no_grad():
+        out = model(random_batch(12, seed=3))
+    torch.manual_seed(7)
+    got = subset_consistency_loss(model, out, 0.1)
+    torch.manual_seed(7)
+    a, b, ok = random_halves(out.present)
+    z = out.enc_pooled[ok]
+    ea, eb = model.subset_embedding(z, a[ok]), model.subset_embedding(z, b[ok])
+    logits = (ea @ eb.T / 0.1).double()
+    ref = 0.5 * sum(torch.logsumexp(logits, 1) - logits.diag()).item() / len(z) \
+        + 0.5 * sum(torch.logsumexp(logits.T, 1) - logits.diag()).item() / len(z)
+    assert abs(got.item() - ref) < 1e-4

@@ -17,7 +17,7 @@ from scalemm.fuse.embed import embed_store
 from scalemm.fuse.model import ScaleModel, product_embedding
 from scalemm.fuse.reader import FeatureDataset
 from scalemm.fuse.train import TrainingDiverged, train
-from fuse_helpers import tiny_config, write_synthetic_store
+from fuse_helpers import SMALL_SHAPES, tiny_config, write_synthetic_store
 
 torch.set_num_threads(1)
 
@@ -198,3 +198,25 @@ def test_two_ray_train_workers_train_like_one_process_with_their_combined_batch(
             d = a.shape[0] // 3     # AdamW's normalised step turns into +-lr; compare the q and v biases
             a, b = torch.cat([a[:d], a[2 * d:]]), torch.cat([b[:d], b[2 * d:]])
         assert float((a - b).abs().max()) < 2e-5, k
+
+def test_gate_lr_gives_the_importance_gate_its_own_rate_and_it_moves(small, tmp_path) -> None:
+    """At the network's lr the gate's ten scalars stay near their start (Adam moves a parameter by
+    about lr per step); with ``gate_lr`` they are one param group of their own and move."""
+    moved = {}
+    for gate_lr in (0.0, 0.2):
+        cfg = tiny_config(epochs=2, importance="gated", subset_weight=1.0, simcl_weight=0.0,
+                          masked_losses=False, gate_lr=gate_lr)
+        learner = fuse_step.build_learner(cfg, SMALL_SHAPES, torch.device("cpu"))
+        groups = [g for g in learner.optimizer.param_groups
+                  if any(p is learner.model.harmonizer.gate_bias for p in g["params"])]
+        assert len(groups) == 1
+        assert groups[0]["initial_lr"] == (gate_lr or cfg.lr)  # before the warm-up factor
+        assert (len(groups[0]["params"]) == 2) == (gate_lr > 0)  # scale and offset alone
+        run = train(small, tmp_path / f"g{gate_lr}", cfg, progress=False)
+        ck = latest_checkpoint(Path(run.run_dir))
+        w = load_file(str(ck.weights))
+        start = torch.full_like(w["harmonizer.gate_bias"], -2.0)
+        moved[gate_lr] = float((w["harmonizer.gate_bias"] - start).abs().max())
+    steps = 2 * 3  # 2 epochs of 3 batches
+    assert moved[0.0] <= 2 * steps * 2e-3 + 1e-6
+    assert moved[0.2] > 5 * moved[0.0]
