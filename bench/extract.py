@@ -130,8 +130,9 @@ def bare_rates(corpus: Path, media_root: Path, cfg: ExtractConfig, n: int, threa
 def _pipeline_worker(rows: list[Any], root: str, cfg_dict: dict[str, Any], threads: int,
                      barrier: Any, results: Any) -> None:
     """One process of :func:`bare_pipeline`: load and warm up, wait for the others, then
-    decode and encode ``rows`` batch by batch, the next batch decoding while this one encodes; puts (items, failures, start, end, error) on
-    ``results`` (failures: item x modality records, as the job counts them)."""
+    decode and encode ``rows`` batch by batch, the next batch decoding while this one encodes;
+    puts (items, failures, start, end, error) on ``results`` (failures: item x modality records,
+    as the job counts them)."""
     try:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -149,8 +150,7 @@ def _pipeline_worker(rows: list[Any], root: str, cfg_dict: dict[str, Any], threa
         t0 = time.monotonic()
         failures = 0
         # the next batch decodes (in the isolated decoder child) while this one encodes, as the
-        # job's decode tasks run ahead of its model actors: the reference is the same work with
-        # the same overlap, so that it bounds the job from above
+        # job's decode tasks run ahead of its model actors: the same work with the same overlap
         batches = [rows[s:s + bs] for s in range(0, len(rows), bs)]
         with ThreadPoolExecutor(1) as ahead:
             nxt = ahead.submit(_decode_rows, batches[0], root, cfg) if batches else None
@@ -316,7 +316,7 @@ def job_ratios(job_n: dict[str, Any], job_big: dict[str, Any], bare_items_per_s:
             out[key] = None
             return
         r = rate / bare_items_per_s
-        if r > 1.0:  # faster than the same work without Ray: the two saw different machine loads
+        if r > 1.0:  # faster than the same work without Ray: no upper bound here, or another load
             out[key] = None
             why[key] = (f"{what} ({rate:.3g} items/s) came out faster than the same work without Ray "
                         f"({bare_items_per_s:.3g} items/s): the reference does not bound the job from above here "
