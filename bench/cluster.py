@@ -81,10 +81,12 @@ class LocalCluster:
 
     def alive_nodes(self) -> int:
         """Alive nodes, as the GCS sees them (asked from a short-lived driver process)."""
+        # Ray may print its own warnings on stdout (e.g. "raylet has lagging heartbeats" on a busy
+        # machine), so the count is printed behind a marker and only that line is read.
         code = ("import ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-                "print(sum(1 for n in ray.nodes() if n['Alive']))" % self.address)
+                "print('ALIVE_NODES=%%d' %% sum(1 for n in ray.nodes() if n['Alive']))" % self.address)
         r = subprocess.run([sys.executable, "-c", code], env=self.env(), capture_output=True, text=True, timeout=120)
-        return int(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else -1
+        return _alive_count(r.stdout) if r.returncode == 0 else -1
 
     def wait_nodes(self, n: int, timeout: float = 120) -> None:
         deadline = time.time() + timeout
@@ -117,3 +119,11 @@ class LocalCluster:
             self.worker_tmp, self.head = [], None
             if self.folder is not None:
                 shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _alive_count(stdout: str) -> int:
+    """The node count a probe printed as ``ALIVE_NODES=<n>``, whatever else Ray wrote around it; -1 if none."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("ALIVE_NODES="):
+            return int(line.split("=", 1)[1])
+    return -1

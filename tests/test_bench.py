@@ -15,6 +15,7 @@ import pytest
 
 from scalemm.bench.extract import job_ratios
 from scalemm.bench.main import BOUNDS, check, fmt, within_bounds
+from cli_output import last_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RATES = ("extract_job_items_per_s", "extract_bare_items_per_s", "decode_items_per_s", "model_items_per_s",
@@ -60,7 +61,7 @@ def test_bench_quick_writes_all_figures_and_no_impossible_ratio(tmp_path: Path) 
         assert section in r
     assert r["mode"] == "quick" and "Mode: quick" in p.stdout
     assert r["machine"]["cores"] >= 1 and r["machine"]["torch"]
-    last = json.loads(p.stdout.strip().splitlines()[-1])  # the CLI's last line is the JSON summary
+    last = last_json(p.stdout)  # the CLI's last line is the JSON summary
     assert last["out"] == str(out)
 
 

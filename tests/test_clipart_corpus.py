@@ -24,6 +24,7 @@ import pytest
 from scalemm.corpora import clipart
 from scalemm.corpus import read_corpus
 from scalemm.extract.decode import decode_audio, decode_image, decode_video
+from cli_output import last_json
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRE_ENV = "SCALE_REQUIRE_MEDIA_PACKAGES"
@@ -116,7 +117,7 @@ def test_other_categories_and_root_through_the_cli(tmp_path):
                         "--clipart-root", str(clipart.DEFAULT_ROOT), "--check", "--quiet"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    summary = last_json(p.stdout)
     assert summary["check"] == "ok" and summary["n_items"] == 8
     assert {r["label"] for r in _lines(out / "corpus.jsonl")} == set(FEW)
     assert all(s["source"].split("/")[0] + "/" + s["source"].split("/")[1] in FEW

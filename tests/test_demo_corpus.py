@@ -33,6 +33,7 @@ from scalemm.corpora.demo import (
 
 decord = pytest.importorskip("decord")
 from decord import AudioReader, VideoReader, cpu  # noqa: E402
+from cli_output import last_json
 
 REPO = Path(__file__).resolve().parents[1]
 N = 40
@@ -351,7 +352,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_prints_stats_json_last(tmp_path):
     p = _cli("--out", str(tmp_path / "c"), "--items", "6", "--seed", "3", "--workers", "1", "--check")
     assert p.returncode == 0, p.stderr
-    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    summary = last_json(p.stdout)
     assert summary["n_items"] == 6 and summary["seed"] == 3 and summary["check"] == "ok"
     stats = json.loads((tmp_path / "c" / "corpus_stats.json").read_text())
     assert summary["modalities"] == stats["modalities"]

@@ -12,6 +12,7 @@ import torch
 
 from fuse_helpers import tiny_config, write_synthetic_store
 from scalemm.splits import SPLITS, SplitSpec, assign
+from cli_output import last_json
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.slow  # trains five small runs, then evaluates through the command line
@@ -46,7 +47,7 @@ def _evaluate(run_cli, runs, checkpoint: Path, out: Path, *extra: str) -> dict:
     rc, stdout, err, _ = run_cli("evaluate.py", "--features", str(runs["feats"]), "--checkpoint", str(checkpoint),
                                  "--out", str(out), *extra)
     assert rc == 0, err[-3000:]
-    summary = json.loads(stdout.strip().splitlines()[-1])
+    summary = last_json(stdout)
     assert summary["out"] == str(out)
     return json.loads((out / "metrics.json").read_text())
 
@@ -82,7 +83,7 @@ def test_metrics_json_keys_split_and_seeds(runs, run_cli, tmp_path) -> None:
     assert (tmp_path / "eval" / "gallery.html").is_file() and (tmp_path / "eval" / "report.md").is_file()
     rc, stdout, err, _ = run_cli("evaluate.py", "--out", str(tmp_path / "eval"), "--rebuild-index")
     assert rc == 0, err
-    assert json.loads(stdout.strip().splitlines()[-1])["same_as_metrics_json"] is True
+    assert last_json(stdout)["same_as_metrics_json"] is True
 
 
 def test_trained_scale_beats_the_untrained_model(runs, run_cli, tmp_path) -> None:
@@ -123,7 +124,7 @@ def test_sampled_evaluation_records_its_samples_and_new_products_join_the_catalo
     assert set(m["timings"]) == {"embedding_s", "catalogue_index_s", "scoring_s"}
     rc, stdout, err, _ = run_cli("evaluate.py", "--out", str(out), "--rebuild-index")
     assert rc == 0, err
-    assert json.loads(stdout.strip().splitlines()[-1])["same_as_metrics_json"] is True
+    assert last_json(stdout)["same_as_metrics_json"] is True
     # new products: another store's embeddings under new ids, added without a rebuild
     new_feats = tmp_path / "new"
     write_synthetic_store(new_feats, n_items=20, nuisance=1.5, noise=0.5, seed=11)
@@ -135,7 +136,7 @@ def test_sampled_evaluation_records_its_samples_and_new_products_join_the_catalo
     save_embeddings(tmp_path / "new.npz", ids, z["vectors"], z["labels"], z["instances"])
     rc, stdout, err, _ = run_cli("evaluate.py", "--out", str(out), "--add-products", str(tmp_path / "new.npz"))
     assert rc == 0, err
-    assert json.loads(stdout.strip().splitlines()[-1])["products"] == 180
+    assert last_json(stdout)["products"] == 180
     idx = load_index(out / "index" / "catalogue")
     _, rows = search(idx, z["vectors"], 1)
     assert [idx.ids[r] for r in rows[:, 0]] == ids

@@ -17,6 +17,7 @@ from scalemm.fuse.model import product_embedding
 from scalemm.fuse.reader import FeatureDataset
 from scalemm.fuse.train import train
 from fuse_helpers import tiny_config, write_synthetic_store
+from cli_output import last_json
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -83,7 +84,7 @@ def test_embed_cli_writes_npz_without_pickle(trained, tmp_path, run_cli) -> None
     rc, out, err, _ = run_cli("embed.py", "--run", str(run), "--features", str(feats), "--out", str(out_path),
                               "--modalities", "image,text", "--no-progress")
     assert rc == 0, err
-    assert json.loads(out.strip().splitlines()[-1])["items"] == 24
+    assert last_json(out)["items"] == 24
     with np.load(out_path, allow_pickle=False) as z:
         for k in ("ids", "labels", "instances", "vectors", "presence", "importances", "modalities"):
             assert k in z.files, k
@@ -135,7 +136,7 @@ def test_train_cli_last_line_is_json(tmp_path) -> None:
                            "--out", str(tmp_path / "run"), "--config", str(cfg), "--epochs", "1"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = last_json(proc.stdout)
     for k in ("final_loss", "steps", "seconds", "samples_per_s", "importances"):
         assert k in summary, k
     assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])

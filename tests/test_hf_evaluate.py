@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_output import last_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = "site-packages"
@@ -56,7 +57,7 @@ def test_commands_work_beside_hugging_faces_evaluate(extracted, tmp_path):
     s = subprocess.run([sys.executable, str(ROOT / "pipelines" / "store_info.py"), str(feats)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert s.returncode == 0, s.stderr
-    assert json.loads(s.stdout.strip().splitlines()[-1])["items"] == stats.items
+    assert last_json(s.stdout)["items"] == stats.items
 
 
 def test_hand_over_loads_the_installed_library_or_says_it_is_missing(tmp_path):

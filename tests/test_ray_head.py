@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from scalemm.ray_head import failure_cause
+from cli_output import last_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "pipelines" / "ray_head.py"
@@ -72,7 +73,7 @@ def test_the_demo_head_is_private_under_an_empty_home(tmp_path):
     start = subprocess.run([sys.executable, str(SCRIPT), "start", str(folder), "--num-cpus", "1"], env=env,
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert start.returncode == 0, start.stderr[-3000:]
-    info = json.loads(start.stdout.strip().splitlines()[-1])
+    info = last_json(start.stdout)
     state = json.loads((folder / "head.json").read_text())
     try:
         token_file = Path(info["token_path"])
@@ -111,7 +112,7 @@ def test_the_demo_head_is_private_under_an_empty_home(tmp_path):
         stop = subprocess.run([sys.executable, str(SCRIPT), "stop", str(folder)], env=env, capture_output=True,
                               text=True, timeout=120)
         stop_s = time.monotonic() - t
-    assert stop.returncode == 0 and json.loads(stop.stdout.strip().splitlines()[-1])["stopped"] is True, stop.stderr
+    assert stop.returncode == 0 and last_json(stop.stdout)["stopped"] is True, stop.stderr
     assert stop_s < 60
     assert session_alive(state["pid"]) == []
     assert not Path(state["temp_dir"]).exists() and not (folder / "head.json").exists()

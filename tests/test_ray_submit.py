@@ -6,12 +6,7 @@ import sys
 import pytest
 
 from raycluster import RayHead
-
-
-def last_json(text: str) -> dict:
-    lines = [line for line in text.splitlines() if line.startswith("{")]
-    assert lines, text[-3000:]
-    return json.loads(lines[-1])
+from cli_output import last_json
 
 
 @pytest.mark.slow

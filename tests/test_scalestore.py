@@ -12,6 +12,7 @@ import pytest
 
 from scalemm.corpora.scalestore import ScaleStoreSpec, StoreExists, bytes_per_item, write_scale_store
 from scalemm.store import read_failures, read_manifest, read_shard
+from cli_output import last_json
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_the_same_spec_writes_the_same_store_and_a_used_folder_is_refused(store,
 def test_the_command_line(run_cli, tmp_path) -> None:
     rc, stdout, err, _ = run_cli("make_scalestore.py", "--out", str(tmp_path / "f"), "--items", "300", "--quiet")
     assert rc == 0, err
-    assert json.loads(stdout.strip().splitlines()[-1])["items"] == 300
+    assert last_json(stdout)["items"] == 300
     rc, _, err, _ = run_cli("make_scalestore.py", "--out", str(tmp_path / "f"), "--items", "300", "--quiet")
     assert rc == 2 and err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err
     rc, _, err, _ = run_cli("make_scalestore.py", "--out", str(tmp_path / "g"), "--items", "10000000000", "--quiet")
