@@ -42,7 +42,7 @@ class ScaleConfig:
     train_split: str = "train"
 
     # ---- model
-    d_model: int = 256
+    d_model: int = 384  # 256 loses 3.5 points of probe accuracy on the development corpus (README)
     heads: int = 4
     encoder_layers: int = 2  # per-modality transformer
     fusion_layers: int = 0  # joint transformer (0: none; on the development corpus it did not help, see README)
@@ -67,7 +67,7 @@ class ScaleConfig:
     embed_from: str = "encoder"
     # the frozen backbone's global vector joins each modality's pooled output through a fixed
     # orthonormal map, with this weight (0: the encoders learn from the tokens alone)
-    frozen_skip: float = 20.0
+    frozen_skip: float = 25.0  # about 1.25x the norm a LayerNorm'd output starts at (sqrt(d_model))
     # weight of SIMCL, the paper's pairwise inter-modality contrastive loss
     simcl_weight: float = 0.0
     # several workers (Ray Train): SIMCL and the subset-consistency loss contrast every rank's
