@@ -28,7 +28,7 @@ class ScaleConfig:
 
     The defaults were chosen on the validation split of the real-media development corpus
     (corpora/clipart.py; README "Development corpus"): the default run on its 771 training
-    products takes about five minutes on 2 CPU cores (see ``configs/scale.yaml``).
+    products takes about five and a half minutes on 2 CPU cores (see ``configs/scale.yaml``).
     """
 
     # ---- data
