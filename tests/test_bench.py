@@ -61,7 +61,7 @@ def test_bench_quick_writes_all_figures_and_no_impossible_ratio(tmp_path: Path) 
         assert section in r
     assert r["mode"] == "quick" and "Mode: quick" in p.stdout
     assert r["machine"]["cores"] >= 1 and r["machine"]["torch"]
-    last = last_json(p.stdout)  # the CLI's last line is the JSON summary
+    last = last_json(p.stdout)  # the CLI ends with its JSON summary
     assert last["out"] == str(out)
 
 

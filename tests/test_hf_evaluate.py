@@ -5,7 +5,6 @@ repository root and inside `python pipelines/evaluate.py` too, while the pipelin
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -3,7 +3,6 @@ categories and instances are recoverable from its features, written the same eve
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
