@@ -11,7 +11,6 @@ whole session for a node lost), then stops the head with :func:`scalemm.ray_head
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -47,10 +46,7 @@ class LocalCluster:
     def env(self) -> dict[str, str]:
         """The environment of a driver (or a worker node) of this cluster: its token, nothing of ~/.ray."""
         assert self.head is not None, "start the cluster first"
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-        env.update(self.head.env(), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
-        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-        return env
+        return self.head.process_env()
 
     def _worker(self, i: int, cpus: int) -> subprocess.Popen:
         assert self.folder is not None

@@ -94,6 +94,15 @@ class Head:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path,
                 "RAY_API_SERVER_ADDRESS": self.dashboard}
 
+    def process_env(self) -> dict[str, str]:
+        """The whole environment of a child process that is a client of this head (a driver, ``ray
+        job submit``, a worker node): this process's, less any other cluster's address or token,
+        plus :meth:`env`, usage stats off, unbuffered output, this Python's bin/ first on PATH."""
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+        env.update(self.env(), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        return env
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -3,14 +3,12 @@ its own token, ports and temp dir in a temporary folder; never ~/.ray, never ``r
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from scalemm.ray_head import Head, start_head, stop_head
+from scalemm.ray_head import Head, ray_executable, start_head, stop_head
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,10 +27,7 @@ class RayHead:
     def env(self) -> dict[str, str]:
         """The environment of a client of this head (its token; the venv's bin first on PATH)."""
         assert self.head is not None
-        env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
-        env.update(self.head.env(), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
-        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-        return env
+        return self.head.process_env()
 
     def __enter__(self) -> "RayHead":
         try:
@@ -43,8 +38,7 @@ class RayHead:
         return self
 
     def submit(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        ray = str(Path(sys.executable).parent / "ray")
-        cmd = [ray, "job", "submit", "--address", self.address, "--working-dir", str(ROOT), "--", "python", *args]
+        cmd = [ray_executable(), "job", "submit", "--address", self.address, "--working-dir", str(ROOT), "--", "python", *args]
         return subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
 
     def __exit__(self, *exc: object) -> None:
