@@ -204,7 +204,7 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
         t = time.perf_counter()
         if k == 0:  # every product's scale embedding, written in chunks: the catalogue
             cat_path = out / CATALOGUE_DIR / VECTORS_FILE
-            res = write_vectors(cat_path, len(ds), m.cfg.d_model, lambda w: embed_variants(
+            res = write_vectors(cat_path, len(ds), m.model.embedding_dim, lambda w: embed_variants(
                 m.model, loader, variants, dev, m.cfg.embed_from, progress=progress, rows=work,
                 writers={"scale": w}))
         else:

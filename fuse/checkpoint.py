@@ -159,7 +159,9 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ScaleConfig
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{w} is not a SCALE checkpoint (metadata format {meta.get('format')!r})")
     try:
-        cfg = ScaleConfig.from_dict(json.loads(meta["config"]), source=f"checkpoint {w}")
+        saved = json.loads(meta["config"])
+        saved.setdefault("agreement", "mean")  # what checkpoints from before the setting were trained with
+        cfg = ScaleConfig.from_dict(saved, source=f"checkpoint {w}")
         prov = provenance_from_json(json.loads(meta["provenance"]))
         step = int(meta["step"])
     except (KeyError, TypeError, ValueError, json.JSONDecodeError, ConfigError) as e:

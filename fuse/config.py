@@ -82,6 +82,11 @@ class ScaleConfig:
     # present modalities) | "gated" (that agreement through a learned per-modality gate) |
     # "diagonal" (the paper's literal W[m, m]; see fuse.model.SelfHarmonizer)
     importance: str = "gated"
+    # the agreement the importance is made of: "mean" of the cosines with the other present
+    # modalities | "corroborated": the same mean without the single closest of them (when two or
+    # more others are present), so a modality is not vouched for by its own near-copy alone.
+    # Checkpoints saved before this setting existed load with "mean", what they were trained with
+    agreement: str = "corroborated"
     # product embedding: "importance" (each modality's normalised output weighed by its
     # importance) | "sum" (the paper's plain sum)
     embed_weighting: str = "importance"
@@ -152,6 +157,8 @@ class ScaleConfig:
             raise ConfigError(f"weight_scale must be 'sqrt_m' or 'none', got {self.weight_scale!r}")
         if self.importance not in ("agreement", "gated", "diagonal"):
             raise ConfigError(f"importance must be 'agreement', 'gated' or 'diagonal', got {self.importance!r}")
+        if self.agreement not in ("mean", "corroborated"):
+            raise ConfigError(f"agreement must be 'mean' or 'corroborated', got {self.agreement!r}")
         if self.embed_weighting not in ("importance", "importance_concat", "sum"):
             raise ConfigError(f"embed_weighting must be 'importance', 'importance_concat' or 'sum', "
                               f"got {self.embed_weighting!r}")

@@ -96,10 +96,12 @@ class SelfHarmonizer(nn.Module):
     ``uniform=True`` gives W = 1 for every present pair and importance 1 (no harmonizing).
     """
 
-    def __init__(self, d_model: int, dim: int = 0, importance: str = "agreement", n_modalities: int = 5) -> None:
+    def __init__(self, d_model: int, dim: int = 0, importance: str = "agreement", n_modalities: int = 5,
+                 agreement: str = "mean") -> None:
         super().__init__()
         self.proj = nn.Linear(d_model, dim or d_model)
         self.importance = importance
+        self.agreement = agreement
         if importance == "gated":  # sigmoid(4 a - 2) at the start: 0.5 for an agreement of 0.5
             self.gate_scale = nn.Parameter(torch.full((n_modalities,), math.log(math.e ** 4 - 1)))
             self.gate_bias = nn.Parameter(torch.full((n_modalities,), -2.0))
@@ -121,7 +123,16 @@ class SelfHarmonizer(nn.Module):
             return W, torch.diagonal(W, dim1=1, dim2=2)
         others = pair & ~torch.eye(pair.shape[1], dtype=torch.bool, device=pair.device)
         n = others.sum(-1)
-        agree = torch.where(others, S, torch.zeros_like(S)).sum(-1) / n.clamp_min(1)
+        So = torch.where(others, S, torch.zeros_like(S))
+        total = So.sum(-1)
+        if self.agreement == "corroborated":
+            # leave out the closest other modality where two or more are present: a picture's
+            # near-copy (the video, a second photo) cannot vouch for it alone
+            closest = torch.where(others, S, torch.full_like(S, -2.0)).amax(-1)
+            drop = n >= 2
+            total = torch.where(drop, total - closest, total)
+            n = torch.where(drop, n - 1, n)
+        agree = total / n.clamp_min(1)
         if self.importance == "gated":
             agree = torch.sigmoid(agree * F.softplus(self.gate_scale) + self.gate_bias)
         imp = torch.where(n > 0, agree, torch.ones_like(agree))
@@ -200,7 +211,15 @@ class ScaleModel(nn.Module):
                                        for m in self.modalities})
         self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, cfg.mlp_ratio, cfg.dropout,
                                   cfg.attn_dropout)
-        self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim, cfg.importance, len(self.modalities))
+        self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim, cfg.importance, len(self.modalities),
+                                         cfg.agreement)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the product embedding: ``d_model``, or one block per modality side by side
+        with ``embed_weighting: importance_concat``."""
+        blocks = len(self.modalities) if self.cfg.embed_weighting == "importance_concat" else 1
+        return self.cfg.d_model * blocks
 
     def set_attention(self, impl: str) -> None:
         """Run every block with ``"sdpa"`` (default) or the ``"naive"`` reference."""

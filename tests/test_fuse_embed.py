@@ -143,6 +143,31 @@ def test_train_cli_last_line_is_json(tmp_path) -> None:
     assert (tmp_path / "run" / "training.png").stat().st_size > 1000
 
 
+def test_a_checkpoint_from_before_the_agreement_setting_loads_as_trained(trained, tmp_path) -> None:
+    """Checkpoints saved before ``agreement`` existed were trained with the mean agreement; they must
+    load with it, not with today's default."""
+    import json
+    import shutil
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from scalemm.fuse.checkpoint import load_weights, resolve_weights
+
+    _, run = trained
+    assert load_weights(run)[1].agreement == "corroborated"
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    w = resolve_weights(old)
+    with safe_open(w, "pt") as f:
+        meta = dict(f.metadata())
+    cfg = json.loads(meta["config"])
+    del cfg["agreement"]
+    meta["config"] = json.dumps(cfg)
+    save_file(load_file(w), w, metadata=meta)
+    assert load_weights(old)[1].agreement == "mean"
+    model, _ = load_model(old)
+    assert model.harmonizer.agreement == "mean"
+
+
 def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(trained) -> None:
     """embed_variants skips the joint transformer for encoder-sourced variants and fuses only the
     kept rows: the numbers must be those of the plain forward pass (model.fuse) all the same."""

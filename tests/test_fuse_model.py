@@ -126,6 +126,47 @@ def test_harmonizer_matches_definition_and_gradients_are_finite() -> None:
     assert torch.isfinite(pooled.grad).all()
 
 
+def _identity_harmonizer(agreement: str) -> SelfHarmonizer:
+    h = SelfHarmonizer(4, importance="agreement", n_modalities=4, agreement=agreement)
+    with torch.no_grad():  # f = ReLU(x): S is the cosine of the (non-negative) inputs themselves
+        h.proj.weight.copy_(torch.eye(4))
+        h.proj.bias.zero_()
+    return h
+
+
+def test_corroborated_agreement_leaves_out_the_closest_modality() -> None:
+    """A picture and its near-copy (the video) agree with each other best; a title agrees less
+    with each, more evenly. The mean agreement ranks the near-copies above the title; leaving each
+    modality's closest other modality out ranks the title first."""
+    image, title, table, video = [1, 0, 0, .3], [.7, .2, .7, .1], [0, 1, 0, .3], [1, .05, 0, .3]
+    x = torch.tensor([[image, title, table, video]])
+    full = torch.ones(1, 4, dtype=torch.bool)
+    fn = torch.nn.functional.normalize(x[0], dim=-1)
+    S = fn @ fn.T
+    _, mean = _identity_harmonizer("mean")(x, full)
+    _, corr = _identity_harmonizer("corroborated")(x, full)
+    for m in range(4):
+        others = [S[m, n] for n in range(4) if n != m]
+        assert torch.isclose(mean[0, m], sum(others) / 3, atol=1e-5)
+        assert torch.isclose(corr[0, m], (sum(others) - max(others)) / 2, atol=1e-5)
+    assert mean[0, 0] > mean[0, 1] and mean[0, 3] > mean[0, 1]  # the near-copies first
+    assert corr[0, 1] > corr[0, 0] and corr[0, 1] > corr[0, 3]  # the title first
+    # with one other modality present nothing is left out; a lone modality weighs 1
+    two = torch.tensor([[True, True, False, False]])
+    one = torch.tensor([[False, False, True, False]])
+    assert torch.allclose(_identity_harmonizer("corroborated")(x, two)[1], _identity_harmonizer("mean")(x, two)[1])
+    assert torch.equal(_identity_harmonizer("corroborated")(x, one)[1], one.float())
+
+
+def test_embedding_width_follows_the_weighting() -> None:
+    batch = random_batch(4, present=PRESENCE, seed=2)
+    for weighting, blocks in (("importance", 1), ("sum", 1), ("importance_concat", 5)):
+        model = _model(embed_weighting=weighting)
+        with torch.no_grad():
+            emb = product_embedding(model(batch), "encoder", weighting)
+        assert model.embedding_dim == model.cfg.d_model * blocks == emb.shape[1]
+
+
 def test_block_sdpa_equals_naive_reference() -> None:
     torch.manual_seed(0)
     blk = Block(32, 4, dropout=0.0).eval()
