@@ -59,7 +59,7 @@ def _retrieval(vecs, pooled, present, labels, instances) -> dict[str, float]:
 
 
 def test_training_learns_planted_cross_modal_structure(planted, tmp_path) -> None:
-    cfg = tiny_config(epochs=6, batch_size=32)
+    cfg = tiny_config(epochs=8, batch_size=32)  # at 6 epochs the loss ratio sat at the 0.7 bound (0.69-0.70)
     torch.manual_seed(cfg.seed)  # the untrained model = the run's initialisation
     ds = FeatureDataset(planted)
     model = ScaleModel(cfg, {m: (s.max_tokens, s.dim) for m, s in ds.shapes.items()}).eval()
@@ -80,7 +80,7 @@ def test_training_learns_planted_cross_modal_structure(planted, tmp_path) -> Non
     rec = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
     for k in ("step", "epoch", "loss", "loss_simcl", "loss_mask_table", "importance_audio", "lr", "samples_per_s"):
         assert k in rec, k
-    assert rec["step"] == res.steps == 6 * 3
+    assert rec["step"] == res.steps == cfg.epochs * 3
     assert set(res.importances) == set(cfg.modalities)
     assert all(0.0 <= v <= 1.0 for v in res.importances.values())
 
