@@ -93,6 +93,11 @@ class SelfHarmonizer(nn.Module):
       is normalised, W[m, m] is largest (up to 1) when m agrees with nothing else, and
       1/sqrt(#present) when it agrees with everything: it ranks the noisiest modality first.
 
+    ``agreement="corroborated"`` (the config's default) leaves out of that mean the single closest
+    other modality, where two or more others are present: a picture and its near-copy (the video
+    of it, a second photo) agree with each other best, and with the plain mean each vouched for the
+    other, ranking both above the title on the development corpus (README).
+
     ``uniform=True`` gives W = 1 for every present pair and importance 1 (no harmonizing).
     """
 
