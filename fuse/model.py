@@ -128,8 +128,7 @@ class SelfHarmonizer(nn.Module):
             return W, torch.diagonal(W, dim1=1, dim2=2)
         others = pair & ~torch.eye(pair.shape[1], dtype=torch.bool, device=pair.device)
         n = others.sum(-1)
-        So = torch.where(others, S, torch.zeros_like(S))
-        total = So.sum(-1)
+        total = torch.where(others, S, torch.zeros_like(S)).sum(-1)
         if self.agreement == "corroborated":
             # leave out the closest other modality where two or more are present: a picture's
             # near-copy (the video, a second photo) cannot vouch for it alone
