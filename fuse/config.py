@@ -87,6 +87,13 @@ class ScaleConfig:
     # more others are present), so a modality is not vouched for by its own near-copy alone.
     # Checkpoints saved before this setting existed load with "mean", what they were trained with
     agreement: str = "corroborated"
+    # shrinkage of a product's importances towards each modality's running mean importance (kept
+    # over the training batches, used outside training): importance' = mean + n / (n + k) x
+    # (importance - mean), n = the other modalities the product's agreement was measured on, k
+    # this pseudo-count. One agreement is a noisy estimate; the fewer modalities it rests on
+    # (a listing with some missing), the more it leans on the modality's mean. 0 = no shrinkage,
+    # what checkpoints from before this setting load with
+    importance_shrink: float = 3.0
     # product embedding: "importance" (each modality's normalised output weighed by its
     # importance) | "sum" (the paper's plain sum)
     embed_weighting: str = "importance"
@@ -159,6 +166,8 @@ class ScaleConfig:
             raise ConfigError(f"importance must be 'agreement', 'gated' or 'diagonal', got {self.importance!r}")
         if self.agreement not in ("mean", "corroborated"):
             raise ConfigError(f"agreement must be 'mean' or 'corroborated', got {self.agreement!r}")
+        if not self.importance_shrink >= 0:
+            raise ConfigError(f"importance_shrink must be >= 0 (0: none), got {self.importance_shrink}")
         if self.embed_weighting not in ("importance", "importance_concat", "sum"):
             raise ConfigError(f"embed_weighting must be 'importance', 'importance_concat' or 'sum', "
                               f"got {self.embed_weighting!r}")

@@ -98,15 +98,26 @@ class SelfHarmonizer(nn.Module):
     of it, a second photo) agree with each other best, and with the plain mean each vouched for the
     other, ranking both above the title on the development corpus (README).
 
+    ``shrink`` = k > 0 (the config's ``importance_shrink``) keeps each modality's running mean
+    importance over the training batches (:meth:`update_mean`, called by the model on full
+    products) and, outside training, moves a product's importance towards it:
+    mean + n / (n + k) * (importance - mean), n = the other modalities its agreement rests on. One
+    product's agreement is a noisy estimate, noisiest when it rests on one or two modalities (a
+    listing with some missing); the losses in training still see the product's own agreement.
+
     ``uniform=True`` gives W = 1 for every present pair and importance 1 (no harmonizing).
     """
 
     def __init__(self, d_model: int, dim: int = 0, importance: str = "agreement", n_modalities: int = 5,
-                 agreement: str = "mean") -> None:
+                 agreement: str = "mean", shrink: float = 0.0, momentum: float = 0.1) -> None:
         super().__init__()
         self.proj = nn.Linear(d_model, dim or d_model)
         self.importance = importance
         self.agreement = agreement
+        self.shrink, self.momentum = float(shrink), float(momentum)
+        if self.shrink > 0:  # each modality's running mean importance (updated in training) and its updates
+            self.register_buffer("importance_mean", torch.zeros(n_modalities))
+            self.register_buffer("importance_updates", torch.zeros(n_modalities))
         if importance == "gated":  # sigmoid(4 a - 2) at the start: 0.5 for an agreement of 0.5
             self.gate_scale = nn.Parameter(torch.full((n_modalities,), math.log(math.e ** 4 - 1)))
             self.gate_bias = nn.Parameter(torch.full((n_modalities,), -2.0))
@@ -140,7 +151,33 @@ class SelfHarmonizer(nn.Module):
         if self.importance == "gated":
             agree = torch.sigmoid(agree * F.softplus(self.gate_scale) + self.gate_bias)
         imp = torch.where(n > 0, agree, torch.ones_like(agree))
+        if self.shrink > 0 and not self.training:
+            # towards the modality's mean, the more the fewer modalities the agreement rests on
+            kept = self.importance_updates > 0
+            lam = n.to(imp.dtype) / (n.to(imp.dtype) + self.shrink)
+            shrunk = self.importance_mean.to(imp.dtype) + lam * (imp - self.importance_mean.to(imp.dtype))
+            imp = torch.where(kept, shrunk, imp)
         return W, torch.where(present, imp, torch.zeros_like(imp))
+
+    @torch.no_grad()
+    def update_mean(self, importances: Tensor, present: Tensor) -> None:
+        """Fold a training batch's importances (full products, per modality over the products that
+        have it) into the running means (exponential, ``momentum``; the first batch sets them).
+        Under a process group the batch is every rank's rows together, as one process would see it."""
+        if self.shrink <= 0:
+            return
+        p = present.to(importances.dtype)
+        sums = torch.stack([(importances.detach() * p).sum(0), p.sum(0)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(sums)
+        count = sums[1]
+        has = count > 0
+        batch = sums[0] / count.clamp_min(1)
+        first = self.importance_updates == 0
+        mixed = torch.where(first, batch, (1 - self.momentum) * self.importance_mean + self.momentum * batch)
+        self.importance_mean.copy_(torch.where(has, mixed.to(self.importance_mean.dtype), self.importance_mean))
+        self.importance_updates.add_(has.to(self.importance_updates.dtype))
 
 
 class ModalityEncoder(nn.Module):
@@ -216,7 +253,7 @@ class ScaleModel(nn.Module):
         self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, cfg.mlp_ratio, cfg.dropout,
                                   cfg.attn_dropout)
         self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim, cfg.importance, len(self.modalities),
-                                         cfg.agreement)
+                                         cfg.agreement, cfg.importance_shrink if cfg.harmonize else 0.0)
 
     @property
     def embedding_dim(self) -> int:
@@ -285,6 +322,8 @@ class ScaleModel(nn.Module):
         # weights and importances in float32, whatever autocast does around them
         with torch.autocast(device_type=dev.type, enabled=False):
             W, imp = self.harmonizer(enc_pooled.float(), present, uniform=not self.cfg.harmonize)
+            if self.training and self.cfg.harmonize and torch.equal(present, enc.present):
+                self.harmonizer.update_mean(imp, present)  # full products only, not ablations
 
         masked: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         for m in mods if masked_targets is not None else ():

@@ -144,8 +144,9 @@ def test_train_cli_last_line_is_json(tmp_path) -> None:
 
 
 def test_a_checkpoint_from_before_the_agreement_setting_loads_as_trained(trained, tmp_path) -> None:
-    """Checkpoints saved before ``agreement`` existed were trained with the mean agreement; they must
-    load with it, not with today's default."""
+    """Checkpoints saved before ``agreement`` existed were trained with the mean agreement, and
+    before ``importance_shrink`` kept no running mean importance; they must load as they were
+    trained, not with today's defaults."""
     import json
     import shutil
     from safetensors import safe_open
@@ -160,12 +161,15 @@ def test_a_checkpoint_from_before_the_agreement_setting_loads_as_trained(trained
     with safe_open(w, "pt") as f:
         meta = dict(f.metadata())
     cfg = json.loads(meta["config"])
-    del cfg["agreement"]
+    del cfg["agreement"], cfg["importance_shrink"]
     meta["config"] = json.dumps(cfg)
-    save_file(load_file(w), w, metadata=meta)
-    assert load_weights(old)[1].agreement == "mean"
+    tensors = load_file(w)
+    assert tensors["harmonizer.importance_updates"].min() > 0  # kept in training
+    save_file({k: v for k, v in tensors.items() if ".importance_" not in k}, w, metadata=meta)
+    cfg = load_weights(old)[1]
+    assert (cfg.agreement, cfg.importance_shrink) == ("mean", 0.0)
     model, _ = load_model(old)
-    assert model.harmonizer.agreement == "mean"
+    assert model.harmonizer.agreement == "mean" and model.harmonizer.shrink == 0
 
 
 def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(trained) -> None:
