@@ -153,10 +153,9 @@ class SelfHarmonizer(nn.Module):
         imp = torch.where(n > 0, agree, torch.ones_like(agree))
         if self.shrink > 0 and not self.training:
             # towards the modality's mean, the more the fewer modalities the agreement rests on
-            kept = self.importance_updates > 0
-            lam = n.to(imp.dtype) / (n.to(imp.dtype) + self.shrink)
-            shrunk = self.importance_mean.to(imp.dtype) + lam * (imp - self.importance_mean.to(imp.dtype))
-            imp = torch.where(kept, shrunk, imp)
+            mean, evidence = self.importance_mean.to(imp.dtype), n.to(imp.dtype)
+            shrunk = mean + evidence / (evidence + self.shrink) * (imp - mean)
+            imp = torch.where(self.importance_updates > 0, shrunk, imp)
         return W, torch.where(present, imp, torch.zeros_like(imp))
 
     @torch.no_grad()
@@ -167,7 +166,7 @@ class SelfHarmonizer(nn.Module):
         if self.shrink <= 0:
             return
         p = present.to(importances.dtype)
-        sums = torch.stack([(importances.detach() * p).sum(0), p.sum(0)])
+        sums = torch.stack([(importances * p).sum(0), p.sum(0)])
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             torch.distributed.all_reduce(sums)
@@ -322,7 +321,7 @@ class ScaleModel(nn.Module):
         # weights and importances in float32, whatever autocast does around them
         with torch.autocast(device_type=dev.type, enabled=False):
             W, imp = self.harmonizer(enc_pooled.float(), present, uniform=not self.cfg.harmonize)
-            if self.training and self.cfg.harmonize and torch.equal(present, enc.present):
+            if self.training and self.harmonizer.shrink > 0 and torch.equal(present, enc.present):
                 self.harmonizer.update_mean(imp, present)  # full products only, not ablations
 
         masked: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
