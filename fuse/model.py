@@ -167,8 +167,8 @@ class SelfHarmonizer(nn.Module):
             return
         p = present.to(importances.dtype)
         sums = torch.stack([(importances * p).sum(0), p.sum(0)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
+        from .gather import world_size  # here: gather imports this module
+        if world_size() > 1:
             torch.distributed.all_reduce(sums)
         count = sums[1]
         has = count > 0
