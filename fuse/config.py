@@ -94,6 +94,15 @@ class ScaleConfig:
     # (a listing with some missing), the more it leans on the modality's mean. 0 = no shrinkage,
     # what checkpoints from before this setting load with
     importance_shrink: float = 3.0
+    # each modality's identification rate, kept over the training batches: how often its output
+    # alone finds its own product among the batch by the rest of the product (the importance-
+    # weighted sum of the product's other modalities). Outside training a product's importances
+    # are multiplied by (rate / the best modality's rate) ** p, this p: a modality that agrees
+    # with the category but tells one product from another less well (a shop's table template,
+    # a noisy recording) weighs less. The rates are measured on products the model trains on, so
+    # they flatter the weak modalities (it learns those products); 2 was chosen on validation
+    # over 1. 0 = not used, what checkpoints from before this setting load with
+    identification_power: float = 2.0
     # product embedding: "importance" (each modality's normalised output weighed by its
     # importance) | "sum" (the paper's plain sum)
     embed_weighting: str = "importance"
@@ -168,6 +177,8 @@ class ScaleConfig:
             raise ConfigError(f"agreement must be 'mean' or 'corroborated', got {self.agreement!r}")
         if not self.importance_shrink >= 0:
             raise ConfigError(f"importance_shrink must be >= 0 (0: none), got {self.importance_shrink}")
+        if not self.identification_power >= 0:
+            raise ConfigError(f"identification_power must be >= 0 (0: none), got {self.identification_power}")
         if self.embed_weighting not in ("importance", "importance_concat", "sum"):
             raise ConfigError(f"embed_weighting must be 'importance', 'importance_concat' or 'sum', "
                               f"got {self.embed_weighting!r}")

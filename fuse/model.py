@@ -105,19 +105,32 @@ class SelfHarmonizer(nn.Module):
     product's agreement is a noisy estimate, noisiest when it rests on one or two modalities (a
     listing with some missing); the losses in training still see the product's own agreement.
 
+    ``identification`` = p > 0 (the config's ``identification_power``) keeps each modality's
+    running identification rate over the training batches (:meth:`update_identification`): how
+    often its output alone finds its own product among the batch by the rest of the product.
+    Outside training importances are multiplied by (rate / best rate) ** p. Agreement says whether
+    a modality fits the rest of its product; a shop's table template fits every product of the
+    category and tells none apart, and weighed by agreement alone it blurred the instance
+    (README, "How the defaults were chosen").
+
     ``uniform=True`` gives W = 1 for every present pair and importance 1 (no harmonizing).
     """
 
     def __init__(self, d_model: int, dim: int = 0, importance: str = "agreement", n_modalities: int = 5,
-                 agreement: str = "mean", shrink: float = 0.0, momentum: float = 0.1) -> None:
+                 agreement: str = "mean", shrink: float = 0.0, momentum: float = 0.1,
+                 identification: float = 0.0) -> None:
         super().__init__()
         self.proj = nn.Linear(d_model, dim or d_model)
         self.importance = importance
         self.agreement = agreement
         self.shrink, self.momentum = float(shrink), float(momentum)
+        self.identification = float(identification)
         if self.shrink > 0:  # each modality's running mean importance (updated in training) and its updates
             self.register_buffer("importance_mean", torch.zeros(n_modalities))
             self.register_buffer("importance_updates", torch.zeros(n_modalities))
+        if self.identification > 0:  # each modality's running identification rate and its updates
+            self.register_buffer("identification_rate", torch.zeros(n_modalities))
+            self.register_buffer("identification_updates", torch.zeros(n_modalities))
         if importance == "gated":  # sigmoid(4 a - 2) at the start: 0.5 for an agreement of 0.5
             self.gate_scale = nn.Parameter(torch.full((n_modalities,), math.log(math.e ** 4 - 1)))
             self.gate_bias = nn.Parameter(torch.full((n_modalities,), -2.0))
@@ -156,6 +169,10 @@ class SelfHarmonizer(nn.Module):
             mean, evidence = self.importance_mean.to(imp.dtype), n.to(imp.dtype)
             shrunk = mean + evidence / (evidence + self.shrink) * (imp - mean)
             imp = torch.where(self.importance_updates > 0, shrunk, imp)
+        if self.identification > 0 and not self.training:
+            rate = self.identification_rate.to(imp.dtype).clamp_min(1e-3)
+            factor = (rate / rate.max()) ** self.identification
+            imp = imp * torch.where(self.identification_updates > 0, factor, torch.ones_like(factor))
         return W, torch.where(present, imp, torch.zeros_like(imp))
 
     @torch.no_grad()
@@ -166,17 +183,45 @@ class SelfHarmonizer(nn.Module):
         if self.shrink <= 0:
             return
         p = present.to(importances.dtype)
-        sums = torch.stack([(importances * p).sum(0), p.sum(0)])
+        self._fold(self.importance_mean, self.importance_updates, (importances * p).sum(0), p.sum(0))
+
+    @torch.no_grad()
+    def update_identification(self, pooled: Tensor, importances: Tensor, present: Tensor) -> None:
+        """Fold a training batch's identification rates into the running ones: for each modality m,
+        the share of the products having m and another modality whose normalised output of m is
+        closest (cosine) to their own rest, the importance-weighted sum of their other modalities,
+        among every product's rest in the batch."""
+        if self.identification <= 0:
+            return
+        z = F.normalize(pooled.float(), dim=-1)
+        w = torch.where(present, importances.float().clamp_min(0), torch.zeros_like(importances.float()))
+        total = (z * w[..., None]).sum(1)  # [B, d]
+        hits = torch.zeros(present.shape[1], device=z.device)
+        count = torch.zeros_like(hits)
+        ids = torch.arange(z.shape[0], device=z.device)
+        for m in range(present.shape[1]):
+            rest = total - z[:, m] * w[:, m, None]
+            has_rest = (present & (torch.arange(present.shape[1], device=z.device) != m)).any(-1)
+            rest = F.normalize(rest, dim=-1)
+            sim = (z[:, m] @ rest.T).masked_fill(~has_rest[None, :], -2.0)
+            rows = present[:, m] & has_rest
+            hits[m] = (sim.argmax(-1) == ids)[rows].sum()
+            count[m] = rows.sum()
+        self._fold(self.identification_rate, self.identification_updates, hits, count)
+
+    def _fold(self, running: Tensor, updates: Tensor, sums: Tensor, count: Tensor) -> None:
+        """running <- (1 - momentum) running + momentum * sums / count per modality with count > 0
+        (the first update sets it); under a process group, every rank's rows together."""
+        both = torch.stack([sums.float(), count.float()])
         from .gather import world_size  # here: gather imports this module
         if world_size() > 1:
-            torch.distributed.all_reduce(sums)
-        count = sums[1]
-        has = count > 0
-        batch = sums[0] / count.clamp_min(1)
-        first = self.importance_updates == 0
-        mixed = torch.where(first, batch, (1 - self.momentum) * self.importance_mean + self.momentum * batch)
-        self.importance_mean.copy_(torch.where(has, mixed.to(self.importance_mean.dtype), self.importance_mean))
-        self.importance_updates.add_(has.to(self.importance_updates.dtype))
+            torch.distributed.all_reduce(both)
+        has = both[1] > 0
+        batch = both[0] / both[1].clamp_min(1)
+        first = updates == 0
+        mixed = torch.where(first, batch, (1 - self.momentum) * running + self.momentum * batch)
+        running.copy_(torch.where(has, mixed.to(running.dtype), running))
+        updates.add_(has.to(updates.dtype))
 
 
 class ModalityEncoder(nn.Module):
@@ -252,7 +297,8 @@ class ScaleModel(nn.Module):
         self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, cfg.mlp_ratio, cfg.dropout,
                                   cfg.attn_dropout)
         self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim, cfg.importance, len(self.modalities),
-                                         cfg.agreement, cfg.importance_shrink if cfg.harmonize else 0.0)
+                                         cfg.agreement, cfg.importance_shrink if cfg.harmonize else 0.0,
+                                         identification=cfg.identification_power if cfg.harmonize else 0.0)
 
     @property
     def embedding_dim(self) -> int:
@@ -321,8 +367,9 @@ class ScaleModel(nn.Module):
         # weights and importances in float32, whatever autocast does around them
         with torch.autocast(device_type=dev.type, enabled=False):
             W, imp = self.harmonizer(enc_pooled.float(), present, uniform=not self.cfg.harmonize)
-            if self.training and self.harmonizer.shrink > 0 and torch.equal(present, enc.present):
-                self.harmonizer.update_mean(imp, present)  # full products only, not ablations
+            if self.training and torch.equal(present, enc.present):  # full products only, not ablations
+                self.harmonizer.update_mean(imp, present)
+                self.harmonizer.update_identification(enc_pooled, imp, present)
 
         masked: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         for m in mods if masked_targets is not None else ():

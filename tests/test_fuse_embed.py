@@ -161,15 +161,18 @@ def test_a_checkpoint_from_before_the_agreement_setting_loads_as_trained(trained
     with safe_open(w, "pt") as f:
         meta = dict(f.metadata())
     cfg = json.loads(meta["config"])
-    del cfg["agreement"], cfg["importance_shrink"]
+    del cfg["agreement"], cfg["importance_shrink"], cfg["identification_power"]
     meta["config"] = json.dumps(cfg)
     tensors = load_file(w)
     assert tensors["harmonizer.importance_updates"].min() > 0  # kept in training
-    save_file({k: v for k, v in tensors.items() if ".importance_" not in k}, w, metadata=meta)
+    assert tensors["harmonizer.identification_updates"].min() > 0
+    save_file({k: v for k, v in tensors.items() if ".importance_" not in k and ".identification_" not in k},
+              w, metadata=meta)
     cfg = load_weights(old)[1]
-    assert (cfg.agreement, cfg.importance_shrink) == ("mean", 0.0)
+    assert (cfg.agreement, cfg.importance_shrink, cfg.identification_power) == ("mean", 0.0, 0.0)
     model, _ = load_model(old)
     assert model.harmonizer.agreement == "mean" and model.harmonizer.shrink == 0
+    assert model.harmonizer.identification == 0
 
 
 def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(trained) -> None:

@@ -204,7 +204,42 @@ def test_running_mean_importance_and_shrinkage_outside_training() -> None:
         assert torch.equal(h.train()(x, pres)[1], plain.train()(x, pres)[1])
 
 
-def test_only_full_training_passes_update_the_running_mean() -> None:
+def test_identification_rate_finds_the_modality_that_tells_products_apart() -> None:
+    """Over a training batch each modality's rate is the share of products whose output of it is
+    closest to their own rest (the weighted sum of their other modalities) among the batch's; a
+    modality that is the same for every product (a template) identifies almost none, and outside
+    training importances are scaled by (rate / best rate) ** p."""
+    B, p = 8, 0.5
+    h = SelfHarmonizer(10, importance="agreement", n_modalities=3, identification=p)
+    eye = torch.eye(10)
+    pooled = torch.stack([eye[:B], eye[:B], eye[9].expand(B, 10)], 1)  # two telling modalities, one template
+    present = torch.ones(B, 3, dtype=torch.bool)
+    with torch.no_grad():
+        xb = torch.rand(B, 3, 10)
+        _, before = h.eval()(xb, present)  # no rate kept yet: nothing to scale by
+        h.update_identification(pooled, torch.ones(B, 3), present)
+    # the template ties with every rest: argmax picks the first product, its own only for product 0
+    assert torch.allclose(h.identification_rate, torch.tensor([1.0, 1.0, 1 / B]))
+    off = torch.tensor([[True, True, True], [True, False, False]])  # a product alone: counts nowhere
+    with torch.no_grad():
+        h.update_identification(pooled[:2], torch.ones(2, 3), off)
+    assert torch.allclose(h.identification_rate, torch.tensor([1.0, 1.0, 0.9 / B + 0.1]))
+    assert h.identification_updates.tolist() == [2, 2, 2]
+    x = torch.rand(4, 3, 10)
+    plain = SelfHarmonizer(10, importance="agreement", n_modalities=3)
+    plain.load_state_dict({n: v for n, v in h.state_dict().items() if not n.startswith("identification_")})
+    with torch.no_grad():
+        _, raw = plain.eval()(x, torch.ones(4, 3, dtype=torch.bool))
+        _, scaled = h.eval()(x, torch.ones(4, 3, dtype=torch.bool))
+        assert torch.equal(h.train()(x, torch.ones(4, 3, dtype=torch.bool))[1], raw)  # never in training
+    rate = h.identification_rate
+    assert torch.allclose(scaled, raw * (rate / rate.max()) ** p, atol=1e-6)
+    assert torch.allclose(scaled[:, :2], raw[:, :2]) and (scaled[:, 2] < 0.5 * raw[:, 2]).all()
+    with torch.no_grad():
+        assert torch.equal(before, plain.eval()(xb, present)[1])
+
+
+def test_only_full_training_passes_update_the_running_statistics() -> None:
     """The model folds the full products of a training batch into the running mean; evaluation
     passes and subset passes (ablations) leave it alone, and uniform weights keep none."""
     batch = random_batch(present=PRESENCE)
@@ -221,7 +256,10 @@ def test_only_full_training_passes_update_the_running_mean() -> None:
     assert model.harmonizer.importance_updates.tolist() == [1.0] * 5
     present = out.present.float()
     assert torch.allclose(model.harmonizer.importance_mean, (out.importances * present).sum(0) / present.sum(0))
-    assert "harmonizer.importance_mean" not in _model(harmonize=False).state_dict()
+    assert model.harmonizer.identification_updates.tolist() == [1.0] * 5  # the same passes only
+    assert 0 <= model.harmonizer.identification_rate.min() and model.harmonizer.identification_rate.max() <= 1
+    uniform = _model(harmonize=False).state_dict()
+    assert "harmonizer.importance_mean" not in uniform and "harmonizer.identification_rate" not in uniform
 
 
 def test_embedding_width_follows_the_weighting() -> None:
