@@ -190,9 +190,13 @@ class SelfHarmonizer(nn.Module):
         """Fold a training batch's identification rates into the running ones: for each modality m,
         the share of the products having m and another modality whose normalised output of m is
         closest (cosine) to their own rest, the importance-weighted sum of their other modalities,
-        among every product's rest in the batch."""
+        among every product's rest in the batch. Under a process group the batch is every rank's
+        rows together, as one process would see it (the rate depends on the batch's size)."""
         if self.identification <= 0:
             return
+        from .gather import all_gather_rows, world_size  # here: gather imports this module
+        if world_size() > 1:
+            pooled, importances, present = (all_gather_rows(x) for x in (pooled.float(), importances.float(), present))
         z = F.normalize(pooled.float(), dim=-1)
         w = torch.where(present, importances.float().clamp_min(0), torch.zeros_like(importances.float()))
         total = (z * w[..., None]).sum(1)  # [B, d]
@@ -207,14 +211,15 @@ class SelfHarmonizer(nn.Module):
             rows = present[:, m] & has_rest
             hits[m] = (sim.argmax(-1) == ids)[rows].sum()
             count[m] = rows.sum()
-        self._fold(self.identification_rate, self.identification_updates, hits, count)
+        self._fold(self.identification_rate, self.identification_updates, hits, count, reduce=False)
 
-    def _fold(self, running: Tensor, updates: Tensor, sums: Tensor, count: Tensor) -> None:
+    def _fold(self, running: Tensor, updates: Tensor, sums: Tensor, count: Tensor, reduce: bool = True) -> None:
         """running <- (1 - momentum) running + momentum * sums / count per modality with count > 0
-        (the first update sets it); under a process group, every rank's rows together."""
+        (the first update sets it); ``reduce``: under a process group, sums and counts of every
+        rank together."""
         both = torch.stack([sums.float(), count.float()])
         from .gather import world_size  # here: gather imports this module
-        if world_size() > 1:
+        if reduce and world_size() > 1:
             torch.distributed.all_reduce(both)
         has = both[1] > 0
         batch = both[0] / both[1].clamp_min(1)
