@@ -198,15 +198,14 @@ class SelfHarmonizer(nn.Module):
         if world_size() > 1:
             pooled, importances, present = (all_gather_rows(x) for x in (pooled.float(), importances.float(), present))
         z = F.normalize(pooled.float(), dim=-1)
-        w = torch.where(present, importances.float().clamp_min(0), torch.zeros_like(importances.float()))
-        total = (z * w[..., None]).sum(1)  # [B, d]
         hits = torch.zeros(present.shape[1], device=z.device)
         count = torch.zeros_like(hits)
         ids = torch.arange(z.shape[0], device=z.device)
         for m in range(present.shape[1]):
-            rest = total - z[:, m] * w[:, m, None]
-            has_rest = (present & (torch.arange(present.shape[1], device=z.device) != m)).any(-1)
-            rest = F.normalize(rest, dim=-1)
+            others = present.clone()
+            others[:, m] = False
+            rest = weighted_embedding(pooled, others, importances, "importance")  # zero where none
+            has_rest = others.any(-1)
             sim = (z[:, m] @ rest.T).masked_fill(~has_rest[None, :], -2.0)
             rows = present[:, m] & has_rest
             hits[m] = (sim.argmax(-1) == ids)[rows].sum()
