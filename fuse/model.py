@@ -194,9 +194,8 @@ class SelfHarmonizer(nn.Module):
         rows together, as one process would see it (the rate depends on the batch's size)."""
         if self.identification <= 0:
             return
-        from .gather import all_gather_rows, world_size  # here: gather imports this module
-        if world_size() > 1:
-            pooled, importances, present = (all_gather_rows(x) for x in (pooled.float(), importances.float(), present))
+        from .gather import all_gather_rows  # here: gather imports this module; unchanged on one process
+        pooled, importances, present = (all_gather_rows(x) for x in (pooled.float(), importances.float(), present))
         z = F.normalize(pooled.float(), dim=-1)
         hits = torch.zeros(present.shape[1], device=z.device)
         count = torch.zeros_like(hits)
