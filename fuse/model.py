@@ -388,11 +388,15 @@ class ScaleModel(nn.Module):
         return ModelOutput(self.modalities, present, pooled, enc_pooled, W, imp, masked)
 
     def subset_embedding(self, enc_pooled: Tensor, present: Tensor) -> Tensor:
-        """The product embedding (from the encoders' pooled outputs) of the modalities in
-        ``present`` only, with importances harmonized among those modalities alone."""
+        """The summed product embedding (from the encoders' pooled outputs) of the modalities in
+        ``present`` only, with importances harmonized among those modalities alone: what the
+        subset-consistency loss compares. Always the weighted sum, never modality blocks side by
+        side: two disjoint halves of a product share no block, so their blocks' cosine is 0 for
+        every pair of products and the loss could not learn from them."""
+        weighting = "sum" if self.cfg.embed_weighting == "sum" else "importance"
         with torch.autocast(device_type=enc_pooled.device.type, enabled=False):
             _, imp = self.harmonizer(enc_pooled.float(), present, uniform=not self.cfg.harmonize)
-            return weighted_embedding(enc_pooled, present, imp, self.cfg.embed_weighting)
+            return weighted_embedding(enc_pooled, present, imp, weighting)
 
     def forward(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> ModelOutput:
         """``encode`` then ``fuse`` (see both): the training and embedding forward pass."""
