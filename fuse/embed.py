@@ -76,7 +76,7 @@ def embed_store(run_dir: str | Path, features_dir: str | Path, modalities: Seque
     with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
             out = model(to_device(batch, dev))
-            vecs.append(product_embedding(out, source, info["config"].embed_weighting).cpu())
+            vecs.append(product_embedding(out, source, info["config"].embed_weighting, info["config"].block_weight).cpu())
             pooled.append(out.pooled[:, cols].float().cpu())
             enc_pooled.append(out.enc_pooled[:, cols].float().cpu())
             pres.append(out.present[:, cols].cpu())

@@ -305,10 +305,14 @@ class ScaleModel(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        """Width of the product embedding: ``d_model``, or one block per modality side by side
-        with ``embed_weighting: importance_concat``."""
-        blocks = len(self.modalities) if self.cfg.embed_weighting == "importance_concat" else 1
-        return self.cfg.d_model * blocks
+        """Width of the product embedding: ``d_model``; one block per modality side by side with
+        ``embed_weighting: importance_concat``; the sum and those blocks with ``block_weight`` > 0."""
+        M = len(self.modalities)
+        if self.cfg.embed_weighting == "importance_concat":
+            return self.cfg.d_model * M
+        if self.cfg.embed_weighting == "importance" and self.cfg.block_weight > 0:
+            return self.cfg.d_model * (1 + M)
+        return self.cfg.d_model
 
     def set_attention(self, impl: str) -> None:
         """Run every block with ``"sdpa"`` (default) or the ``"naive"`` reference."""
@@ -403,35 +407,50 @@ class ScaleModel(nn.Module):
         return self.fuse(self.encode(batch, masks), masked_targets=batch)
 
 
-def weighted_embedding(z: Tensor, present: Tensor, importances: Tensor, weighting: str = "sum") -> Tensor:
+def weighted_embedding(z: Tensor, present: Tensor, importances: Tensor, weighting: str = "sum",
+                       block_weight: float = 0.0) -> Tensor:
     """L2-normalized sum over the modality axis of ``z`` [B, M, d], or with ``importance_concat``
-    the weighted blocks side by side [B, M * d] (see :func:`product_embedding`)."""
+    the weighted blocks side by side [B, M * d]; with ``importance`` and ``block_weight`` > 0 the
+    sum followed by those blocks at that weight [B, (1 + M) * d] (see :func:`product_embedding`)."""
     z = z.float()
     if weighting in ("importance", "importance_concat"):
         w = torch.where(present, importances.float().clamp_min(0), torch.zeros_like(importances.float()))
         w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
+        # modality blocks side by side, block m scaled by sqrt(w_m): the cosine of two products
+        # is then sum_m sqrt(w_m w'_m) cos(z_m, z'_m), each modality compared only with itself
+        blocks = (F.normalize(z, dim=-1) * w.sqrt()[..., None]).flatten(1)
+        blocks = blocks / blocks.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         if weighting == "importance_concat":
-            # modality blocks side by side, block m scaled by sqrt(w_m): the cosine of two products
-            # is then sum_m sqrt(w_m w'_m) cos(z_m, z'_m), each modality compared only with itself
-            s = (F.normalize(z, dim=-1) * w.sqrt()[..., None]).flatten(1)
-            return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            return blocks
         z = F.normalize(z, dim=-1) * w[..., None]
     s = z.sum(dim=1)
-    return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    s = s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    if weighting == "importance" and block_weight > 0:
+        # the sum (every modality against every other: a query without its picture still meets
+        # the gallery's pictures through its title) and, beside it, each modality's own block
+        # (like against like); the cosine of two products is (cos_sum + a^2 cos_blocks) / (1 + a^2)
+        both = torch.cat([s, block_weight * blocks], dim=-1)
+        return both / both.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return s
 
 
-def product_embedding(out: ModelOutput, source: str = "fusion", weighting: str = "sum") -> Tensor:
+def product_embedding(out: ModelOutput, source: str = "fusion", weighting: str = "sum",
+                      block_weight: float = 0.0) -> Tensor:
     """The product embedding from the pooled outputs of the present modalities, L2-normalized.
 
     ``source``: the fused pooled outputs, or the modality encoders' before fusion (``"encoder"``).
     ``weighting``: ``"sum"`` is the paper's plain sum of the pooled outputs; ``"importance"``
     L2-normalizes each modality's output and weighs it by the product's own importances (each
     modality by how well it agrees with the product's other modalities), so that a modality
-    that is weak, or wrong for this product, moves the embedding little.
+    that is weak, or wrong for this product, moves the embedding little; ``"importance_concat"``
+    puts the weighted modality outputs side by side instead of summing them.
+    ``block_weight`` (with ``"importance"``): > 0 appends those side-by-side blocks to the sum at
+    this weight, so a linear model on the embedding can weigh each modality on its own while
+    cosine search still ranks mostly by the sum.
     An item with no present modality gets a zero vector.
     """
     return weighted_embedding(out.pooled if source == "fusion" else out.enc_pooled, out.present, out.importances,
-                              weighting)
+                              weighting, block_weight)
 
 
 def count_parameters(model: nn.Module) -> int:

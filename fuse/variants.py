@@ -140,14 +140,14 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
                     zv = torch.where(pv[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
                     with torch.autocast(device_type=device.type, enabled=False):
                         _, iv = model.harmonizer(zv, pv, uniform=not model.cfg.harmonize)
-                        emb = weighted_embedding(zv, pv, iv, weighting)
+                        emb = weighted_embedding(zv, pv, iv, weighting, model.cfg.block_weight)
                     whole = True
                 else:  # the joint transformer: once per batch and distinct presence
                     e, k = (enc, vkeep) if whole else (_rows_of(enc, sel), vkeep[sel])
                     key = (whole, k.cpu().numpy().tobytes())
                     if key not in fused:
                         fused[key] = model.fuse(e, None if bool(k.all()) else k)
-                    emb = product_embedding(fused[key], "fusion", weighting)
+                    emb = product_embedding(fused[key], "fusion", weighting, model.cfg.block_weight)
                 emb = emb.float().cpu()
                 if v.name in writers:
                     writers[v.name](emb.numpy())

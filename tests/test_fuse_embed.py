@@ -37,7 +37,9 @@ def test_embed_store_outputs(trained) -> None:
     ds = FeatureDataset(feats)
     n, M = len(ds), 5
     assert res["ids"] == ds.ids and res["labels"] == ds.labels and res["instances"] == ds.instances
-    assert res["vectors"].shape == (n, 32) and res["vectors"].dtype == np.float32
+    a = load_model(run)[1]["config"].block_weight
+    assert a > 0  # the default: the sum, then each modality's block beside it
+    assert res["vectors"].shape == (n, 32 * (1 + M)) and res["vectors"].dtype == np.float32
     assert res["pooled"].shape == (n, M, 32) and res["presence"].shape == (n, M)
     assert res["importances"].shape == (n, M)
     pres = np.stack([ds.counts[m] > 0 for m in res["modalities"]], 1)
@@ -45,14 +47,19 @@ def test_embed_store_outputs(trained) -> None:
     norms = np.linalg.norm(res["vectors"], axis=1)
     assert np.allclose(norms[pres.any(1)], 1.0, atol=1e-5)
     # the vector is the importance-weighted sum of the L2-normalised pooled outputs of the
-    # configured source (default embed_from: encoder), or of the fused ones with source="fusion"
+    # configured source (default embed_from: encoder), or of the fused ones with source="fusion",
+    # followed by the same outputs side by side, each scaled by sqrt(its weight), at weight a
     assert res["enc_pooled"].shape == (n, M, 32)
     w = np.where(pres, res["importances"], 0.0)
     w = w / np.maximum(w.sum(1, keepdims=True), 1e-6)
 
     def expected(z):
-        s = (z / np.maximum(np.linalg.norm(z, axis=2, keepdims=True), 1e-12) * w[..., None]).sum(1)
-        return s / np.linalg.norm(s, axis=1, keepdims=True)
+        zn = z / np.maximum(np.linalg.norm(z, axis=2, keepdims=True), 1e-12)
+        s = (zn * w[..., None]).sum(1)
+        blocks = (zn * np.sqrt(w)[..., None]).reshape(n, -1)
+        both = np.concatenate([s / np.linalg.norm(s, axis=1, keepdims=True),
+                               a * blocks / np.linalg.norm(blocks, axis=1, keepdims=True)], 1)
+        return both / np.linalg.norm(both, axis=1, keepdims=True)
     assert np.allclose(res["vectors"], expected(res["enc_pooled"]), atol=1e-5)
     fused = embed_store(run, feats, batch_size=7, source="fusion")
     assert np.allclose(fused["vectors"], expected(fused["pooled"]), atol=1e-5)
@@ -69,7 +76,7 @@ def test_modality_subset_is_the_model_with_the_others_absent(trained) -> None:
     for m in ("table", "video", "audio"):
         batch["present"][m][:] = False
     with torch.no_grad():
-        ref = product_embedding(model(batch), "encoder", model.cfg.embed_weighting).numpy()
+        ref = product_embedding(model(batch), "encoder", model.cfg.embed_weighting, model.cfg.block_weight).numpy()
     assert np.allclose(sub["vectors"], ref, atol=1e-5)
     full = embed_store(run, feats)
     assert not np.allclose(sub["vectors"], full["vectors"], atol=1e-3)
@@ -87,7 +94,7 @@ def test_embed_cli_writes_npz_without_pickle(trained, tmp_path, run_cli) -> None
     with np.load(out_path, allow_pickle=False) as z:
         for k in ("ids", "labels", "instances", "vectors", "presence", "importances", "modalities"):
             assert k in z.files, k
-        assert z["ids"].dtype.kind == "U" and z["vectors"].shape == (24, 32)
+        assert z["ids"].dtype.kind == "U" and z["vectors"].shape == (24, 32 * 6)  # the sum and 5 blocks
         ref = embed_store(run, feats, modalities=["image", "text"])
         assert np.allclose(z["vectors"], ref["vectors"]) and z["ids"].tolist() == ref["ids"]
 
@@ -197,7 +204,8 @@ def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(train
         assert np.allclose(res["enc_pooled"], full.enc_pooled.numpy(), atol=1e-6)
         for v in variants:
             keep = torch.from_numpy(variant_presence(v, model.modalities, ds.ids))
-            ref = product_embedding(model.fuse(enc, keep), v.source or "encoder", info["config"].embed_weighting)
+            ref = product_embedding(model.fuse(enc, keep), v.source or "encoder", info["config"].embed_weighting,
+                                    info["config"].block_weight)
             assert np.allclose(res["vectors"][v.name], ref.numpy(), atol=1e-5), v.name
     # at scale: only some rows kept in memory, a writer gets every row of its variant
     rows = np.array([0, 3, 9, 10, 11, 23])

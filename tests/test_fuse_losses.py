@@ -194,7 +194,7 @@ def test_subset_consistency_loss_learns_with_side_by_side_embeddings() -> None:
     losses = {}
     for weighting in ("importance", "importance_concat"):
         torch.manual_seed(0)
-        model = ScaleModel(tiny_config(importance="gated", fusion_layers=0, embed_weighting=weighting), SMALL_SHAPES)
+        model = ScaleModel(tiny_config(importance="gated", fusion_layers=0, embed_weighting=weighting, block_weight=0.0), SMALL_SHAPES)
         out = model(random_batch(12, seed=3))
         torch.manual_seed(7)
         loss = subset_consistency_loss(model, out, 0.1)

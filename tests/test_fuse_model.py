@@ -264,11 +264,42 @@ def test_only_full_training_passes_update_the_running_statistics() -> None:
 
 def test_embedding_width_follows_the_weighting() -> None:
     batch = random_batch(4, present=PRESENCE, seed=2)
-    for weighting, blocks in (("importance", 1), ("sum", 1), ("importance_concat", 5)):
-        model = _model(embed_weighting=weighting)
+    for weighting, bw, blocks in (("importance", 0.0, 1), ("sum", 0.0, 1), ("importance_concat", 0.0, 5),
+                                  ("importance", 0.35, 6)):
+        model = _model(embed_weighting=weighting, block_weight=bw)
         with torch.no_grad():
-            emb = product_embedding(model(batch), "encoder", weighting)
+            emb = product_embedding(model(batch), "encoder", weighting, bw)
         assert model.embedding_dim == model.cfg.d_model * blocks == emb.shape[1]
+        assert torch.allclose(emb.norm(dim=1), torch.ones(len(emb)), atol=1e-5)
+
+
+def test_blocks_beside_the_sum_mix_the_two_cosines_by_their_weight() -> None:
+    """The embedding with ``block_weight`` a: its first d_model columns are the summed embedding, the
+    rest the side-by-side one, and the cosine of two products is (cos_sum + a^2 cos_blocks) / (1 + a^2)."""
+    batch = random_batch(4, present=PRESENCE, seed=2)
+    model = _model(block_weight=0.5)
+    with torch.no_grad():
+        out = model(batch)
+        both = product_embedding(out, "encoder", "importance", 0.5)
+        s = product_embedding(out, "encoder", "importance")
+        b = product_embedding(out, "encoder", "importance_concat")
+    d = model.cfg.d_model
+    assert torch.allclose(both[:, :d] * (1 + 0.25) ** 0.5, s, atol=1e-5)
+    assert torch.allclose(both[:, d:] * (1 + 0.25) ** 0.5, b * 0.5, atol=1e-5)
+    assert torch.allclose(both @ both.T, (s @ s.T + 0.25 * (b @ b.T)) / 1.25, atol=1e-5)
+    # a modality the product lacks has a zero block
+    absent = ~out.present
+    blocks = both[:, d:].reshape(len(both), len(model.modalities), d)
+    assert (blocks[absent] == 0).all() and (blocks[out.present].norm(dim=-1) > 0).all()
+
+
+@pytest.mark.parametrize("kw, match", [({"block_weight": -0.1}, "block_weight must be"),
+                                       ({"block_weight": float("nan")}, "block_weight must be"),
+                                       ({"embed_weighting": "sum"}, "needs embed_weighting 'importance'")])
+def test_block_weight_is_checked(kw, match) -> None:
+    from scalemm.fuse.config import ConfigError, ScaleConfig
+    with pytest.raises(ConfigError, match=match):
+        ScaleConfig(**{"block_weight": 0.35, **kw})
 
 
 def test_block_sdpa_equals_naive_reference() -> None:
