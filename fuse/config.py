@@ -111,7 +111,7 @@ class ScaleConfig:
     # side, at this weight (embedding (1 + M) x d_model wide; 0: the sum alone, d_model wide).
     # A linear model on the embedding then weighs each modality on its own (the sum makes one
     # weight vector serve all five: -3.9 probe accuracy on validation); cosine search ranks by
-    # (cos_sum + w^2 cos_blocks) / (1 + w^2). 0.35 chosen on validation over 0, 0.25, 0.5, 0.7
+    # (cos_sum + a^2 cos_blocks) / (1 + a^2), a this weight. 0.35 chosen on validation over 0, 0.25, 0.5, 0.7
     block_weight: float = 0.35
     # "sqrt_m": W (unit rows) times sqrt(present modalities), so equal agreement weighs 1 and
     # harmonizing changes the relative weights, not the temperature; "none": W as it is

@@ -416,12 +416,13 @@ def weighted_embedding(z: Tensor, present: Tensor, importances: Tensor, weightin
     if weighting in ("importance", "importance_concat"):
         w = torch.where(present, importances.float().clamp_min(0), torch.zeros_like(importances.float()))
         w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
-        # modality blocks side by side, block m scaled by sqrt(w_m): the cosine of two products
-        # is then sum_m sqrt(w_m w'_m) cos(z_m, z'_m), each modality compared only with itself
-        blocks = (F.normalize(z, dim=-1) * w.sqrt()[..., None]).flatten(1)
-        blocks = blocks / blocks.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        if weighting == "importance_concat":
-            return blocks
+        if weighting == "importance_concat" or block_weight > 0:
+            # modality blocks side by side, block m scaled by sqrt(w_m): the cosine of two products
+            # is then sum_m sqrt(w_m w'_m) cos(z_m, z'_m), each modality compared only with itself
+            blocks = (F.normalize(z, dim=-1) * w.sqrt()[..., None]).flatten(1)
+            blocks = blocks / blocks.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            if weighting == "importance_concat":
+                return blocks
         z = F.normalize(z, dim=-1) * w[..., None]
     s = z.sum(dim=1)
     s = s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
