@@ -171,7 +171,7 @@ def test_stores_that_do_not_fit_are_refused(small, tmp_path) -> None:
     moved = tmp_path / "moved"  # same backbones, another corpus: fine to embed, not to resume on
     write_synthetic_store(moved, n_items=12, seed=6, prov_overrides={
         m: {"corpus_fingerprint": "corpus-2"} for m in ("image", "text", "table", "video", "audio")})
-    assert embed_store(run, moved)["vectors"].shape == (12, 32)
+    assert embed_store(run, moved)["vectors"].shape == (12, 32 * 6)  # the sum and five modality blocks
     with pytest.raises(StoreError, match="corpus_fingerprint"):
         train(moved, run, None, resume=True, epochs=2, progress=False)
 
