@@ -51,7 +51,9 @@ def format_headline(metrics: Mapping[str, Any]) -> str:
                      f"{split.get('evaluated_on')} split, mean ± std over training seeds {seeds}")
     rob = metrics.get("robustness", {}).get("methods", {}).get("scale") if isinstance(metrics, Mapping) else None
     if isinstance(rob, Mapping):
-        lines.append(f"scale with {100 * metrics['robustness']['drop_prob']:.0f}% of query modalities dropped: "
+        draws = metrics["robustness"].get("draws", 1)
+        lines.append(f"scale with {100 * metrics['robustness']['drop_prob']:.0f}% of query modalities dropped"
+                     f"{f' (mean of {draws} draws)' if draws > 1 else ''}: "
                      f"coarse mAP@1 {format_value(rob['coarse_mAP@1'])} "
                      f"({format_value(rob['coarse_fraction_of_full'])} % of full)")
     return "\n".join(lines)

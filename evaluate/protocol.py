@@ -93,6 +93,14 @@ def robustness(full: dict[str, dict[str, float]], dropped: dict[str, dict[str, f
     return out
 
 
+def mean_over_draws(draws: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The key-wise mean of one seed's :func:`robustness` figures over independent drop draws
+    (the full figure is the same for each draw, so the mean fraction is the mean mAP@1's)."""
+    if not draws:
+        raise ValueError("no robustness draw to average")
+    return {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
+
+
 def mean_std(values: Sequence[Any]) -> Any:
     """Leaves of equally shaped nested dicts -> ``{"mean", "std"}`` over the list; other leaves
     (strings, None) are kept from the first."""

@@ -36,6 +36,8 @@ def main() -> dict:
                     help="split to report on (test: the headline; val: while choosing settings)")
     ap.add_argument("--drop-prob", type=float, default=0.3,
                     help="robustness: probability that a query product loses each modality (default 0.3)")
+    ap.add_argument("--drop-draws", type=cli.int_at_least(1), default=5,
+                    help="robustness: independent draws of the dropped modalities per seed, averaged (default 5)")
     ap.add_argument("--max-queries", type=cli.int_at_least(1), default=10_000,
                     help="retrieval queries at most (a recorded sample above; default 10000)")
     ap.add_argument("--max-sample", type=cli.int_at_least(2), default=100_000,
@@ -63,7 +65,7 @@ def main() -> dict:
 
     budget = EvalBudget(max_queries=a.max_queries, max_sample=a.max_sample, memory_budget_gb=a.memory_budget_gb)
     m = run_evaluation(a.features, a.checkpoint, a.out, a.uniform_checkpoint, a.media_root, split=a.split,
-                       drop_prob=a.drop_prob, budget=budget)
+                       drop_prob=a.drop_prob, budget=budget, drop_draws=a.drop_draws)
     print(format_headline(m), file=sys.stderr)
     return {"out": a.out, "items": m["items"], "seconds": m["seconds"], "timings": m["timings"], "index": m["index"],
             "split": m["split"], "seeds": m["seeds"],

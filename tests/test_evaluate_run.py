@@ -79,6 +79,15 @@ def test_metrics_json_keys_split_and_seeds(runs, run_cli, tmp_path) -> None:
     assert m["evaluated_items"] == sp["sizes"]["test"]
     rob = m["robustness"]["methods"]["scale"]
     assert m["robustness"]["drop_prob"] == 0.3 and 0 <= rob["coarse_fraction_of_full"]["mean"] <= 1.5
+    # each seed's figure is the mean over independent drop draws (5 by default), each kept
+    assert m["robustness"]["draws"] == 5
+    for name in ("scale", "scale_uniform", "concat_frozen"):
+        draws = m["per_seed"]["robustness_draws"][name]
+        assert len(draws) == 2 and all(len(d) == 5 for d in draws)
+        for d, seed_fig in zip(draws, m["per_seed"]["robustness"][name]):
+            assert seed_fig["coarse_mAP@1"] == pytest.approx(np.mean([x["coarse_mAP@1"] for x in d]))
+        assert m["robustness"]["methods"][name]["coarse_mAP@1"]["mean"] == pytest.approx(
+            np.mean([np.mean([x["coarse_mAP@1"] for x in d]) for d in draws]))
     assert set(m["importance"]["mean"]) == {"image", "text", "table", "video", "audio"}
     assert (tmp_path / "eval" / "gallery.html").is_file() and (tmp_path / "eval" / "report.md").is_file()
     rc, stdout, err, _ = run_cli("evaluate.py", "--out", str(tmp_path / "eval"), "--rebuild-index")

@@ -51,3 +51,19 @@ def test_dropped_modalities_are_a_function_of_seed_id_and_modality() -> None:
     assert drop_mask(ids, mods, 0.0, seed=7).all()
     sub = variant_presence(Variant("t", modalities=("text",)), mods, ids[:5])
     assert sub[:, 1].all() and not sub[:, [0, 2]].any()
+
+
+def test_robustness_draws_are_distinct_and_the_first_is_the_seed_itself() -> None:
+    from scalemm.evaluate.protocol import mean_over_draws
+    from scalemm.evaluate.run import drop_seeds
+    ids = [f"p{i}" for i in range(2000)]
+    mods = ["image", "text", "table", "video", "audio"]
+    seeds = drop_seeds(2, 5)
+    assert seeds[0] == 2 and len(set(seeds)) == 5
+    masks = [drop_mask(ids, mods, 0.3, d) for d in seeds]
+    for i in range(5):
+        for j in range(i + 1, 5):
+            assert (masks[i] != masks[j]).mean() > 0.2  # independent draws, not one repeated
+    assert mean_over_draws([{"a": 0.8, "b": 1.0}, {"a": 0.6, "b": 0.5}]) == pytest.approx({"a": 0.7, "b": 0.75})
+    with pytest.raises(ValueError, match="no robustness draw"):
+        mean_over_draws([])
