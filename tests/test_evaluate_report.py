@@ -185,3 +185,18 @@ def test_render_markdown_and_headline() -> None:
     assert lines[2].split() == ["scale", "50.00", "50.00", "70.00", "80.00"]
     assert "concat_frozen" in text and "recall@10" in lines[-1]
     assert format_headline(metrics["methods"]).splitlines()[2].startswith("scale")
+
+
+def test_importance_plot_of_a_category_without_a_modality_warns_nothing(tmp_path: Path) -> None:
+    """A category none of whose products has, say, a video is a blank heatmap cell, not a
+    'Mean of empty slice' warning on the user's console."""
+    import warnings
+
+    from scalemm.evaluate.plots import plot_importances
+    imp = np.random.default_rng(0).random((6, 5))
+    imp[:3, 3] = np.nan  # category "a": no video
+    labels = ["a"] * 3 + ["b"] * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = plot_importances(imp, labels, tmp_path / "imp.png")
+    assert out.is_file() and Image.open(out).size[0] > 100
