@@ -294,3 +294,48 @@ def test_a_hung_decoder_is_killed_after_the_timeout(monkeypatch):
         while running(p.pid) and time.time() < deadline:
             time.sleep(0.2)
         assert not running(p.pid)
+
+
+def test_the_decoder_child_exits_when_its_worker_is_killed(tmp_path):
+    """A decode worker killed outright (a Ray worker when the cluster stops) must not leave its
+    decoder child behind: it used to wait on its call queue for ever, re-parented to init."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import time\n"
+        "from scalemm.extract import isolated\n"
+        "if __name__ == '__main__':  # the spawned child imports this file too\n"
+        "    assert isolated._isolated(max, 1, 2, timeout=60) == 2  # the child is up and has decoded\n"
+        "    print(*[p.pid for p in isolated._POOL._processes.values()], flush=True)\n"
+        "    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        child = int(proc.stdout.readline())
+        assert Path(f"/proc/{child}").exists()
+        os.kill(proc.pid, signal.SIGKILL)  # no atexit, no pool shutdown: what a killed Ray worker does
+        proc.wait(10)
+
+        def running(pid: int) -> bool:
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            except (FileNotFoundError, IndexError):
+                return False
+
+        deadline = time.time() + 20
+        while running(child) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not running(child), "the decoder child outlived its worker"
+    finally:
+        proc.kill()
+        if child is not None:  # a failing run leaves nothing behind either
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
