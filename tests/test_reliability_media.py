@@ -259,6 +259,14 @@ def test_native_decoder_crash_costs_one_record_per_modality(hostile):
     assert stats.shards_written == len(list((out / "failures").glob("shard-*.jsonl")))
 
 
+def _running(pid: int) -> bool:
+    """The OS's view: gone, or a zombie waiting to be reaped, is not running."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def test_a_hung_decoder_is_killed_after_the_timeout(monkeypatch):
     """A decoder that never returns costs one record and its process (not a CPU for ever)."""
     import signal
@@ -279,21 +287,13 @@ def test_a_hung_decoder_is_killed_after_the_timeout(monkeypatch):
         worker._isolated(signal.sigtimedwait, [signal.SIGUSR2], 120, timeout=4)
     assert procs and worker._POOL is None
     import time
-    from pathlib import Path
-
-    def running(pid: int) -> bool:  # the OS's view: gone, or a zombie waiting to be reaped, is not running
-        stat = Path(f"/proc/{pid}/stat")
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (FileNotFoundError, IndexError):
-            return False
 
     for p in procs:
         p.join(10)  # (the pool's own thread may reap it first; is_alive() is then unreliable)
         deadline = time.time() + 20
-        while running(p.pid) and time.time() < deadline:
+        while _running(p.pid) and time.time() < deadline:
             time.sleep(0.2)
-        assert not running(p.pid)
+        assert not _running(p.pid)
 
 
 def test_the_decoder_child_exits_when_its_worker_is_killed(tmp_path):
@@ -304,7 +304,6 @@ def test_the_decoder_child_exits_when_its_worker_is_killed(tmp_path):
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     script = tmp_path / "worker.py"
     script.write_text(
@@ -321,17 +320,10 @@ def test_the_decoder_child_exits_when_its_worker_is_killed(tmp_path):
         assert Path(f"/proc/{child}").exists()
         os.kill(proc.pid, signal.SIGKILL)  # no atexit, no pool shutdown: what a killed Ray worker does
         proc.wait(10)
-
-        def running(pid: int) -> bool:
-            try:
-                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-            except (FileNotFoundError, IndexError):
-                return False
-
         deadline = time.time() + 20
-        while running(child) and time.time() < deadline:
+        while _running(child) and time.time() < deadline:
             time.sleep(0.2)
-        assert not running(child), "the decoder child outlived its worker"
+        assert not _running(child), "the decoder child outlived its worker"
     finally:
         proc.kill()
         if child is not None:  # a failing run leaves nothing behind either
