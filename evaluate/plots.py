@@ -73,16 +73,14 @@ def plot_importances(importance: np.ndarray, labels: Sequence[str], path: str | 
     imp = np.asarray(importance, dtype=np.float64)
     if imp.ndim != 2 or imp.shape[1] != len(modalities) or imp.shape[0] != len(labels):
         raise ValueError(f"importance must be [N={len(labels)}, {len(modalities)}], got {imp.shape}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        overall = np.nanmean(imp, axis=0) if len(imp) else np.zeros(len(modalities))
     lab = np.asarray(list(labels), dtype=object)
     uniq, counts = np.unique(lab.astype(str), return_counts=True) if len(lab) else ([], [])
     cats = [c for _, c in sorted(zip(-np.asarray(counts), uniq))][:max_categories]
     heat = np.full((len(cats), len(modalities)), np.nan)
-    for r, c in enumerate(cats):
-        with warnings.catch_warnings():  # a category none of whose products has a modality: NaN, masked below
-            warnings.simplefilter("ignore", RuntimeWarning)
+    with warnings.catch_warnings():  # a modality no product (of a category) has: NaN, masked below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        overall = np.nanmean(imp, axis=0) if len(imp) else np.zeros(len(modalities))
+        for r, c in enumerate(cats):
             heat[r] = np.nanmean(imp[lab == c], axis=0)
     fig = _figure((11, max(3.5, 0.28 * len(cats) + 1.5)))
     ax_b, ax_h = fig.subplots(1, 2, width_ratios=[1, 1.4])
