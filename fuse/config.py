@@ -113,6 +113,12 @@ class ScaleConfig:
     # weight vector serve all five: -3.9 probe accuracy on validation); cosine search ranks by
     # (cos_sum + a^2 cos_blocks) / (1 + a^2), a this weight. 0.35 chosen on validation over 0, 0.25, 0.5, 0.7
     block_weight: float = 0.35
+    # each modality's frozen global vector (the mean of its tokens, at the store's full width),
+    # weighed by the product's importance, joins the embedding at this weight (fuse/frozen_blocks.py;
+    # +sum of the token widths: 3,408 dimensions on the development corpus). What the d_model-wide
+    # outputs lose of the backbones' vectors a linear model finds there: +1.6 probe accuracy on
+    # validation, cosine search within 0.4 points. 0: none (what older checkpoints load with)
+    frozen_blocks: float = 0.1
     # "sqrt_m": W (unit rows) times sqrt(present modalities), so equal agreement weighs 1 and
     # harmonizing changes the relative weights, not the temperature; "none": W as it is
     weight_scale: str = "sqrt_m"
@@ -191,6 +197,8 @@ class ScaleConfig:
                               f"got {self.embed_weighting!r}")
         if not (self.block_weight >= 0 and math.isfinite(self.block_weight)):
             raise ConfigError(f"block_weight must be a finite number >= 0 (0: none), got {self.block_weight}")
+        if not (self.frozen_blocks >= 0 and math.isfinite(self.frozen_blocks)):
+            raise ConfigError(f"frozen_blocks must be a finite number >= 0 (0: none), got {self.frozen_blocks}")
         if self.block_weight > 0 and self.embed_weighting != "importance":
             raise ConfigError(f"block_weight {self.block_weight} needs embed_weighting 'importance' (the blocks "
                               f"join the importance-weighted sum), not {self.embed_weighting!r}; set block_weight: 0")

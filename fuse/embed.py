@@ -75,8 +75,10 @@ def embed_store(run_dir: str | Path, features_dir: str | Path, modalities: Seque
     from tqdm.auto import tqdm
     with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
-            out = model(to_device(batch, dev))
-            vecs.append(product_embedding(out, source, info["config"].embed_weighting, info["config"].block_weight).cpu())
+            batch = to_device(batch, dev)
+            out = model(batch)
+            emb = product_embedding(out, source, info["config"].embed_weighting, info["config"].block_weight)
+            vecs.append(model.with_frozen_blocks(emb, batch, out.present, out.importances).cpu())
             pooled.append(out.pooled[:, cols].float().cpu())
             enc_pooled.append(out.enc_pooled[:, cols].float().cpu())
             pres.append(out.present[:, cols].cpu())

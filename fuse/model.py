@@ -37,6 +37,7 @@ from scalemm.modalities import MODALITIES
 
 from .attention import Transformer
 from .config import ScaleConfig
+from .frozen_blocks import append_frozen_blocks, frozen_means, frozen_width
 
 
 @dataclass
@@ -306,13 +307,28 @@ class ScaleModel(nn.Module):
     @property
     def embedding_dim(self) -> int:
         """Width of the product embedding: ``d_model``; one block per modality side by side with
-        ``embed_weighting: importance_concat``; the sum and those blocks with ``block_weight`` > 0."""
+        ``embed_weighting: importance_concat``; the sum and those blocks with ``block_weight`` > 0;
+        then the frozen vectors' widths with ``frozen_blocks`` > 0."""
         M = len(self.modalities)
         if self.cfg.embed_weighting == "importance_concat":
-            return self.cfg.d_model * M
-        if self.cfg.embed_weighting == "importance" and self.cfg.block_weight > 0:
-            return self.cfg.d_model * (1 + M)
-        return self.cfg.d_model
+            width = self.cfg.d_model * M
+        elif self.cfg.embed_weighting == "importance" and self.cfg.block_weight > 0:
+            width = self.cfg.d_model * (1 + M)
+        else:
+            width = self.cfg.d_model
+        if self.cfg.frozen_blocks > 0:
+            width += frozen_width(self.shapes, self.modalities)
+        return width
+
+    def with_frozen_blocks(self, emb: Tensor, batch: Mapping[str, Any], present: Tensor,
+                           importances: Tensor) -> Tensor:
+        """``emb`` followed by the batch's frozen vectors at ``frozen_blocks`` (unchanged at 0; see
+        :mod:`fuse.frozen_blocks`), for the modalities in ``present`` [B, M] weighed by ``importances``."""
+        if self.cfg.frozen_blocks <= 0:
+            return emb
+        return append_frozen_blocks(emb, frozen_means(batch, self.modalities),
+                                    [self.shapes[m][1] for m in self.modalities], present, importances,
+                                    self.cfg.frozen_blocks)
 
     def set_attention(self, impl: str) -> None:
         """Run every block with ``"sdpa"`` (default) or the ``"naive"`` reference."""

@@ -68,6 +68,12 @@ def _encoder_pooled(model: ScaleModel, enc: Encoded) -> torch.Tensor:
     return torch.where(enc.present[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
 
 
+def _batch_rows(batch: Mapping[str, Any], sel: torch.Tensor) -> dict[str, Any]:
+    """The tokens and masks of the samples ``sel`` of a batch (what the frozen blocks read)."""
+    return {"tokens": {m: t[sel] for m, t in batch["tokens"].items()},
+            "mask": {m: k[sel] for m, k in batch["mask"].items()}}
+
+
 def _rows_of(enc: Encoded, sel: torch.Tensor) -> Encoded:
     """The samples ``sel`` of an encoded batch."""
     return Encoded(enc.modalities, enc.present[sel], {m: s[sel] for m, s in enc.seqs.items()},
@@ -141,13 +147,17 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
                     with torch.autocast(device_type=device.type, enabled=False):
                         _, iv = model.harmonizer(zv, pv, uniform=not model.cfg.harmonize)
                         emb = weighted_embedding(zv, pv, iv, weighting, model.cfg.block_weight)
+                        emb = model.with_frozen_blocks(emb, batch, pv, iv)
                     whole = True
                 else:  # the joint transformer: once per batch and distinct presence
                     e, k = (enc, vkeep) if whole else (_rows_of(enc, sel), vkeep[sel])
                     key = (whole, k.cpu().numpy().tobytes())
                     if key not in fused:
                         fused[key] = model.fuse(e, None if bool(k.all()) else k)
-                    emb = product_embedding(fused[key], "fusion", weighting, model.cfg.block_weight)
+                    f = fused[key]
+                    emb = product_embedding(f, "fusion", weighting, model.cfg.block_weight)
+                    emb = model.with_frozen_blocks(emb, batch if whole else _batch_rows(batch, sel), f.present,
+                                                   f.importances)
                 emb = emb.float().cpu()
                 if v.name in writers:
                     writers[v.name](emb.numpy())

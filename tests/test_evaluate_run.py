@@ -165,5 +165,7 @@ def test_side_by_side_embeddings_are_catalogued_at_their_width(runs, run_cli, tm
     m = _evaluate(run_cli, runs, tmp_path / "blocks", tmp_path / "eval")
     assert 0.0 <= m["methods"]["scale"]["coarse"]["mAP@1"]["mean"] <= 1.0
     vectors = np.load(tmp_path / "eval" / "catalogue" / "vectors.npy", mmap_mode="r", allow_pickle=False)
-    assert vectors.shape[1] == cfg.d_model * 5
+    from scalemm.fuse.embed import load_model
+    width = load_model(tmp_path / "blocks" / "seed-0")[0].embedding_dim
+    assert width > cfg.d_model * 5 and vectors.shape[1] == width  # the blocks, then the frozen vectors
     assert np.allclose(np.linalg.norm(vectors[:8], axis=1), 1.0, atol=1e-4)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from scalemm.store import StoreError
+from scalemm.store import MODALITIES, StoreError
 from scalemm.fuse.embed import embed_store, load_model
 from scalemm.fuse.model import product_embedding
 from scalemm.fuse.reader import FeatureDataset
@@ -37,9 +37,12 @@ def test_embed_store_outputs(trained) -> None:
     ds = FeatureDataset(feats)
     n, M = len(ds), 5
     assert res["ids"] == ds.ids and res["labels"] == ds.labels and res["instances"] == ds.instances
-    a = load_model(run)[1]["config"].block_weight
-    assert a > 0  # the default: the sum, then each modality's block beside it
-    assert res["vectors"].shape == (n, 32 * (1 + M)) and res["vectors"].dtype == np.float32
+    cfg = load_model(run)[1]["config"]
+    a, fw = cfg.block_weight, cfg.frozen_blocks
+    assert a > 0 and fw > 0  # the default: the sum, each modality's block beside it, the frozen vectors
+    batch = ds.get_batch(np.arange(n))
+    widths = [batch["tokens"][m].shape[2] for m in res["modalities"]]
+    assert res["vectors"].shape == (n, 32 * (1 + M) + sum(widths)) and res["vectors"].dtype == np.float32
     assert res["pooled"].shape == (n, M, 32) and res["presence"].shape == (n, M)
     assert res["importances"].shape == (n, M)
     pres = np.stack([ds.counts[m] > 0 for m in res["modalities"]], 1)
@@ -59,7 +62,18 @@ def test_embed_store_outputs(trained) -> None:
         blocks = (zn * np.sqrt(w)[..., None]).reshape(n, -1)
         both = np.concatenate([s / np.linalg.norm(s, axis=1, keepdims=True),
                                a * blocks / np.linalg.norm(blocks, axis=1, keepdims=True)], 1)
-        return both / np.linalg.norm(both, axis=1, keepdims=True)
+        both = both / np.linalg.norm(both, axis=1, keepdims=True)
+        # then each modality's frozen vector (the mean of its valid tokens), normalised and scaled
+        # by sqrt(its weight), zero where absent, all of them at weight fw
+        frozen = []
+        for j, m in enumerate(res["modalities"]):
+            tok, valid = batch["tokens"][m].numpy(), batch["mask"][m].numpy()
+            mean = (tok * valid[..., None]).sum(1) / np.maximum(valid.sum(1, keepdims=True), 1)
+            frozen.append(mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+                          * (np.sqrt(w[:, j]) * pres[:, j])[:, None])
+        frozen = np.concatenate(frozen, 1)
+        out = np.concatenate([both, fw * frozen / np.linalg.norm(frozen, axis=1, keepdims=True)], 1)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
     assert np.allclose(res["vectors"], expected(res["enc_pooled"]), atol=1e-5)
     fused = embed_store(run, feats, batch_size=7, source="fusion")
     assert np.allclose(fused["vectors"], expected(fused["pooled"]), atol=1e-5)
@@ -76,7 +90,9 @@ def test_modality_subset_is_the_model_with_the_others_absent(trained) -> None:
     for m in ("table", "video", "audio"):
         batch["present"][m][:] = False
     with torch.no_grad():
-        ref = product_embedding(model(batch), "encoder", model.cfg.embed_weighting, model.cfg.block_weight).numpy()
+        out = model(batch)
+        ref = product_embedding(out, "encoder", model.cfg.embed_weighting, model.cfg.block_weight)
+        ref = model.with_frozen_blocks(ref, batch, out.present, out.importances).numpy()
     assert np.allclose(sub["vectors"], ref, atol=1e-5)
     full = embed_store(run, feats)
     assert not np.allclose(sub["vectors"], full["vectors"], atol=1e-3)
@@ -94,7 +110,9 @@ def test_embed_cli_writes_npz_without_pickle(trained, tmp_path, run_cli) -> None
     with np.load(out_path, allow_pickle=False) as z:
         for k in ("ids", "labels", "instances", "vectors", "presence", "importances", "modalities"):
             assert k in z.files, k
-        assert z["ids"].dtype.kind == "U" and z["vectors"].shape == (24, 32 * 6)  # the sum and 5 blocks
+        frozen = sum(FeatureDataset(feats).get_batch([0])["tokens"][m].shape[2] for m in MODALITIES)
+        # the sum, 5 blocks and the frozen vectors (those of absent modalities zero)
+        assert z["ids"].dtype.kind == "U" and z["vectors"].shape == (24, 32 * 6 + frozen)
         ref = embed_store(run, feats, modalities=["image", "text"])
         assert np.allclose(z["vectors"], ref["vectors"]) and z["ids"].tolist() == ref["ids"]
 
@@ -168,7 +186,8 @@ def test_a_checkpoint_from_before_the_agreement_setting_loads_as_trained(trained
     with safe_open(w, "pt") as f:
         meta = dict(f.metadata())
     cfg = json.loads(meta["config"])
-    del cfg["agreement"], cfg["importance_shrink"], cfg["identification_power"]
+    assert cfg["frozen_blocks"] > 0
+    del cfg["agreement"], cfg["importance_shrink"], cfg["identification_power"], cfg["frozen_blocks"]
     meta["config"] = json.dumps(cfg)
     tensors = load_file(w)
     assert tensors["harmonizer.importance_updates"].min() > 0  # kept in training
@@ -177,7 +196,9 @@ def test_a_checkpoint_from_before_the_agreement_setting_loads_as_trained(trained
               w, metadata=meta)
     cfg = load_weights(old)[1]
     assert (cfg.agreement, cfg.importance_shrink, cfg.identification_power) == ("mean", 0.0, 0.0)
+    assert cfg.frozen_blocks == 0.0  # their embedding carried no frozen vector
     model, _ = load_model(old)
+    assert model.embedding_dim == cfg.d_model * (1 + len(model.modalities))
     assert model.harmonizer.agreement == "mean" and model.harmonizer.shrink == 0
     assert model.harmonizer.identification == 0
 
@@ -204,8 +225,10 @@ def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(train
         assert np.allclose(res["enc_pooled"], full.enc_pooled.numpy(), atol=1e-6)
         for v in variants:
             keep = torch.from_numpy(variant_presence(v, model.modalities, ds.ids))
-            ref = product_embedding(model.fuse(enc, keep), v.source or "encoder", info["config"].embed_weighting,
+            out = model.fuse(enc, keep)
+            ref = product_embedding(out, v.source or "encoder", info["config"].embed_weighting,
                                     info["config"].block_weight)
+            ref = model.with_frozen_blocks(ref, batch, out.present, out.importances)
             assert np.allclose(res["vectors"][v.name], ref.numpy(), atol=1e-5), v.name
     # at scale: only some rows kept in memory, a writer gets every row of its variant
     rows = np.array([0, 3, 9, 10, 11, 23])

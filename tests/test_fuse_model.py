@@ -264,13 +264,56 @@ def test_only_full_training_passes_update_the_running_statistics() -> None:
 
 def test_embedding_width_follows_the_weighting() -> None:
     batch = random_batch(4, present=PRESENCE, seed=2)
-    for weighting, bw, blocks in (("importance", 0.0, 1), ("sum", 0.0, 1), ("importance_concat", 0.0, 5),
-                                  ("importance", 0.35, 6)):
-        model = _model(embed_weighting=weighting, block_weight=bw)
+    frozen = sum(d for _, d in SMALL_SHAPES.values())  # the token widths
+    for weighting, bw, fw, blocks in (("importance", 0.0, 0.0, 1), ("sum", 0.0, 0.0, 1),
+                                      ("importance_concat", 0.0, 0.0, 5), ("importance", 0.35, 0.0, 6),
+                                      ("importance", 0.35, 0.1, 6), ("sum", 0.0, 0.1, 1)):
+        model = _model(embed_weighting=weighting, block_weight=bw, frozen_blocks=fw)
         with torch.no_grad():
-            emb = product_embedding(model(batch), "encoder", weighting, bw)
-        assert model.embedding_dim == model.cfg.d_model * blocks == emb.shape[1]
+            out = model(batch)
+            emb = model.with_frozen_blocks(product_embedding(out, "encoder", weighting, bw), batch, out.present,
+                                           out.importances)
+        assert model.embedding_dim == model.cfg.d_model * blocks + (frozen if fw else 0) == emb.shape[1]
         assert torch.allclose(emb.norm(dim=1), torch.ones(len(emb)), atol=1e-5)
+
+
+def test_frozen_blocks_carry_the_token_means_weighed_by_importance() -> None:
+    """With ``frozen_blocks`` f the learned embedding is followed by each modality's frozen vector
+    (the mean of its valid tokens), normalised and scaled by sqrt(its importance share): the
+    cosine of two products is (cos_learned + f^2 cos_frozen) / (1 + f^2); an absent modality's
+    block is zero, and a modality with the larger importance has the longer block."""
+    batch = random_batch(4, present=PRESENCE, seed=3)
+    model = _model(frozen_blocks=0.5)
+    with torch.no_grad():
+        out = model(batch)
+        learned = product_embedding(out, "encoder", "importance", model.cfg.block_weight)
+        emb = model.with_frozen_blocks(learned, batch, out.present, out.importances)
+    width = learned.shape[1]
+    assert torch.allclose(emb[:, :width] * (1 + 0.25) ** 0.5, learned, atol=1e-5)
+    frozen = emb[:, width:] * (1 + 0.25) ** 0.5 / 0.5
+    assert torch.allclose(frozen.norm(dim=1), torch.ones(len(emb)), atol=1e-5)
+    w = torch.where(out.present, out.importances, torch.zeros(()))
+    w = w / w.sum(1, keepdim=True)
+    start = 0
+    for j, m in enumerate(model.modalities):
+        d = SMALL_SHAPES[m][1]
+        block = frozen[:, start:start + d]
+        start += d
+        valid = batch["mask"][m]
+        mean = (batch["tokens"][m] * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp_min(1)
+        for i in range(len(emb)):
+            if not out.present[i, j]:
+                assert (block[i] == 0).all()
+                continue
+            # the shares w sum to 1, so block m's length is sqrt(w_m) and the blocks' total is 1
+            assert torch.allclose(block[i].norm(), torch.sqrt(w[i, j]), atol=1e-5)
+            assert torch.allclose(block[i] / block[i].norm(), mean[i] / mean[i].norm(), atol=1e-4)
+    assert start == frozen.shape[1]
+    # the cosines mix by the weight
+    assert torch.allclose(emb @ emb.T, (learned @ learned.T + 0.25 * (frozen @ frozen.T)) / 1.25, atol=1e-5)
+    # weight 0 is the learned embedding itself
+    plain = _model(frozen_blocks=0.0)
+    assert plain.with_frozen_blocks(learned, batch, out.present, out.importances) is learned
 
 
 def test_blocks_beside_the_sum_mix_the_two_cosines_by_their_weight() -> None:
@@ -293,7 +336,9 @@ def test_blocks_beside_the_sum_mix_the_two_cosines_by_their_weight() -> None:
     assert (blocks[absent] == 0).all() and (blocks[out.present].norm(dim=-1) > 0).all()
 
 
-@pytest.mark.parametrize("kw, match", [({"block_weight": -0.1}, "block_weight must be"),
+@pytest.mark.parametrize("kw, match", [({"frozen_blocks": -0.1}, "frozen_blocks must be"),
+                                       ({"frozen_blocks": float("inf")}, "frozen_blocks must be"),
+                                       ({"block_weight": -0.1}, "block_weight must be"),
                                        ({"block_weight": float("nan")}, "block_weight must be"),
                                        ({"embed_weighting": "sum"}, "needs embed_weighting 'importance'")])
 def test_block_weight_is_checked(kw, match) -> None:

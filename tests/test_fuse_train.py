@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import scalemm.fuse.step as fuse_step
 from scalemm.store import StoreError
 from scalemm.fuse.checkpoint import CheckpointError, latest_checkpoint
-from scalemm.fuse.embed import embed_store
+from scalemm.fuse.embed import embed_store, load_model
 from scalemm.fuse.model import ScaleModel, product_embedding
 from scalemm.fuse.reader import FeatureDataset
 from scalemm.fuse.train import TrainingDiverged, train
@@ -171,7 +171,8 @@ def test_stores_that_do_not_fit_are_refused(small, tmp_path) -> None:
     moved = tmp_path / "moved"  # same backbones, another corpus: fine to embed, not to resume on
     write_synthetic_store(moved, n_items=12, seed=6, prov_overrides={
         m: {"corpus_fingerprint": "corpus-2"} for m in ("image", "text", "table", "video", "audio")})
-    assert embed_store(run, moved)["vectors"].shape == (12, 32 * 6)  # the sum and five modality blocks
+    # the sum, five modality blocks and the frozen vectors
+    assert embed_store(run, moved)["vectors"].shape == (12, load_model(run)[0].embedding_dim)
     with pytest.raises(StoreError, match="corpus_fingerprint"):
         train(moved, run, None, resume=True, epochs=2, progress=False)
 
