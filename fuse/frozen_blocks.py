@@ -42,22 +42,21 @@ def frozen_width(shapes: Mapping[str, tuple[int, int]], modalities: Sequence[str
 
 
 def append_frozen_blocks(emb: Tensor, frozen: Sequence[Tensor | None], widths: Sequence[int],
-                         present: Tensor, importances: Tensor, weight: float) -> Tensor:
+                         shares: Tensor, weight: float) -> Tensor:
     """``emb`` [B, E] (unit rows) followed by the frozen blocks at ``weight``, L2-normalized.
 
-    Block m is modality m's frozen vector, L2-normalized and scaled by sqrt(w_m), w the
-    product's importances over its ``present`` modalities normalised to sum 1 (as the learned
-    blocks are: the blocks' cosine of two products is sum_m sqrt(w_m w'_m) cos(f_m, f'_m)); zero
-    where the modality is absent or the batch lacks it (``frozen[m]`` None, width ``widths[m]``).
+    Block m is modality m's frozen vector, L2-normalized and scaled by sqrt(w_m), ``shares`` w
+    [B, M] the product's importance shares (:func:`fuse.model.importance_shares`: zero where a
+    modality is absent, summing to 1), as the learned blocks are: the blocks' cosine of two
+    products is sum_m sqrt(w_m w'_m) cos(f_m, f'_m). A block is zero where its share is, or where
+    the batch lacks the modality (``frozen[m]`` None, width ``widths[m]``).
     ``weight`` <= 0 returns ``emb`` unchanged.
     """
     if weight <= 0:
         return emb
-    if len(frozen) != present.shape[1] or len(widths) != present.shape[1]:
-        raise ValueError(f"{len(frozen)} frozen vectors and {len(widths)} widths for {present.shape[1]} modalities")
-    imp = importances.float().clamp_min(0)
-    w = torch.where(present, imp, torch.zeros_like(imp))
-    w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
+    if len(frozen) != shares.shape[1] or len(widths) != shares.shape[1]:
+        raise ValueError(f"{len(frozen)} frozen vectors and {len(widths)} widths for {shares.shape[1]} modalities")
+    w = shares.float()
     parts = []
     for j, (f, width) in enumerate(zip(frozen, widths)):
         if f is None:
@@ -65,7 +64,7 @@ def append_frozen_blocks(emb: Tensor, frozen: Sequence[Tensor | None], widths: S
             continue
         if f.shape[1] != width:
             raise ValueError(f"frozen vector {j} is {f.shape[1]} wide, the model's store {width}")
-        parts.append(F.normalize(f.float(), dim=-1) * (w[:, j].sqrt() * present[:, j])[:, None])
+        parts.append(F.normalize(f.float(), dim=-1) * w[:, j, None].sqrt())
     blocks = torch.cat(parts, dim=1)
     blocks = blocks / blocks.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     both = torch.cat([emb.float(), weight * blocks], dim=1)

@@ -327,8 +327,8 @@ class ScaleModel(nn.Module):
         if self.cfg.frozen_blocks <= 0:
             return emb
         return append_frozen_blocks(emb, frozen_means(batch, self.modalities),
-                                    [self.shapes[m][1] for m in self.modalities], present, importances,
-                                    self.cfg.frozen_blocks)
+                                    [self.shapes[m][1] for m in self.modalities],
+                                    importance_shares(present, importances), self.cfg.frozen_blocks)
 
     def set_attention(self, impl: str) -> None:
         """Run every block with ``"sdpa"`` (default) or the ``"naive"`` reference."""
@@ -423,6 +423,14 @@ class ScaleModel(nn.Module):
         return self.fuse(self.encode(batch, masks), masked_targets=batch)
 
 
+def importance_shares(present: Tensor, importances: Tensor) -> Tensor:
+    """Float32 [B, M]: each product's importances over its present modalities (negative ones as
+    0), normalised to sum 1; zero where absent (a product with none: all zero)."""
+    imp = importances.float().clamp_min(0)
+    w = torch.where(present, imp, torch.zeros_like(imp))
+    return w / w.sum(-1, keepdim=True).clamp_min(1e-6)
+
+
 def weighted_embedding(z: Tensor, present: Tensor, importances: Tensor, weighting: str = "sum",
                        block_weight: float = 0.0) -> Tensor:
     """L2-normalized sum over the modality axis of ``z`` [B, M, d], or with ``importance_concat``
@@ -430,8 +438,7 @@ def weighted_embedding(z: Tensor, present: Tensor, importances: Tensor, weightin
     sum followed by those blocks at that weight [B, (1 + M) * d] (see :func:`product_embedding`)."""
     z = z.float()
     if weighting in ("importance", "importance_concat"):
-        w = torch.where(present, importances.float().clamp_min(0), torch.zeros_like(importances.float()))
-        w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
+        w = importance_shares(present, importances)
         if weighting == "importance_concat" or block_weight > 0:
             # modality blocks side by side, block m scaled by sqrt(w_m): the cosine of two products
             # is then sum_m sqrt(w_m w'_m) cos(z_m, z'_m), each modality compared only with itself
