@@ -78,7 +78,7 @@ def embed_store(run_dir: str | Path, features_dir: str | Path, modalities: Seque
             batch = to_device(batch, dev)
             out = model(batch)
             emb = product_embedding(out, source, info["config"].embed_weighting, info["config"].block_weight)
-            vecs.append(model.with_frozen_blocks(emb, batch, out.present, out.importances).cpu())
+            vecs.append(model.with_frozen_blocks(emb, model.frozen_vectors(batch), out.present, out.importances).cpu())
             pooled.append(out.pooled[:, cols].float().cpu())
             enc_pooled.append(out.enc_pooled[:, cols].float().cpu())
             pres.append(out.present[:, cols].cpu())

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -320,13 +320,19 @@ class ScaleModel(nn.Module):
             width += frozen_width(self.shapes, self.modalities)
         return width
 
-    def with_frozen_blocks(self, emb: Tensor, batch: Mapping[str, Any], present: Tensor,
+    def frozen_vectors(self, batch: Mapping[str, Any]) -> list[Tensor | None] | None:
+        """The batch's frozen vectors in the model's modality order (:func:`fuse.frozen_blocks.frozen_means`),
+        computed once per batch and shared by every embedding of it; None with ``frozen_blocks`` 0."""
+        return frozen_means(batch, self.modalities) if self.cfg.frozen_blocks > 0 else None
+
+    def with_frozen_blocks(self, emb: Tensor, frozen: Sequence[Tensor | None] | None, present: Tensor,
                            importances: Tensor) -> Tensor:
-        """``emb`` followed by the batch's frozen vectors at ``frozen_blocks`` (unchanged at 0; see
-        :mod:`fuse.frozen_blocks`), for the modalities in ``present`` [B, M] weighed by ``importances``."""
-        if self.cfg.frozen_blocks <= 0:
+        """``emb`` followed by ``frozen`` (from :meth:`frozen_vectors`) at ``frozen_blocks``
+        (unchanged at 0 or None; see :mod:`fuse.frozen_blocks`), for the modalities in ``present``
+        [B, M] weighed by ``importances``."""
+        if self.cfg.frozen_blocks <= 0 or frozen is None:
             return emb
-        return append_frozen_blocks(emb, frozen_means(batch, self.modalities),
+        return append_frozen_blocks(emb, frozen,
                                     [self.shapes[m][1] for m in self.modalities],
                                     importance_shares(present, importances), self.cfg.frozen_blocks)
 

@@ -68,10 +68,9 @@ def _encoder_pooled(model: ScaleModel, enc: Encoded) -> torch.Tensor:
     return torch.where(enc.present[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
 
 
-def _batch_rows(batch: Mapping[str, Any], sel: torch.Tensor) -> dict[str, Any]:
-    """The tokens and masks of the samples ``sel`` of a batch (what the frozen blocks read)."""
-    return {"tokens": {m: t[sel] for m, t in batch["tokens"].items()},
-            "mask": {m: k[sel] for m, k in batch["mask"].items()}}
+def _frozen_rows(frozen: Sequence[torch.Tensor | None] | None, sel: torch.Tensor) -> list[torch.Tensor | None] | None:
+    """The samples ``sel`` of a batch's frozen vectors (:meth:`ScaleModel.frozen_vectors`)."""
+    return None if frozen is None else [None if f is None else f[sel] for f in frozen]
 
 
 def _rows_of(enc: Encoded, sel: torch.Tensor) -> Encoded:
@@ -128,6 +127,7 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
             sel = torch.from_numpy(keep).to(device)
             batch = to_device(batch, device)
             enc = model.encode(batch)
+            frozen = model.frozen_vectors(batch)  # once per batch, whatever the variants
             present = enc.present
             z = _encoder_pooled(model, enc)
             with torch.autocast(device_type=device.type, enabled=False):
@@ -147,7 +147,7 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
                     with torch.autocast(device_type=device.type, enabled=False):
                         _, iv = model.harmonizer(zv, pv, uniform=not model.cfg.harmonize)
                         emb = weighted_embedding(zv, pv, iv, weighting, model.cfg.block_weight)
-                        emb = model.with_frozen_blocks(emb, batch, pv, iv)
+                        emb = model.with_frozen_blocks(emb, frozen, pv, iv)
                     whole = True
                 else:  # the joint transformer: once per batch and distinct presence
                     e, k = (enc, vkeep) if whole else (_rows_of(enc, sel), vkeep[sel])
@@ -156,7 +156,7 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
                         fused[key] = model.fuse(e, None if bool(k.all()) else k)
                     f = fused[key]
                     emb = product_embedding(f, "fusion", weighting, model.cfg.block_weight)
-                    emb = model.with_frozen_blocks(emb, batch if whole else _batch_rows(batch, sel), f.present,
+                    emb = model.with_frozen_blocks(emb, frozen if whole else _frozen_rows(frozen, sel), f.present,
                                                    f.importances)
                 emb = emb.float().cpu()
                 if v.name in writers:

@@ -92,7 +92,7 @@ def test_modality_subset_is_the_model_with_the_others_absent(trained) -> None:
     with torch.no_grad():
         out = model(batch)
         ref = product_embedding(out, "encoder", model.cfg.embed_weighting, model.cfg.block_weight)
-        ref = model.with_frozen_blocks(ref, batch, out.present, out.importances).numpy()
+        ref = model.with_frozen_blocks(ref, model.frozen_vectors(batch), out.present, out.importances).numpy()
     assert np.allclose(sub["vectors"], ref, atol=1e-5)
     full = embed_store(run, feats)
     assert not np.allclose(sub["vectors"], full["vectors"], atol=1e-3)
@@ -228,7 +228,7 @@ def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(train
             out = model.fuse(enc, keep)
             ref = product_embedding(out, v.source or "encoder", info["config"].embed_weighting,
                                     info["config"].block_weight)
-            ref = model.with_frozen_blocks(ref, batch, out.present, out.importances)
+            ref = model.with_frozen_blocks(ref, model.frozen_vectors(batch), out.present, out.importances)
             assert np.allclose(res["vectors"][v.name], ref.numpy(), atol=1e-5), v.name
     # at scale: only some rows kept in memory, a writer gets every row of its variant
     rows = np.array([0, 3, 9, 10, 11, 23])

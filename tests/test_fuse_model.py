@@ -271,8 +271,8 @@ def test_embedding_width_follows_the_weighting() -> None:
         model = _model(embed_weighting=weighting, block_weight=bw, frozen_blocks=fw)
         with torch.no_grad():
             out = model(batch)
-            emb = model.with_frozen_blocks(product_embedding(out, "encoder", weighting, bw), batch, out.present,
-                                           out.importances)
+            emb = model.with_frozen_blocks(product_embedding(out, "encoder", weighting, bw),
+                                           model.frozen_vectors(batch), out.present, out.importances)
         assert model.embedding_dim == model.cfg.d_model * blocks + (frozen if fw else 0) == emb.shape[1]
         assert torch.allclose(emb.norm(dim=1), torch.ones(len(emb)), atol=1e-5)
 
@@ -287,7 +287,7 @@ def test_frozen_blocks_carry_the_token_means_weighed_by_importance() -> None:
     with torch.no_grad():
         out = model(batch)
         learned = product_embedding(out, "encoder", "importance", model.cfg.block_weight)
-        emb = model.with_frozen_blocks(learned, batch, out.present, out.importances)
+        emb = model.with_frozen_blocks(learned, model.frozen_vectors(batch), out.present, out.importances)
     width = learned.shape[1]
     assert torch.allclose(emb[:, :width] * (1 + 0.25) ** 0.5, learned, atol=1e-5)
     frozen = emb[:, width:] * (1 + 0.25) ** 0.5 / 0.5
@@ -313,7 +313,8 @@ def test_frozen_blocks_carry_the_token_means_weighed_by_importance() -> None:
     assert torch.allclose(emb @ emb.T, (learned @ learned.T + 0.25 * (frozen @ frozen.T)) / 1.25, atol=1e-5)
     # weight 0 is the learned embedding itself
     plain = _model(frozen_blocks=0.0)
-    assert plain.with_frozen_blocks(learned, batch, out.present, out.importances) is learned
+    assert plain.frozen_vectors(batch) is None
+    assert plain.with_frozen_blocks(learned, model.frozen_vectors(batch), out.present, out.importances) is learned
 
 
 def test_blocks_beside_the_sum_mix_the_two_cosines_by_their_weight() -> None:
