@@ -3,7 +3,7 @@
 Every command line in README.md's fenced shell blocks that runs a repository script
 (``python pipelines/X.py ...``, also after ``ray job submit ... --``; ``bash pipelines/X.sh``;
 ``make TARGET``) must name a script that exists, flags that script's ``--help`` lists, and
-Makefile targets that exist. The docs pages exist, and no page speaks of the development
+Makefile targets that exist, and the layout block names files that exist. The docs pages exist, and no page speaks of the development
 sessions ("this stop", "the previous stop") or cites commit hashes.
 """
 
@@ -178,3 +178,25 @@ def test_no_page_cites_commit_hashes():
                 if re.search(r"[a-f]", word) and re.search(r"[0-9]", word):
                     problems.append(f"{page.name}:{i}: {word!r} looks like a commit hash")
     assert not problems, "\n".join(problems)
+
+
+def test_layout_names_files_that_exist():
+    """Every file the README's layout block names is in the folder it is listed under."""
+    blocks = [b for b in shell_blocks(README.read_text()) if re.search(r"^scalemm/\s", b, re.M)]
+    assert blocks, "no layout block (a fenced block with a line starting 'scalemm/')"
+    folder, missing, named = None, [], 0
+    for line in blocks[0].splitlines():
+        m = re.match(r"^([\w.]+/)\s", line)
+        if m:
+            folder = m.group(1)
+        elif re.match(r"^\S", line):
+            folder = None
+        if folder is None:
+            continue
+        for name in re.findall(r"(?<![\w/.-])([\w-]+\.(?:py|yaml|sh))\b", line):
+            named += 1
+            hits = list((ROOT / folder).rglob(name))
+            if not hits:
+                missing.append(f"{folder}{name}")
+    assert named >= 50, f"only {named} files named in the layout block"
+    assert not missing, f"the layout names files that do not exist: {missing}"
