@@ -3,8 +3,9 @@
 Every command line in README.md's fenced shell blocks that runs a repository script
 (``python pipelines/X.py ...``, also after ``ray job submit ... --``; ``bash pipelines/X.sh``;
 ``make TARGET``) must name a script that exists, flags that script's ``--help`` lists, and
-Makefile targets that exist, and the layout block names files that exist. The docs pages exist, and no page speaks of the development
-sessions ("this stop", "the previous stop") or cites commit hashes.
+Makefile targets that exist; the layout block names only files that exist. The docs pages
+exist, and no page speaks of the development sessions ("this stop", "the previous stop") or
+cites commit hashes.
 """
 
 from __future__ import annotations
