@@ -13,8 +13,11 @@ written; never product records, decoded media or features. A shard counts as don
 failure part (written last, by the actor) exists and its files read back; a killed job loses
 only the shards in flight, and its rerun makes the same plan and skips what is done.
 
-One job at a time per store: the stale temporary files a rerun removes are those of dead
-processes (by pid, on this machine).
+One job at a time per store, held by the store's writer lock (:mod:`scalemm.store.lock`); the
+stale temporary files a rerun removes are those of dead processes (by pid, on this machine).
+Several jobs on one cluster: each reserves its model actors' and its decode tasks' CPUs together
+in one placement group, so a job runs with all it needs or waits as a whole, saying so
+(:func:`reserve_pool`); without progress for ``--wait-timeout`` s it ends with one error.
 """
 
 from __future__ import annotations
@@ -32,13 +35,15 @@ from tqdm import tqdm
 
 from scalemm import store
 from scalemm.atomic import remove_stale_temps as remove_stale_temps_in
-from scalemm.errors import UserError
+from scalemm.errors import (ClusterBusyError, ClusterError, ConfigError, MachineError, UserError, machine_message,
+                            machine_os_error)
 from scalemm.extract.config import ExtractConfig
 from scalemm.extract.plan import Plan, ShardTask, make_plan
 from scalemm.extract.scan import M5_DIR, ScanResult, check_corpus, scan_corpus
 from scalemm.extract.version import feature_code_version
 from scalemm.ray_address import resolve_ray_address
 from scalemm.store.live import LIVE_DIR
+from scalemm.store.lock import StoreLock
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +183,8 @@ def node_pool_plan(node_cpus: list[float], node_gpus: list[float], cfg: ExtractC
         p["cluster_cpus"] = sum(node_cpus)
     per_node = -(-p["actors"] // len(node_cpus))
     left = node_cpus[small] - per_node * p["cpus"]
-    return {**p, "nodes": len(node_cpus), "decode_cpus": round(min(1.0, max(left, 0.25)), 3)}
+    return {**p, "nodes": len(node_cpus), "per_node": per_node, "node_cpus": node_cpus[small],
+            "decode_cpus": round(min(1.0, max(left, 0.25)), 3)}
 
 
 def pool_plan(cpus: float, gpus: float, cfg: ExtractConfig) -> dict[str, Any]:
@@ -209,20 +215,86 @@ def pool_plan(cpus: float, gpus: float, cfg: ExtractConfig) -> dict[str, Any]:
     return {"actors": n, "cpus": actor_cpus, "gpus": 0.0, "threads": threads, "cluster_cpus": cpus}
 
 
-def start_actors(cfg: ExtractConfig, cp: dict[str, Any], out: Path) -> list[Any]:
-    """The model actors, dealt round the nodes (a soft node affinity: an actor goes elsewhere
-    when its node is full); they start loading the backbones at once."""
+def pool_bundles(cp: dict[str, Any]) -> list[dict[str, float]]:
+    """The job's placement group: one bundle per node holding that node's model actors AND the
+    CPUs its decode (and scan) tasks run on, so a job reserves everything it needs at once or
+    waits as a whole (two jobs that each held their actors' CPUs while their decode tasks waited
+    for the other's deadlocked). The bundle is what a lone job used of the node before: on one
+    2-CPU node, 2 actors of 0.5 CPU and 1 CPU to decode."""
+    nodes = min(cp.get("nodes", 1), cp["actors"])
+    per_node = -(-cp["actors"] // nodes)
+    cpus = round(per_node * cp["cpus"] + cp["decode_cpus"], 3)
+    if "node_cpus" in cp and cpus > cp["node_cpus"] + 1e-9:
+        raise ClusterError(f"the actor pool needs {cpus:g} CPUs on a node ({per_node} model actor(s) of "
+                           f"{cp['cpus']:g} CPU and {cp['decode_cpus']:g} to decode) and the cluster's nodes have "
+                           f"{cp['node_cpus']:g}; lower num_actors or actor_cpus in the extraction config")
+    bundle = {"CPU": cpus, **({"GPU": per_node * cp["gpus"]} if cp["gpus"] else {})}
+    return [dict(bundle) for _ in range(nodes)]
+
+
+def reserve_pool(cp: dict[str, Any], timeout: float | None) -> Any:
+    """The job's placement group (:func:`pool_bundles`), once Ray has placed it. While other
+    jobs hold the CPUs it says so, and what it waits for; after ``timeout`` s (None: for ever)
+    :class:`ClusterBusyError`. The group goes when the job's driver ends (or is killed)."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundles = pool_bundles(cp)
+    pg = placement_group(bundles, strategy="PACK" if len(bundles) == 1 else "SPREAD")
+    need = sum(b["CPU"] for b in bundles)
+    t0, said = time.time(), 0.0
+    while True:
+        ready, _ = ray.wait([pg.ready()], timeout=2.0 if not said else 30.0)
+        if ready:
+            if said:
+                log.info("the cluster's CPUs are free: starting after %.0f s of waiting", time.time() - t0)
+            return pg
+        waited = time.time() - t0
+        free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
+        what = (f"{need:g} CPUs ({cp['actors']} model actor(s) of {cp['cpus']:g} CPU and {cp['decode_cpus']:g} "
+                f"per node to decode, {len(bundles)} node(s))")
+        if timeout is not None and waited >= timeout:
+            remove_placement_group(pg)
+            raise ClusterBusyError(
+                f"waited {waited:.0f} s for {what}; the cluster has {free:g} of {total:g} CPUs free, the rest "
+                f"held by other jobs (see `ray status`, `ray job list`); rerun when they are done, or raise "
+                f"--wait-timeout (0 waits for ever)")
+        (log.warning if not said else log.info)(
+            "waiting for %s held by other jobs: the cluster has %g of %g CPUs free; waited %.0f s%s", what, free,
+            total, waited, f", giving up after {timeout:.0f} s" if timeout is not None else "")
+        said = waited
+
+
+def start_actors(cfg: ExtractConfig, cp: dict[str, Any], out: Path, pg: Any = None) -> list[Any]:
+    """The model actors, dealt round the bundles of the job's placement group ``pg`` (one per
+    node); without one, round the nodes (a soft node affinity). They start loading the
+    backbones at once."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
     from scalemm.extract.actor import ShardEncoder
 
-    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0)
     cls = ray.remote(ShardEncoder)
+    if pg is not None:
+        n = len(pg.bundle_specs)
+        where = [PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i % n)
+                 for i in range(cp["actors"])]
+    else:
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0)
+        where = [NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) if nodes else None
+                 for i in range(cp["actors"])]
     return [cls.options(num_cpus=cp["cpus"], num_gpus=cp["gpus"] or None, max_restarts=0,
-                        scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True)
-                        if nodes else None).remote(cfg.to_dict(), cp["threads"], str(out))
-            for i in range(cp["actors"])]
+                        scheduling_strategy=w).remote(cfg.to_dict(), cp["threads"], str(out))
+            for w in where]
+
+
+def in_pool(pg: Any) -> dict[str, Any]:
+    """Ray options that run a task on any bundle of the job's placement group (none: anywhere)."""
+    if pg is None:
+        return {}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=-1)}
 
 
 def actor_infos(actors: list[Any], timeout: float = 900) -> dict[str, dict[str, Any]]:
@@ -248,14 +320,16 @@ class ShardRunner:
     died); a shard whose decode or encode raised fails the job (the rerun resumes)."""
 
     def __init__(self, actors: list[Any], scan: ScanResult, media_root: Path, cfg: ExtractConfig,
-                 decode_cpus: float) -> None:
+                 decode_cpus: float, pg: Any = None, stall_timeout: float | None = None,
+                 lock: StoreLock | None = None) -> None:
         import ray
 
         from scalemm.extract.decoding import decode_lines
 
         self.actors = dict(enumerate(actors))
         self.load = {i: 0 for i in self.actors}
-        self.decode = ray.remote(decode_lines).options(num_cpus=decode_cpus, max_retries=3)
+        self.decode = ray.remote(decode_lines).options(num_cpus=decode_cpus, max_retries=3, **in_pool(pg))
+        self.stall_timeout, self.lock = stall_timeout, lock
         self.args = (str(scan.corpus), str(media_root.resolve()), cfg.to_dict())
         self.chunk = cfg.decode_batch_size
         self.decoded: dict[int, list[Any]] = {}  # shard -> its decode tasks' refs, submitted ahead
@@ -288,7 +362,13 @@ class ShardRunner:
                     t = queue.popleft()
                     running[self._submit(i, t)] = (i, t)
                     self.load[i] += 1
-                (ref,), _ = ray.wait(list(running), num_returns=1)
+                done, _ = ray.wait(list(running), num_returns=1, timeout=self.stall_timeout)
+                if not done:
+                    raise ClusterBusyError(
+                        f"no shard was committed for {self.stall_timeout:.0f} s ({len(running)} in flight on "
+                        f"{len(self.actors)} model actor(s); see `ray status`); the shards committed so far are "
+                        f"kept: rerun to resume, or raise --wait-timeout (0 waits for ever)")
+                (ref,) = done
                 i, t = running.pop(ref)
                 self.load[i] -= 1
                 try:
@@ -302,6 +382,8 @@ class ShardRunner:
                         raise e.cause from None
                     raise
                 self.commits.append(rec)
+                if self.lock is not None:
+                    self.lock.check()
                 bar.update(rec["items"])
                 bar.set_postfix(shards=len(self.commits))
         return self.commits
@@ -373,29 +455,71 @@ def finish_job(out: Path, plan: Plan, todo: list[ShardTask], commits: list[dict[
     return stats
 
 
-def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | Path, cfg: ExtractConfig,
-                   address: str | None = None, fmt: str = "auto") -> JobStats:
-    """Extract ``corpus_path`` into the store ``out`` (new, or grown by an earlier corpus)."""
-    import ray
+WAIT_TIMEOUT_S = 600.0  # default of --wait-timeout (SCALE_WAIT_TIMEOUT)
 
-    t0, cpu0 = time.time(), time.process_time()
+
+def wait_timeout_s(value: float | None = None) -> float | None:
+    """How long a job waits without progress (the cluster's CPUs, the next shard) before it
+    gives up: ``value``, else $SCALE_WAIT_TIMEOUT, else :data:`WAIT_TIMEOUT_S`; 0 or less: for
+    ever (None)."""
+    if value is None:
+        raw = os.environ.get("SCALE_WAIT_TIMEOUT", "")
+        try:
+            value = float(raw) if raw.strip() else WAIT_TIMEOUT_S
+        except ValueError:
+            raise ConfigError(f"SCALE_WAIT_TIMEOUT must be a number of seconds, not {raw!r}") from None
+    return None if value <= 0 else float(value)
+
+
+def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | Path, cfg: ExtractConfig,
+                   address: str | None = None, fmt: str = "auto", wait_timeout: float | None = None) -> JobStats:
+    """Extract ``corpus_path`` into the store ``out`` (new, or grown by an earlier corpus).
+
+    The job is the store's one writer (:class:`scalemm.store.lock.StoreLock`, taken before Ray
+    starts: a second job refuses at once). It reserves its actors' and decode tasks' CPUs in one
+    placement group (:func:`reserve_pool`), waiting while other jobs hold them; it gives up with
+    one error after ``wait_timeout`` s (:func:`wait_timeout_s`) without progress. An error of the
+    machine (a full disk...) ends it with a :class:`MachineError` saying the store is intact."""
     out, media_root = Path(out), Path(media_root)
     if not media_root.is_dir():
         raise store.StoreError(f"media root {media_root} is not a directory")
     check_out(out)
     fmt = check_corpus(corpus_path, fmt)
+    check_writable(out)
+    timeout = wait_timeout_s(wait_timeout)
+    try:
+        with StoreLock(out) as lock:
+            return _run(corpus_path, media_root, out, cfg, address, fmt, timeout, lock)
+    except UserError:
+        raise
+    except Exception as e:
+        err = machine_os_error(e)
+        if err is None:
+            raise
+        raise MachineError(machine_message(
+            err, f"the store {out} is intact (committed shards are kept; the shard in flight is not committed)",
+            "rerun: the rerun resumes")) from e
+
+
+def _run(corpus_path: str | Path, media_root: Path, out: Path, cfg: ExtractConfig, address: str | None, fmt: str,
+         timeout: float | None, lock: StoreLock) -> JobStats:
+    import ray
+
+    t0, cpu0 = time.time(), time.process_time()
     started = not ray.is_initialized()
     if started:
         address = resolve_ray_address(address)
         ray.init(address=address, ignore_reinit_error=True, logging_level=logging.WARNING,
                  log_to_driver=True, include_dashboard=False if address in (None, "local") else None)
     actors: list[Any] = []
+    pg = None
     try:
-        check_writable(out)
+        lock.update(ray_job_id=ray.get_runtime_context().get_job_id())
         cp = cluster_plan(cfg)
         log.info("actor pool: %s", cp)
-        actors = start_actors(cfg, cp, out)  # they load the backbones while the corpus is scanned
-        scan = scan_corpus(corpus_path, media_root, fmt, out, cp["decode_cpus"])
+        pg = reserve_pool(cp, timeout)
+        actors = start_actors(cfg, cp, out, pg)  # they load the backbones while the corpus is scanned
+        scan = scan_corpus(corpus_path, media_root, fmt, out, cp["decode_cpus"], options=in_pool(pg))
         log.info("scanned %d products in %.1f s", scan.products.num_rows, time.time() - t0)
         code = feature_code_version()
         old = store.read_manifest(out)
@@ -405,11 +529,12 @@ def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | P
         check_manifest(out, old, manifest, [k for k in MANIFEST_FIELDS if k != "backbones"])
         remove_stale_temps(out)
         plan, todo = plan_job(out, scan, cfg, old)
-        runner = ShardRunner(actors, scan, media_root, cfg, cp["decode_cpus"])
+        runner = ShardRunner(actors, scan, media_root, cfg, cp["decode_cpus"], pg, timeout, lock)
         runner.prefetch(todo[:AHEAD * len(actors)])  # decoding starts while the backbones load
         manifest["backbones"] = actor_infos(actors)
         log.info("model actor ready after %.1f s", time.time() - t0)
         check_manifest(out, old, manifest, ["backbones"])
+        lock.check()
         if old is None:  # record what the store holds before the first shard appears
             store.write_manifest(out, manifest)
         for t in todo:  # un-commit before rewriting: a kill half-way must not leave a mixed shard committed
@@ -419,10 +544,18 @@ def run_extraction(corpus_path: str | Path, media_root: str | Path, out: str | P
         for a in actors:
             ray.kill(a)
         actors = []
+        lock.check()
         stats = finish_job(out, plan, todo, commits, manifest, old)
     finally:
         for a in actors:
             ray.kill(a)
+        if pg is not None and ray.is_initialized():
+            from ray.util.placement_group import remove_placement_group
+
+            try:
+                remove_placement_group(pg)
+            except Exception as e:  # noqa: BLE001 - the group goes with the job anyway
+                log.debug("could not remove the placement group: %s", e)
         if started:
             ray.shutdown()
     stats.seconds = time.time() - t0

@@ -161,9 +161,10 @@ class ScanResult:
 
 
 def scan_corpus(path: str | Path, media_root: str | Path, fmt: str, out: Path, cpus: float = 1.0,
-                chunk_bytes: int = CHUNK_BYTES) -> ScanResult:
-    """Scan a corpus with Ray tasks of ``cpus`` CPUs each (Ray must be initialised; the model
-    actors may already hold the rest); CorpusError when it has no product."""
+                chunk_bytes: int = CHUNK_BYTES, options: dict[str, Any] | None = None) -> ScanResult:
+    """Scan a corpus with Ray tasks of ``cpus`` CPUs each and Ray ``options`` (the job's
+    placement group: Ray must be initialised; the model actors may already hold the rest);
+    CorpusError when it has no product."""
     import pyarrow as pa
     import ray
     from tqdm import tqdm
@@ -176,7 +177,7 @@ def scan_corpus(path: str | Path, media_root: str | Path, fmt: str, out: Path, c
         src = out / M5_DIR / f"m5product-{fingerprint[:16]}.jsonl"
         if not src.exists():
             src.parent.mkdir(parents=True, exist_ok=True)
-            ray.get(ray.remote(convert_m5product).options(num_cpus=cpus).remote(str(path), str(src)))
+            ray.get(ray.remote(convert_m5product).options(num_cpus=cpus, **(options or {})).remote(str(path), str(src)))
         side = Path(str(src) + ".bad")
         bad = [(0, BadRecord(r["where"], r["error"])) for r in map(json.loads, side.read_text().splitlines())]
         if not src.exists():
@@ -185,7 +186,7 @@ def scan_corpus(path: str | Path, media_root: str | Path, fmt: str, out: Path, c
     else:
         src = path
         chunks, fingerprint = corpus_chunks(src, chunk_bytes)
-    task = ray.remote(scan_chunk).options(num_cpus=cpus)
+    task = ray.remote(scan_chunk).options(num_cpus=cpus, **(options or {}))
     refs = [task.remote(str(src), a, b, line, str(media_root)) for a, b, line in chunks]
     parts = []
     with tqdm(total=len(refs), desc="scan", unit="chunk", disable=len(refs) < 4) as bar:

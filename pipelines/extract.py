@@ -4,6 +4,8 @@
         python pipelines/extract.py --corpus data/corpus.jsonl --media-root data --out feats
 
 Without a running cluster it starts a local Ray. The last stdout line is a JSON summary.
+One job writes a store at a time (a second one refuses, naming the first); jobs into other
+stores on the same cluster wait for each other's CPUs, saying so, up to --wait-timeout.
 """
 
 import argparse
@@ -24,6 +26,9 @@ def main() -> dict:
     ap.add_argument("--shard-size", type=int, help="items per shard")
     ap.add_argument("--format", default="auto", choices=["auto", "jsonl", "m5product"])
     ap.add_argument("--address", help="Ray address (default: the job's cluster, or a local Ray)")
+    ap.add_argument("--wait-timeout", type=float, metavar="S",
+                    help="give up after S seconds without progress: waiting for the CPUs other jobs hold, or "
+                         "for the next shard (default: $SCALE_WAIT_TIMEOUT, else 600; 0: wait for ever)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
     cli.setup_logging(a.verbose)
@@ -34,7 +39,8 @@ def main() -> dict:
     check_ray_address(a.address)
     cfg = load_config(a.config or ROOT / "configs" / "offline.yaml", shard_size=a.shard_size)
     media_root = a.media_root or str(Path(a.corpus).resolve().parent)
-    return run_extraction(a.corpus, media_root, a.out, cfg, address=a.address, fmt=a.format).summary()
+    return run_extraction(a.corpus, media_root, a.out, cfg, address=a.address, fmt=a.format,
+                          wait_timeout=a.wait_timeout).summary()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ over the target. :func:`remove_stale_temps` deletes what a killed writer left be
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -16,13 +17,17 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from scalemm.errors import machine_os_error
+
 _TEMP_RE = re.compile(r"\.tmp(\d+)$")
 
 
 def replace_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Make ``path`` appear whole or not at all: ``write(tmp)`` fills ``<name>.tmp<pid>`` (parent
     folders made), which is fsynced and renamed over ``path``; on any error the temporary file
-    is removed and ``path`` keeps what it held. Returns ``path``."""
+    is removed and ``path`` keeps what it held. A write the machine refused (a full disk,
+    a read-only file system...) raises an OSError with its errno and ``path``, whatever the
+    library that wrote said. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -31,10 +36,33 @@ def replace_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        err = _machine_error(e, path, tmp)
+        if err is not None:
+            raise err from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _machine_error(e: Exception, path: Path, tmp: Path) -> OSError | None:
+    """An OSError naming ``path`` when writing it failed for the machine (no space, quota, file
+    too large, read-only, permission denied; see :func:`scalemm.errors.machine_os_error`). A
+    library that says nothing of the cause (``torch.save``: "unexpected pos") counts as a full
+    disk when its file system has less than 1 MiB left. None for anything else."""
+    err = machine_os_error(e)
+    if err is None:
+        try:
+            st = os.statvfs(tmp.parent)
+            full = st.f_bavail * st.f_frsize < (1 << 20)
+        except OSError:
+            full = False
+        if not full:
+            return None
+        err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return type(err)(err.errno, err.strerror, str(path))
 
 
 def is_temp(path: str | Path) -> bool:

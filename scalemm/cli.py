@@ -5,6 +5,10 @@
   exist, is not a directory or cannot be written, or a Ray address that does not answer)
   ends the command with one ``error: ...`` line on stderr and its exit code: 2, or 3 when
   training diverged.
+* An error of the machine (no space left, a quota, a file too large, a read-only file system,
+  permission denied), also when it was raised in a Ray worker and arrives wrapped in a
+  ``RayTaskError``: one ``error:`` line naming the path, what happened, what is intact and
+  what to do; exit code 2 (see :func:`scalemm.errors.machine_os_error`).
 * Anything else is a bug of ours: the user still gets one ``error:`` line (exit code 1),
   and it names the file where the full traceback was written, for the bug report.
   ``SCALE_DEBUG=1`` lets the traceback through instead.
@@ -26,7 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
-from scalemm.errors import UserError
+from scalemm.errors import UserError, machine_message, machine_os_error
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "RAY_USAGE_STATS_ENABLED": "0"}
@@ -108,11 +112,38 @@ def write_traceback(e: BaseException) -> Path | None:
         return None
 
 
+# what a command leaves intact when the machine refuses a write, and how to go on (by script)
+MACHINE_NOTES = {
+    "extract": ("the store is intact (committed shards are kept; the shard in flight is not committed)",
+                "rerun: the rerun resumes"),
+    "train": ("the run folder is intact (the last checkpoint is kept whole; files are written whole or not at all)",
+              "rerun with --resume: it goes on from the last checkpoint"),
+}
+MACHINE_DEFAULT = ("nothing was written half (files are written whole or not at all)", "rerun")
+
+
+def machine_error_line(err: OSError) -> str:
+    """The one line for an error of the machine (see :func:`scalemm.errors.machine_os_error`)."""
+    script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+    if err.filename is None:  # e.g. a line appended to a log: the folder the command writes
+        out = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--out"), None)
+        if out:
+            err = OSError(err.errno, err.strerror, f"{out} (a file under it)")
+    return machine_message(err, *MACHINE_NOTES.get(script, MACHINE_DEFAULT))
+
+
 def exit_for(e: BaseException) -> NoReturn:
     """Print the one ``error:`` line for ``e`` and exit with its code (see module doc)."""
     if isinstance(e, UserError):
         print(f"error: {_first_line(e)}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
+    machine = machine_os_error(e)  # a full disk, a read-only file system..., also from a Ray worker
+    if machine is not None:
+        print(f"error: {machine_error_line(machine)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    cause = getattr(e, "cause", None)  # a Ray task error wrapping one of the user's errors
+    if isinstance(cause, (UserError, *USER_OS_ERRORS)) and cause is not e:
+        exit_for(cause)
     if isinstance(e, USER_OS_ERRORS):
         print(f"error: {_first_line(e)}", file=sys.stderr, flush=True)
         sys.exit(2)
