@@ -16,15 +16,34 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 from scalemm import store
+from scalemm.errors import errno_of
 from scalemm.extract.config import ExtractConfig
 from scalemm.extract.shard import commit, shard_contents, write_modalities
 
 # provenance fields an actor checks against its own backbones before it writes anything
 CHECKED = ("backbone", "weights_hash", "pretrained", "preprocessing", "dim", "pooled_dim", "max_tokens")
+
+
+def _quiet_unraisable(u: Any) -> None:
+    """The actor's unraisable-exception hook: when a write fails for the machine (a full disk),
+    h5py's objects fail again as they are freed, each printing a traceback (through
+    :func:`sys.excepthook`, then this hook) that Ray sends to the driver's console; the write's
+    own error already says it all (it reaches the driver as one line), so those are dropped.
+    Anything else is printed as usual."""
+    if u.exc_value is not None and errno_of(u.exc_value) is not None:
+        return
+    sys.__unraisablehook__(u)
+
+
+def _quiet_excepthook(kind: type, value: BaseException, tb: Any) -> None:
+    if errno_of(value) is not None:
+        return
+    sys.__excepthook__(kind, value, tb)
 
 
 class ShardEncoder:
@@ -36,6 +55,7 @@ class ShardEncoder:
         from scalemm.extract.encode import Backbones
 
         torch.set_num_threads(max(1, threads))
+        sys.unraisablehook, sys.excepthook = _quiet_unraisable, _quiet_excepthook
         self.out = Path(out)
         self._raylet = os.getppid()
         # an error loading the backbones (a missing weights file) is raised by the first call,

@@ -53,6 +53,7 @@ MACHINE_ERRNOS: dict[int, tuple[str, str]] = {
 }
 # how libraries that do not raise OSError (HDF5, safetensors, FAISS) spell an errno in their messages
 _ERRNO_TEXT = (re.compile(r"\[Errno (\d+)\]"), re.compile(r"errno = (\d+)"), re.compile(r"os error (\d+)"))
+_TEMP_SUFFIX = re.compile(r"\.tmp\d+$")  # see scalemm.atomic.replace_atomic
 _STRERRORS = {os.strerror(n).lower(): n for n in MACHINE_ERRNOS}
 
 
@@ -88,8 +89,8 @@ def machine_os_error(e: BaseException) -> OSError | None:
     not one. Looks through Ray's task errors and exception chains."""
     found: OSError | None = None
     for x in _chain(e):
-        if isinstance(x, UserError):
-            continue
+        if isinstance(x, UserError) or getattr(x, "cause", None) is not None:
+            continue  # a Ray task error: its text quotes the worker's traceback; its cause is the error
         n = errno_of(x)
         if n is None:
             continue
@@ -97,6 +98,8 @@ def machine_os_error(e: BaseException) -> OSError | None:
         if path is None:
             m = re.search(r"filename = '([^']+)'|write error in (.+?): \d+ != ", str(x))
             path = (m.group(1) or m.group(2)) if m else None
+        if path is not None:
+            path = _TEMP_SUFFIX.sub("", str(path))  # the file being written, not its temporary name
         if found is None or (found.filename is None and path is not None):
             found = OSError(n, os.strerror(n), path) if path else OSError(n, os.strerror(n))
         if found.filename is not None:
