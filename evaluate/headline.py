@@ -19,6 +19,12 @@ def format_value(v: Any) -> str:
     return f"{100 * v:.2f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
+def _interval(c: Any) -> str:
+    if not isinstance(c, Mapping) or not all(isinstance(c.get(k), (int, float)) for k in ("diff", "lo", "hi")):
+        return "-"
+    return f"{100 * c['diff']:+.1f} [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}]"
+
+
 def format_headline(metrics: Mapping[str, Any]) -> str:
     """A compact fixed-width table of every method's headline numbers, in percent (mean ± std
     over seeds where the figures carry both).
@@ -41,6 +47,14 @@ def format_headline(metrics: Mapping[str, Any]) -> str:
         return "  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))])
 
     lines = [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
+    if isinstance(metrics, Mapping) and "embedding_dim" in metrics:
+        lines.append(f"scale embedding: {metrics['embedding_dim']} floats")
+    paired = metrics.get("paired") if isinstance(metrics, Mapping) else None
+    if isinstance(paired, Mapping) and paired:
+        lines.append("scale minus baseline, points [paired bootstrap 95 % interval]: coarse mAP@1 / fine mAP@1 / "
+                     "accuracy")
+        for b, p in paired.items():
+            lines.append(f"  {b}: " + " / ".join(_interval(p.get(t)) for t in ("coarse", "fine", "classification")))
     idx = metrics.get("index") if isinstance(metrics, Mapping) else None
     if isinstance(idx, Mapping) and "ann_recall@10" in idx:
         lines.append(f"index: {idx.get('type')}, recall@10 vs exact "

@@ -116,13 +116,16 @@ def coarse_query_mask(labels: Sequence[str]) -> np.ndarray:
 
 
 def retrieval_scores(neighbors: np.ndarray, labels: Sequence[str], instances: Sequence[str],
-                     k: int = 10, query_rows: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+                     k: int = 10, query_rows: np.ndarray | None = None,
+                     per_query: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, dict[str, float]]:
     """Coarse and fine retrieval metrics from every item's ranked neighbors.
 
     ``neighbors[i]`` ranks the gallery rows for query item ``i`` (all N items are both the
     queries and the gallery), with at least ``k + 1`` columns so that the query itself can
     be left out (:func:`drop_self`). ``query_rows``: only these gallery items were queries
     (a sample; ``neighbors[j]`` belongs to item ``query_rows[j]``), the gallery is still all N.
+    ``per_query`` (a dict, filled when given): ``{"coarse" | "fine": (query item rows, hit at rank 1)}``,
+    what mAP@1 averages (the paired bootstrap, :mod:`evaluate.paired`, resamples them).
     """
     n = len(labels)
     nb = np.asarray(neighbors)
@@ -140,6 +143,8 @@ def retrieval_scores(neighbors: np.ndarray, labels: Sequence[str], instances: Se
                         "no labels" if name == "coarse" else "no instance has two listings")
         hits = hits_from_neighbors(ranked[mask], rows[mask], keys)
         out[name] = retrieval_metrics(hits, RETRIEVAL_KS)
+        if per_query is not None:
+            per_query[name] = (rows[mask].copy(), hits[:, 0].copy() if hits.shape[1] else np.zeros(len(hits), bool))
     return out
 
 
@@ -189,10 +194,21 @@ def classification(vectors: np.ndarray, labels: Sequence[str], *, test_size: flo
     return linear_probe(x[train], y[train], x[test], y[test], seed=seed, C=C, max_iter=max_iter)
 
 
+def _record_correct(per_item: dict[str, np.ndarray] | None, kept: np.ndarray, right: np.ndarray) -> None:
+    """``per_item["correct"]``: float per test item, 1.0 / 0.0 where the probe was right / wrong, NaN
+    where the item was not scored (empty label)."""
+    if per_item is not None:
+        c = np.full(len(kept), np.nan)
+        c[kept] = np.asarray(right, dtype=np.float64)
+        per_item["correct"] = c
+
+
 def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray, test_y: Sequence[str], *,
-                 seed: int = 0, C: float = 1.0, max_iter: int = 1000) -> dict[str, float]:
+                 seed: int = 0, C: float = 1.0, max_iter: int = 1000,
+                 per_item: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Fit scikit-learn's standardization + LogisticRegression on the train items, score it on
-    the test items: {"accuracy", "macro_f1"}. Items with an empty label are left out."""
+    the test items: {"accuracy", "macro_f1"}. Items with an empty label are left out.
+    ``per_item`` (a dict, filled when given): ``"correct"``, see :func:`_record_correct`."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
@@ -207,6 +223,7 @@ def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray
     xte, yte = np.asarray(test_x, np.float32)[kte], yte[kte].astype(str)
     if len(yte) == 0 or len(ytr) == 0:
         log.warning("classification: no labelled %s item; reporting 0.0", "test" if len(yte) == 0 else "train")
+        _record_correct(per_item, kte, np.zeros(int(kte.sum())))
         return {"accuracy": 0.0, "macro_f1": 0.0}
     classes = np.unique(ytr)
     if len(classes) < 2:
@@ -221,13 +238,15 @@ def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray
             log.warning("classification: the linear probe did not converge in %d iterations",
                         max_iter)
         pred = probe.predict(xte)
+    _record_correct(per_item, kte, np.asarray(pred) == yte)
     return {"accuracy": float(accuracy_score(yte, pred)),
             "macro_f1": float(f1_score(yte, pred, average="macro", zero_division=0))}
 
 
 def linear_probe_minibatch(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray,
                            test_y: Sequence[str], *, seed: int = 0, epochs: int = 20, batch: int = 1024,
-                           lr: float = 1e-2, C: float = 1.0) -> dict[str, float]:
+                           lr: float = 1e-2, C: float = 1.0,
+                           per_item: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """The linear probe for samples too big for :func:`linear_probe`'s full-batch solver: the same
     model (standardization, then multinomial logistic regression with the L2 penalty of
     scikit-learn's ``C``) fitted by Adam on minibatches of ``batch`` for ``epochs`` passes, from
@@ -245,6 +264,7 @@ def linear_probe_minibatch(train_x: np.ndarray, train_y: Sequence[str], test_x: 
     yte_s = yte[kte].astype(str)
     if len(yte_s) == 0 or len(ytr_i) == 0:
         log.warning("classification: no labelled %s item; reporting 0.0", "test" if len(yte_s) == 0 else "train")
+        _record_correct(per_item, kte, np.zeros(int(kte.sum())))
         return {"accuracy": 0.0, "macro_f1": 0.0}
     mean, std = xtr.mean(0), xtr.std(0)
     std[std == 0] = 1.0
@@ -263,6 +283,7 @@ def linear_probe_minibatch(train_x: np.ndarray, train_y: Sequence[str], test_x: 
             opt.step()
     with torch.no_grad():
         pred = classes[(torch.from_numpy((xte - mean) / std) @ W + b).argmax(1).numpy()]
+    _record_correct(per_item, kte, pred == yte_s)
     return {"accuracy": float(accuracy_score(yte_s, pred)),
             "macro_f1": float(f1_score(yte_s, pred, average="macro", zero_division=0))}
 

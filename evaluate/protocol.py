@@ -60,24 +60,42 @@ class SplitView:
 
 
 def evaluate_on_split(es: EmbeddingSet, view: SplitView, seed: int, *, queries: np.ndarray | None = None,
-                      index_dir: str | Path | None = None, samples: Samples | None = None) -> dict[str, dict[str, float]]:
+                      index_dir: str | Path | None = None, samples: Samples | None = None,
+                      per_product: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
     """Retrieval, classification and clustering of one method on the evaluated split (see the
     module doc). ``es`` holds every item; ``queries`` (optional, aligned with ``es``) are other
     query vectors for the retrieval (e.g. with modalities dropped). ``samples`` (at scale, see
     :mod:`evaluate.budget`): the rows of ``es`` to score and the samples of them each task uses,
-    instead of ``view``'s rows in full."""
+    instead of ``view``'s rows in full.
+
+    ``per_product`` (a dict, filled when given, and when ``queries`` is None): per evaluated product
+    (float [len(eval rows)], NaN where the product is not scored by that task) ``"coarse"`` and
+    ``"fine"``, 1.0 where its nearest neighbour is a hit (what mAP@1 averages), and
+    ``"classification"``, 1.0 where the probe labels it right: what the paired bootstrap
+    (:mod:`evaluate.paired`) resamples."""
     eval_rows = view.eval_rows if samples is None else samples.eval_rows
     train_rows = view.train_rows if samples is None else samples.train_rows
     test = es.subset(eval_rows)
     q = None if queries is None else np.asarray(queries, np.float32)[eval_rows]
+    hits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     out: dict[str, dict[str, float]] = dict(evaluate_retrieval(
-        test, K, seed=seed, queries=q, index_dir=index_dir, query_rows=None if samples is None else samples.queries))
+        test, K, seed=seed, queries=q, index_dir=index_dir, query_rows=None if samples is None else samples.queries,
+        per_query=hits))
     if queries is None:
         train = es.subset(train_rows if samples is None or samples.probe_train is None
                           else train_rows[samples.probe_train])
         probe_test = test if samples is None or samples.probe_test is None else test.subset(samples.probe_test)
         probe = linear_probe_minibatch if samples is not None and samples.minibatch_probe else linear_probe
-        out["classification"] = probe(train.vectors, train.labels, probe_test.vectors, probe_test.labels, seed=seed)
+        correct: dict[str, np.ndarray] = {}
+        out["classification"] = probe(train.vectors, train.labels, probe_test.vectors, probe_test.labels, seed=seed,
+                                      per_item=correct)
+        if per_product is not None:
+            for task, (rows, hit) in hits.items():
+                per_product[task] = np.full(len(test), np.nan)
+                per_product[task][rows] = hit
+            per_product["classification"] = np.full(len(test), np.nan)
+            at = np.arange(len(test)) if samples is None or samples.probe_test is None else samples.probe_test
+            per_product["classification"][at] = correct["correct"]
         cl = test if samples is None or samples.cluster is None else test.subset(samples.cluster)
         out["clustering"] = clustering(cl.vectors, cl.labels, seed=seed)
     return out

@@ -5,9 +5,20 @@ training seeds; see :mod:`evaluate.protocol` for the split and the seeds):
     scale           the trained SCALE model, all modalities (its configured product embedding)
     scale_fused     the same model, sum of the fused first tokens (the paper's pooled outputs)
     scale_uniform   the same model trained with uniform pair weights (when its runs are given)
+    <NAME>          any other trained model given as ``--model NAME=RUN`` (e.g. scale_paper)
+    scale_untrained the scale runs' architecture, config and seed at initialisation, never trained
     concat_frozen   training-free concatenation of the L2-normalized frozen pooled features
+    concat_text_image, concat_weighted, concat_pca
+                    the fair training-free baselines of :mod:`evaluate.baselines` (title + image;
+                    every modality weighted on validation; PCA fitted on train to the embedding's width)
     frozen_<m>      each modality's frozen pooled feature alone
-and, from the same SCALE models: the modality ablation (text; +image; +table; +video;
+Every model is scored in the same pass over the evaluated split (:mod:`evaluate.models`).
+``metrics.json`` also has ``embedding_dim`` (the width of the default ``scale`` embedding),
+``dims`` (every method's width), ``baselines`` (how each fair baseline was built: the chosen
+weights, the PCA's fit) and ``paired`` / ``paired_bootstrap``: the paired bootstrap 95 %
+interval of scale minus each other method on coarse mAP@1, fine mAP@1 and accuracy
+(:mod:`evaluate.paired`). The diagnostics below are the ``scale`` model's:
+the modality ablation (text; +image; +table; +video;
 +audio), robustness to dropped query modalities, the learned importances (their rank
 correlation with the frozen modalities' own coarse mAP@1, and on products planted with a
 wrong title when the corpus records them), text-to-image recall and the recall lost to the
@@ -32,7 +43,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -42,11 +53,18 @@ from scalemm.modalities import ABLATION_ORDER, canonical
 from scalemm.store import open_stores
 from scalemm.runs import RunFolder
 
+from scalemm.splits import rows_of
+
+from .baselines import (PCA_NAME, TEXT_IMAGE, UNTRAINED, WEIGHTED, choose_weights, concat_pca, concat_text_image,
+                        concat_weighted, untrained_model, validation_sample)
 from .budget import SAMPLES_FILE, EvalBudget, Samples
 from .catalogue import CATALOGUE_DIR, CATALOGUE_INDEX, VECTORS_FILE, build_catalogue_index, write_vectors
 from .embeddings import EmbeddingSet, frozen_baselines, l2_normalize
 from .index import load_index, rebuild_index, search
 from .metrics import cross_modal_recall, retrieval_scores
+from .models import DEFAULT, UNIFORM, model_runs
+from .paired import N_BOOT, paired_bootstrap
+from .paired import describe as describe_paired
 from .protocol import SplitView, evaluate_on_split, mean_over_draws, mean_std, robustness, spearman
 from .report import write_report
 from .tasks import K, evaluate_retrieval
@@ -139,10 +157,15 @@ def _load_models(runs: Sequence[Path], device: Any) -> list[_Model]:
     return [_Model(r, device) for r in runs]
 
 
-def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path,
+def run_evaluation(features: str | Path, checkpoint: str | Path | None, out: str | Path,
                    uniform_checkpoint: str | Path | None = None, media_root: str | Path | None = None,
                    split: str = "test", drop_prob: float = DROP_PROB, progress: bool = True,
-                   budget: EvalBudget | None = None, drop_draws: int = DROP_DRAWS) -> dict[str, Any]:
+                   budget: EvalBudget | None = None, drop_draws: int = DROP_DRAWS,
+                   models: Sequence[str] | Mapping[str, str | Path] | None = None,
+                   n_boot: int = N_BOOT) -> dict[str, Any]:
+    """Evaluate the models ``{name: run}`` of :func:`evaluate.models.model_runs` (``checkpoint`` is
+    ``scale``, ``uniform_checkpoint`` ``scale_uniform``, ``models`` any others as ``NAME=RUN``)
+    and the baselines on one split, read once for all of them; write ``out`` (see the module doc)."""
     from scalemm.fuse.checkpoint import EMBED_FIELDS, check_provenance
     from scalemm.fuse.reader import EpochBatchSampler, FeatureDataset, make_loader
     from scalemm.fuse.train import resolve_device
@@ -156,23 +179,27 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
     features, out = Path(features), Path(out)
     budget = budget or EvalBudget()
     dev = resolve_device("auto")
-    scale = _load_models(resolve_runs(checkpoint), dev)
-    uniform = _load_models(resolve_runs(uniform_checkpoint), dev) if uniform_checkpoint else []
-    if not uniform:
-        log.warning("no --uniform-checkpoint: scale_uniform is left out of the comparison")
+    named = model_runs(checkpoint, uniform_checkpoint, models)
+    loaded = {name: _load_models(resolve_runs(run), dev) for name, run in named.items()}
+    scale = loaded[DEFAULT]
+    others = {n: v for n, v in loaded.items() if n != DEFAULT}
+    if UNIFORM not in others:
+        log.info("no --uniform-checkpoint: scale_uniform is left out of the comparison")
+    every = [m for ms in loaded.values() for m in ms]
     spec = scale[0].cfg.split_spec()
-    for m in scale + uniform:
+    for m in every:
         if m.cfg.split_spec() != spec:
             raise ConfigError(f"{m.run} was trained with split {m.cfg.split_spec()}, {scale[0].run} with {spec}; "
                               f"runs compared in one evaluation must share the split")
         m.check(split)
     seeds = [m.cfg.seed for m in scale]
-    if uniform and len(uniform) != len(scale):
-        log.warning("%d scale runs but %d scale_uniform runs: seeds are paired in order", len(scale), len(uniform))
+    for n, ms in others.items():
+        if len(ms) != len(scale):
+            log.warning("%d scale runs but %d %s runs: seeds are paired in order", len(scale), len(ms), n)
 
-    mods = canonical({x for m in scale + uniform for x in m.model.modalities})
+    mods = canonical({x for m in every for x in m.model.modalities})
     provenance = {k: s.provenance for k, s in open_stores(features, mods).items()}  # metadata only
-    for m in scale + uniform:  # before any feature is loaded
+    for m in every:  # before any feature is loaded
         check_provenance(m.provenance, {k: v for k, v in provenance.items() if k in m.model.modalities},
                          EMBED_FIELDS, where=f"embedding {features} with {m.weights}")
     ds = FeatureDataset(features, mods, scale[0].cfg.memory_budget_gb, progress=progress)
@@ -196,6 +223,10 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
     if [*frozen.values()][0].ids != ids:
         raise StoreError(f"the frozen features of {features} are not in the order of its joined stores")
     frozen_mods = [n.removeprefix("frozen_") for n in frozen if n.startswith("frozen_")]
+    t = time.perf_counter()
+    embedding_dim = int(scale[0].model.embedding_dim)
+    fair, fair_info = _fair_baselines(features, frozen, view, work, local, embedding_dim, spec.seed)
+    timings["baselines_s"] = time.perf_counter() - t
 
     def es(vectors: np.ndarray) -> EmbeddingSet:
         return EmbeddingSet(ids, vectors, labels, instances)
@@ -203,6 +234,8 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
     planted = planted_wrong_titles(features)
     per_seed: dict[str, Any] = {"methods": {}, "ablation": {}, "robustness": {}, "robustness_draws": {},
                                 "importance": [], "cross_modal": []}
+    per_product: dict[str, list[dict[str, np.ndarray]]] = {}  # method -> per seed -> task -> outcome per product
+    dims: dict[str, int] = {}
     gallery_set: EmbeddingSet | None = None
     first_full: dict[str, Any] | None = None
     catalogue: dict[str, Any] = {}
@@ -223,13 +256,20 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
             res = embed_variants(m.model, loader, variants, dev, m.cfg.embed_from, progress=progress, rows=work)
         sets = {"scale": es(res["vectors"]["scale"]), "scale_fused": es(res["vectors"]["scale_fused"])}
         dropped = {"scale": [res["vectors"][v.name] for v in drops]}
-        if k < len(uniform):
-            u = uniform[k]
+        for name, runs_of in others.items():  # every other trained model: its embedding, and its robustness
+            if k >= len(runs_of):
+                continue
+            u = runs_of[k]
             udrops = [Variant(f"u@drop{j}", drop=drop_prob, drop_seed=d) for j, d in enumerate(dseeds)]
             ures = embed_variants(u.model, loader, [Variant("u"), *udrops],
                                   dev, u.cfg.embed_from, progress=progress, rows=work)
-            sets["scale_uniform"] = es(ures["vectors"]["u"])
-            dropped["scale_uniform"] = [ures["vectors"][v.name] for v in udrops]
+            sets[name] = es(ures["vectors"]["u"])
+            dropped[name] = [ures["vectors"][v.name] for v in udrops]
+        # the same architecture, config and seed, never trained
+        blank = untrained_model(m.cfg, m.model.shapes, dev)
+        sets[UNTRAINED] = es(embed_variants(blank, loader, [Variant("u")], dev, m.cfg.embed_from,
+                                            progress=progress, rows=work)["vectors"]["u"])
+        del blank
         timings["embedding_s"] += time.perf_counter() - t
         peak["embedding"] = peak_rss_gb()
         if k == 0:
@@ -241,6 +281,7 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
         t = time.perf_counter()
         first_full = first_full or res
         sets.update(frozen)
+        sets.update(fair)
         dropped["concat_frozen"] = []
         for d in dseeds:
             keep = drop_mask(ids, frozen_mods, drop_prob, d)
@@ -248,9 +289,12 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
                 [frozen["frozen_" + x].vectors * keep[:, [j]] for j, x in enumerate(frozen_mods)], axis=1)))
         results = {}
         for name, e in tqdm(sets.items(), desc="methods", unit="method", disable=not progress, leave=False):
+            outcome: dict[str, np.ndarray] = {}
             results[name] = evaluate_on_split(e, view, s, index_dir=out / INDEX_DIR / name if k == 0 else None,
-                                              samples=local)
+                                              samples=local, per_product=outcome)
             per_seed["methods"].setdefault(name, []).append(results[name])
+            per_product.setdefault(name, []).append(outcome)
+            dims.setdefault(name, e.dim)
             if k == 0:  # each method's embeddings of the evaluated split, written now and let go
                 e.subset(local.eval_rows).save(out / EMB_DIR / f"{name}.npz")
         if k == 0:
@@ -272,6 +316,14 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
         del sets, dropped, res
 
     assert first_full is not None and gallery_set is not None
+    t = time.perf_counter()
+    paired = paired_bootstrap(per_product, DEFAULT, [n for n in per_product if n != DEFAULT], n_boot=n_boot,
+                              seed=spec.seed)
+    scored = np.zeros(len(local.eval_rows), dtype=bool)
+    for outcome in per_product[DEFAULT]:
+        for v in outcome.values():
+            scored |= ~np.isnan(v)
+    timings["paired_bootstrap_s"] = time.perf_counter() - t
     drawn.save(out / SAMPLES_FILE)
     metrics: dict[str, Any] = {
         "methods": {n: mean_std(v) for n, v in per_seed["methods"].items()},
@@ -286,9 +338,16 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
         "samples": drawn.to_json(),
         "split": view.to_json(), "seeds": seeds,
         "per_seed": per_seed,
-        "runs": {"scale": [str(m.run) for m in scale], "scale_uniform": [str(m.run) for m in uniform]},
+        "runs": {n: [str(m.run) for m in ms] for n, ms in loaded.items()},
+        "models": list(loaded),
         "items": len(ds), "evaluated_items": int(len(view.eval_rows)),
+        "embedding_dim": embedding_dim,
+        "dims": dims,
+        "baselines": fair_info,
+        "paired": paired,
+        "paired_bootstrap": describe_paired(int(scored.sum()), n_boot, seeds),
     }
+    metrics["runs"].setdefault(UNIFORM, [])
     if per_seed["cross_modal"]:
         metrics["cross_modal"] = mean_std(per_seed["cross_modal"])
     imp = np.where(first_full["presence"], first_full["importances"], np.nan)[local.eval_rows]
@@ -301,6 +360,46 @@ def run_evaluation(features: str | Path, checkpoint: str | Path, out: str | Path
                  product_info=product_info(features, media_root), seed=seeds[0])
     log.info("evaluated in %.1f s (report %.1f s): %s", time.time() - t0, time.perf_counter() - t, metrics["timings"])
     return metrics
+
+
+def _fair_baselines(features: Path, frozen: Mapping[str, EmbeddingSet], view: SplitView, work: np.ndarray | None,
+                    local: Samples, width: int, seed: int) -> tuple[dict[str, EmbeddingSet], dict[str, Any]]:
+    """``concat_text_image``, ``concat_weighted`` (weights chosen on the validation split) and
+    ``concat_pca`` (fitted on the train split's products) from the frozen sets (:mod:`evaluate.baselines`),
+    and what each was built from (``metrics.json`` ``baselines``)."""
+    sets: dict[str, EmbeddingSet] = {}
+    info: dict[str, Any] = {}
+    ti = concat_text_image(frozen)
+    if ti is not None:
+        sets[TEXT_IMAGE] = ti
+        info[TEXT_IMAGE] = {"modalities": {"text": 1.0, "image": 1.0},
+                            "rule": "L2-normalised frozen text and image vectors at equal weight, L2-normalised"}
+    else:
+        log.warning("no text or no image store: concat_text_image is left out")
+    val_rows = rows_of(view.names, "val")
+    if len(val_rows) >= 2:
+        pick = validation_sample(val_rows, seed)
+        if work is None:
+            val = {n: e.subset(pick) for n, e in frozen.items() if n.startswith("frozen_")}
+        else:  # at scale only the scored products are in memory: the validation sample's pooled vectors read apart
+            val = {n: e for n, e in frozen_baselines(features, rows=pick).items() if n.startswith("frozen_")}
+        chosen = choose_weights(val)
+        sets[WEIGHTED] = concat_weighted(frozen, chosen["weights"])
+        info[WEIGHTED] = {**chosen, "chosen_on": "val", "chosen_on_reported_split": view.on == "val",
+                          "val_products_of": int(len(val_rows))}
+        if view.on == "val":
+            log.warning("concat_weighted: its weights were chosen on the val split, which this evaluation reports on "
+                        "(metrics.json baselines.concat_weighted.chosen_on_reported_split)")
+    else:
+        log.warning("the val split holds %d product(s): concat_weighted (weights chosen on val) is left out",
+                    len(val_rows))
+    try:
+        sets[PCA_NAME], pinfo = concat_pca(frozen, local.train_rows, width, seed=seed)
+        info[PCA_NAME] = {**pinfo, "fitted_on": "train"}
+    except ValueError as e:
+        log.warning("concat_pca is left out: %s", e)
+    info[UNTRAINED] = {"rule": "the scale runs' architecture and config, built with their seeds, never trained"}
+    return sets, info
 
 
 def peak_rss_gb() -> float:

@@ -50,11 +50,14 @@ def ranked_neighbors(es: EmbeddingSet, k: int = K, *, index_dir: str | Path | No
     return rows
 
 
-def evaluate_retrieval(es: EmbeddingSet, k: int = K, **index_kwargs: Any) -> dict[str, dict[str, float]]:
+def evaluate_retrieval(es: EmbeddingSet, k: int = K, *,
+                       per_query: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                       **index_kwargs: Any) -> dict[str, dict[str, float]]:
     """Coarse and fine retrieval metrics ({"coarse": {...}, "fine": {...}}); ``queries=`` and
-    ``query_rows=`` as in :func:`ranked_neighbors`."""
+    ``query_rows=`` as in :func:`ranked_neighbors`; ``per_query`` as in
+    :func:`~evaluate.metrics.retrieval_scores`."""
     return retrieval_scores(ranked_neighbors(es, k, **index_kwargs), es.labels, es.instances, k,
-                            query_rows=index_kwargs.get("query_rows"))
+                            query_rows=index_kwargs.get("query_rows"), per_query=per_query)
 
 
 def evaluate_set(es: EmbeddingSet, index_dir: str | Path | None = None, seed: int = 0, *,

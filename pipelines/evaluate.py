@@ -2,8 +2,15 @@
 and k-means clustering; writes EVAL/metrics.json, report.md, plots and gallery.html.
 
     python pipelines/evaluate.py --features FEATS --checkpoint RUN --out EVAL [--uniform-checkpoint RUN_U]
+    python pipelines/evaluate.py --features FEATS --model scale=RUN --model scale_paper=RUN_P --out EVAL
     python pipelines/evaluate.py --out EVAL --rebuild-index      # rebuild the index from saved embeddings
     python pipelines/evaluate.py --out EVAL --add-products EMB.npz   # new products into EVAL/index/catalogue
+
+Every model (--checkpoint is --model scale=RUN, --uniform-checkpoint --model scale_uniform=RUN,
+--model NAME=RUN any other, repeatable) is scored in the same run, on the same products, beside
+the training-free baselines (frozen_<m>, concat_frozen, concat_text_image, concat_weighted,
+concat_pca) and scale_untrained; metrics.json "paired" holds the paired bootstrap interval of
+scale minus each of them.
 
 Above --max-queries queries or --max-sample probe / k-means products the evaluation samples
 (recorded in metrics.json "samples"); the catalogue index fits --memory-budget-gb.
@@ -28,6 +35,9 @@ def main() -> dict:
     ap.add_argument("--features", help="feature directory (pipelines/extract.py --out)")
     ap.add_argument("--checkpoint", help="training run directory, or a folder of seed-*/ runs (pipelines/train.py --out)")
     ap.add_argument("--uniform-checkpoint", help="the same for runs trained with harmonize: false (scale_uniform)")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=RUN",
+                    help="another trained model to score in the same run (repeatable), e.g. "
+                         "scale_paper=runs/paper; scale=RUN is the default model (what --checkpoint gives)")
     ap.add_argument("--out", required=True, help="evaluation output directory")
     ap.add_argument("--media-root", help="media root for the gallery images (default: from the store manifest)")
     ap.add_argument("--rebuild-index", action="store_true",
@@ -58,17 +68,23 @@ def main() -> dict:
         from scalemm.evaluate.run import add_products
 
         return add_products(a.out, a.add_products)
-    if not a.features or not a.checkpoint:
-        ap.error("--features and --checkpoint are required (unless --rebuild-index)")
+    from scalemm.evaluate.models import ModelSpecError, model_runs
+
+    try:
+        models = model_runs(a.checkpoint, a.uniform_checkpoint, a.model)
+    except ModelSpecError as e:
+        ap.error(str(e))
+    if not a.features:
+        ap.error("--features is required (unless --rebuild-index or --add-products)")
     cli.check_out_dir(a.out)
     from scalemm.evaluate.budget import EvalBudget
 
     budget = EvalBudget(max_queries=a.max_queries, max_sample=a.max_sample, memory_budget_gb=a.memory_budget_gb)
-    m = run_evaluation(a.features, a.checkpoint, a.out, a.uniform_checkpoint, a.media_root, split=a.split,
-                       drop_prob=a.drop_prob, budget=budget, drop_draws=a.drop_draws)
+    m = run_evaluation(a.features, None, a.out, None, a.media_root, split=a.split, drop_prob=a.drop_prob,
+                       budget=budget, drop_draws=a.drop_draws, models={n: str(r) for n, r in models.items()})
     print(format_headline(m), file=sys.stderr)
     return {"out": a.out, "items": m["items"], "seconds": m["seconds"], "timings": m["timings"], "index": m["index"],
-            "split": m["split"], "seeds": m["seeds"],
+            "split": m["split"], "seeds": m["seeds"], "models": m["models"], "embedding_dim": m["embedding_dim"],
             "scale": {"coarse_mAP@1": m["methods"]["scale"]["coarse"]["mAP@1"],
                       "fine_mAP@1": m["methods"]["scale"]["fine"]["mAP@1"]}}
 

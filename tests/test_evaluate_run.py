@@ -53,18 +53,48 @@ def _evaluate(run_cli, runs, checkpoint: Path, out: Path, *extra: str) -> dict:
 
 
 def test_metrics_json_keys_split_and_seeds(runs, run_cli, tmp_path) -> None:
-    m = _evaluate(run_cli, runs, runs["scale"], tmp_path / "eval", "--uniform-checkpoint", str(runs["uniform"]))
+    m = _evaluate(run_cli, runs, runs["scale"], tmp_path / "eval", "--uniform-checkpoint", str(runs["uniform"]),
+                  "--model", f"scale_paper={runs['scale'] / 'seed-1'}")
     assert m["seeds"] == [0, 1]
-    names = {"scale", "scale_fused", "scale_uniform", "concat_frozen",
+    baselines = {"concat_frozen", "concat_text_image", "concat_weighted", "concat_pca", "scale_untrained"}
+    names = {"scale", "scale_fused", "scale_uniform", "scale_paper", *baselines,
              *(f"frozen_{x}" for x in ("image", "text", "table", "video", "audio"))}
     assert set(m["methods"]) == names
+    assert m["models"] == ["scale", "scale_uniform", "scale_paper"]
+    assert m["runs"]["scale_paper"] == [str(runs["scale"] / "seed-1")] and len(m["runs"]["scale_uniform"]) == 2
+    # a model given once is scored once (its single seed paired with the first scale seed)
+    assert len(m["per_seed"]["methods"]["scale_paper"]) == 1
+    # the default embedding's width, and every method's
+    from scalemm.fuse.embed import load_model
+    width = load_model(runs["scale"] / "seed-0")[0].embedding_dim
+    assert m["embedding_dim"] == width == m["dims"]["scale"] and set(m["dims"]) == names
+    assert m["dims"]["concat_text_image"] == m["dims"]["frozen_text"] + m["dims"]["frozen_image"]
+    assert m["dims"]["concat_pca"] == min(width, m["split"]["sizes"]["train"], m["dims"]["concat_frozen"])
+    assert m["dims"]["scale_untrained"] == width
+    b = m["baselines"]
+    assert b["concat_weighted"]["chosen_on"] == "val" and b["concat_weighted"]["chosen_on_reported_split"] is False
+    assert b["concat_weighted"]["val_products"] == m["split"]["sizes"]["val"]
+    assert set(b["concat_weighted"]["weights"]) == {"image", "text", "table", "video", "audio"}
+    assert b["concat_pca"]["fitted_on"] == "train" and b["concat_pca"]["fitted_on_products"] == m["split"]["sizes"]["train"]
+    # the paired bootstrap: scale minus every other method, on the figures of "methods"
+    assert set(m["paired"]) == names - {"scale"}
+    assert m["paired_bootstrap"]["resamples"] == 1000 and m["paired_bootstrap"]["products"] == m["evaluated_items"]
+    for other, p in m["paired"].items():
+        for task, (sec, key) in {"coarse": ("coarse", "mAP@1"), "fine": ("fine", "mAP@1"),
+                                 "classification": ("classification", "accuracy")}.items():
+            c = p[task]
+            want = m["methods"]["scale"][sec][key]["mean"] - m["methods"][other][sec][key]["mean"]
+            assert c["diff"] == pytest.approx(want, abs=1e-9) and -1 <= c["lo"] <= c["hi"] <= 1, (other, task, c)
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "Paired comparison" in report and "concat_weighted" in report and f"{width} floats" in report
     for name in names:
         for sec, key in METHOD_KEYS.items():
             v = m["methods"][name][sec][key]
             assert set(v) == {"mean", "std"} and 0 <= v["mean"] <= 1 and v["std"] >= 0, (name, sec, v)
         # the per-seed figures are what the mean and std summarise
         per = [r["coarse"]["mAP@1"] for r in m["per_seed"]["methods"][name]]
-        assert len(per) == 2 and m["methods"][name]["coarse"]["mAP@1"]["mean"] == pytest.approx(np.mean(per))
+        assert len(per) == (1 if name == "scale_paper" else 2)
+        assert m["methods"][name]["coarse"]["mAP@1"]["mean"] == pytest.approx(np.mean(per))
     assert set(m["ablation"]) == {"text", "text+image", "text+image+table", "text+image+table+video",
                                   "text+image+table+video+audio"}
     # the split: by instance, recorded with its sizes; every instance in one split only
@@ -103,6 +133,9 @@ def test_trained_scale_beats_the_untrained_model(runs, run_cli, tmp_path) -> Non
     assert t["coarse"]["mAP@1"]["mean"] > u["coarse"]["mAP@1"]["mean"], (t["coarse"], u["coarse"])
     # the frozen baselines do not depend on the model
     assert trained["methods"]["frozen_text"] == untrained["methods"]["frozen_text"]
+    # scale_untrained is that same model at initialisation (same config and seed), built by the evaluation
+    assert trained["methods"]["scale_untrained"] == u
+    assert trained["paired"]["scale_untrained"]["fine"]["lo"] > 0
 
 
 def test_a_run_that_saw_the_test_split_is_refused(runs, run_cli, tmp_path) -> None:
@@ -130,7 +163,10 @@ def test_sampled_evaluation_records_its_samples_and_new_products_join_the_catalo
         assert 0 <= m["methods"]["scale"][sec][key]["mean"] <= 1
     cat = m["catalogue"]
     assert cat["vectors"] == m["items"] == 160 and m["index"]["type"] == cat["type"]
-    assert set(m["timings"]) == {"embedding_s", "catalogue_index_s", "scoring_s"}
+    assert set(m["timings"]) == {"embedding_s", "catalogue_index_s", "scoring_s", "baselines_s", "paired_bootstrap_s"}
+    # sampled: the paired bootstrap resamples the products some task scored
+    assert m["paired_bootstrap"]["products"] <= m["evaluated_items"] and set(m["paired"]["concat_pca"]) == {
+        "coarse", "fine", "classification"}
     rc, stdout, err, _ = run_cli("evaluate.py", "--out", str(out), "--rebuild-index")
     assert rc == 0, err
     assert last_json(stdout)["same_as_metrics_json"] is True

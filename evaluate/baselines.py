@@ -1,0 +1,198 @@
+"""The fair baselines: what a practitioner tries before training anything, and the model untrained.
+
+All the concatenations are built from the stores' pooled frozen vectors, the L2-normalised
+``frozen_<m>`` of :func:`evaluate.embeddings.frozen_baselines` (zero where a product lacks the
+modality), and every one is L2-normalised as a whole at the end, as ``concat_frozen`` is:
+
+* ``concat_text_image`` (:func:`concat_text_image`): the title's and the image's vectors side by
+  side at equal weight.
+* ``concat_weighted`` (:func:`concat_weighted`, :func:`choose_weights`): every modality's vector
+  times a weight chosen on the **validation** split, never on the split reported (the rule is in
+  :func:`choose_weights`).
+* ``concat_pca`` (:func:`concat_pca`): the full concatenation projected by a PCA fitted on the
+  **train** split's products only, to the default embedding's width (the ``scale`` embedding of
+  the first model; :data:`DEFAULT_WIDTH` without one), then L2-normalised.
+* ``scale_untrained`` (:func:`untrained_model`): the scale model's architecture at initialisation,
+  same config and seed, its weights never trained: what training adds.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .embeddings import FROZEN_PREFIX, EmbeddingSet, l2_normalize
+from .metrics import coarse_query_mask, fine_query_mask
+
+log = logging.getLogger(__name__)
+
+TEXT_IMAGE = "concat_text_image"
+WEIGHTED = "concat_weighted"
+PCA_NAME = "concat_pca"
+UNTRAINED = "scale_untrained"
+DEFAULT_WIDTH = 384  # concat_pca's width when no model gives one
+WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+MAX_PASSES = 4
+MAX_VAL_PRODUCTS = 2000  # concat_weighted's weights are chosen on at most this many validation products
+
+
+def frozen_modalities(frozen: Mapping[str, EmbeddingSet]) -> list[str]:
+    """The modalities with a ``frozen_<m>`` set, in their order."""
+    return [n.removeprefix(FROZEN_PREFIX) for n in frozen if n.startswith(FROZEN_PREFIX)]
+
+
+def _like(ref: EmbeddingSet, vectors: np.ndarray) -> EmbeddingSet:
+    return EmbeddingSet(list(ref.ids), vectors, list(ref.labels), list(ref.instances))
+
+
+def weighted_concat(frozen: Mapping[str, EmbeddingSet], weights: Mapping[str, float]) -> np.ndarray:
+    """``concat_m weights[m] * frozen_<m>``, L2-normalised as a whole (float32 [N, sum of widths])."""
+    parts = [float(w) * frozen[FROZEN_PREFIX + m].vectors for m, w in weights.items()]
+    return l2_normalize(np.concatenate(parts, axis=1))
+
+
+def concat_text_image(frozen: Mapping[str, EmbeddingSet]) -> EmbeddingSet | None:
+    """The normalised frozen title (``text``) and ``image`` vectors concatenated at equal weight,
+    then L2-normalised; None without both stores."""
+    if not {FROZEN_PREFIX + "text", FROZEN_PREFIX + "image"} <= set(frozen):
+        return None
+    return _like(frozen[FROZEN_PREFIX + "text"], weighted_concat(frozen, {"text": 1.0, "image": 1.0}))
+
+
+# ----------------------------------------------------------------------------- concat_weighted
+
+def nearest_neighbour_score(grams: np.ndarray, present: np.ndarray, weights: np.ndarray, labels: Sequence[str],
+                            instances: Sequence[str]) -> dict[str, float]:
+    """Coarse and fine mAP@1 (= precision at rank 1, the query left out) of the weighted
+    concatenation, by exact search, from the per-modality similarity matrices ``grams`` [M, n, n]
+    of normalised vectors and ``present`` [n, M] (1 where the vector is non-zero)."""
+    w2 = np.asarray(weights, dtype=np.float64) ** 2
+    sims = np.tensordot(w2, grams, axes=1)
+    norm = np.sqrt(present @ w2)
+    inv = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
+    sims = sims * inv[:, None] * inv[None, :]
+    np.fill_diagonal(sims, -np.inf)
+    nn = sims.argmax(axis=1)
+    lab, ins = np.asarray(list(labels), dtype=object), np.asarray(list(instances), dtype=object)
+    out = {}
+    for task, keys, usable in (("coarse", lab, coarse_query_mask(list(labels))),
+                               ("fine", ins, fine_query_mask(list(instances)))):
+        out[task] = float((keys[nn] == keys)[usable].mean()) if usable.any() else 0.0
+    return out
+
+
+def choose_weights(val: Mapping[str, EmbeddingSet], grid: Sequence[float] = WEIGHT_GRID,
+                   max_passes: int = MAX_PASSES) -> dict[str, Any]:
+    """The per-modality weights of ``concat_weighted``, chosen on the validation products ``val``
+    (``frozen_<m>`` sets of those products only).
+
+    Rule: greedy coordinate ascent on validation coarse mAP@1 + fine mAP@1 (exact nearest
+    neighbour, the query left out). Start from equal weights (1 each: ``concat_frozen``); take
+    the modalities in order, and give each the value of ``grid`` that maximises the score with
+    the others held; a value replaces the current one only if it scores strictly higher. Repeat
+    the passes until one changes nothing (at most ``max_passes``). The chosen weights never score
+    below ``concat_frozen`` on validation. An all-zero choice is impossible (it scores 0).
+
+    Returns ``{"weights": {m: w}, "val_score": {"coarse", "fine"}, "equal_weights_val_score",
+    "val_products", "passes", "grid", "rule"}``.
+    """
+    mods = frozen_modalities(val)
+    if not mods:
+        raise ValueError("no frozen_<m> set to weight")
+    ref = val[FROZEN_PREFIX + mods[0]]
+    x = [val[FROZEN_PREFIX + m].vectors.astype(np.float64) for m in mods]  # per modality [n, d_m]
+    grams = np.stack([v @ v.T for v in x])
+    present = np.stack([(np.abs(v).sum(axis=1) > 0) for v in x], axis=1).astype(np.float64)
+
+    def score(w: np.ndarray) -> tuple[float, dict[str, float]]:
+        s = nearest_neighbour_score(grams, present, w, ref.labels, ref.instances)
+        return s["coarse"] + s["fine"], s
+
+    w = np.ones(len(mods))
+    best, parts = score(w)
+    equal = dict(parts)
+    passes = 0
+    for passes in range(1, max_passes + 1):
+        changed = False
+        for j in range(len(mods)):
+            for g in grid:
+                if g == w[j]:
+                    continue
+                trial = w.copy()
+                trial[j] = g
+                if not trial.any():
+                    continue
+                s, p = score(trial)
+                if s > best + 1e-12:
+                    best, parts, w, changed = s, p, trial, True
+        if not changed:
+            break
+    return {"weights": {m: float(v) for m, v in zip(mods, w)}, "val_score": parts, "equal_weights_val_score": equal,
+            "val_products": len(ref), "passes": passes, "grid": [float(g) for g in grid],
+            "rule": "greedy coordinate ascent from equal weights over the grid, maximising validation coarse "
+                    "mAP@1 + fine mAP@1; a weight changes only on a strict gain"}
+
+
+def concat_weighted(frozen: Mapping[str, EmbeddingSet], weights: Mapping[str, float]) -> EmbeddingSet:
+    """Every modality's normalised frozen vector times its weight, concatenated, L2-normalised."""
+    mods = frozen_modalities(frozen)
+    return _like(frozen[FROZEN_PREFIX + mods[0]], weighted_concat(frozen, {m: weights.get(m, 0.0) for m in mods}))
+
+
+def validation_sample(rows: np.ndarray, seed: int, limit: int = MAX_VAL_PRODUCTS) -> np.ndarray:
+    """At most ``limit`` of the validation ``rows`` (a seeded sample, sorted) for choosing weights."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) <= limit:
+        return rows
+    return np.sort(np.random.default_rng([int(seed), 0x3E1]).choice(rows, size=limit, replace=False))
+
+
+# ----------------------------------------------------------------------------- concat_pca
+
+def concat_pca(frozen: Mapping[str, EmbeddingSet], train_rows: np.ndarray, width: int,
+               seed: int = 0) -> tuple[EmbeddingSet, dict[str, Any]]:
+    """The concatenation of every normalised frozen vector, projected by a PCA (scikit-learn's)
+    fitted on the rows ``train_rows`` only (the train split's products) to ``width`` components
+    (fewer when the train products or the concatenation's width allow fewer), then
+    L2-normalised. Returns the set and ``{"components", "fitted_on_products", "explained_variance"}``."""
+    from sklearn.decomposition import PCA
+
+    mods = frozen_modalities(frozen)
+    full = np.concatenate([frozen[FROZEN_PREFIX + m].vectors for m in mods], axis=1)
+    train_rows = np.asarray(train_rows, dtype=np.int64)
+    if len(train_rows) < 2:
+        raise ValueError(f"concat_pca needs at least 2 train products to fit on, got {len(train_rows)}")
+    k = int(min(width, len(train_rows), full.shape[1]))
+    if k < width:
+        log.warning("concat_pca: %d components (not %d): %d train products, %d concatenated dims", k, width,
+                    len(train_rows), full.shape[1])
+    pca = PCA(n_components=k, svd_solver="full", random_state=seed).fit(full[train_rows].astype(np.float64))
+    vec = l2_normalize(pca.transform(full.astype(np.float64)))
+    return _like(frozen[FROZEN_PREFIX + mods[0]], vec), {
+        "components": k, "target_width": int(width), "fitted_on_products": int(len(train_rows)),
+        "explained_variance": float(pca.explained_variance_ratio_.sum())}
+
+
+# ----------------------------------------------------------------------------- scale_untrained
+
+def untrained_model(cfg: Any, shapes: Mapping[str, tuple[int, int]], device: Any = "cpu") -> Any:
+    """The scale model's architecture at initialisation: ``ScaleModel(cfg, shapes)`` built after
+    seeding torch and Python's RNG with ``cfg.seed``, as training builds it before its first step
+    (:func:`fuse.step.build_learner`); in eval mode on ``device``. The global RNG states are left
+    as they were."""
+    import torch
+
+    from scalemm.fuse.model import ScaleModel
+
+    state = random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            random.seed(cfg.seed)
+            model = ScaleModel(cfg, dict(shapes))
+    finally:
+        random.setstate(state)
+    return model.to(device).eval()
