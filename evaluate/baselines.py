@@ -37,6 +37,7 @@ DEFAULT_WIDTH = 384  # concat_pca's width when no model gives one
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 MAX_PASSES = 4
 MAX_VAL_PRODUCTS = 2000  # concat_weighted's weights are chosen on at most this many validation products
+MAX_PCA_PRODUCTS = 20_000  # concat_pca is fitted on at most this many train products (a seeded sample)
 
 
 def frozen_modalities(frozen: Mapping[str, EmbeddingSet]) -> list[str]:
@@ -137,9 +138,14 @@ def choose_weights(val: Mapping[str, EmbeddingSet], grid: Sequence[float] = WEIG
 
 
 def concat_weighted(frozen: Mapping[str, EmbeddingSet], weights: Mapping[str, float]) -> EmbeddingSet:
-    """Every modality's normalised frozen vector times its weight, concatenated, L2-normalised."""
+    """Every modality's normalised frozen vector times its weight, concatenated, L2-normalised. A
+    modality of weight 0 is left out of the vector (its columns would be zeros: the same inner
+    products, a narrower vector)."""
     mods = frozen_modalities(frozen)
-    return _like(frozen[FROZEN_PREFIX + mods[0]], weighted_concat(frozen, {m: weights.get(m, 0.0) for m in mods}))
+    kept = {m: float(weights.get(m, 0.0)) for m in mods if float(weights.get(m, 0.0)) > 0}
+    if not kept:
+        raise ValueError(f"every weight is 0: {dict(weights)}")
+    return _like(frozen[FROZEN_PREFIX + mods[0]], weighted_concat(frozen, kept))
 
 
 def validation_sample(rows: np.ndarray, seed: int, limit: int = MAX_VAL_PRODUCTS) -> np.ndarray:
@@ -153,26 +159,40 @@ def validation_sample(rows: np.ndarray, seed: int, limit: int = MAX_VAL_PRODUCTS
 # ----------------------------------------------------------------------------- concat_pca
 
 def concat_pca(frozen: Mapping[str, EmbeddingSet], train_rows: np.ndarray, width: int,
-               seed: int = 0) -> tuple[EmbeddingSet, dict[str, Any]]:
-    """The concatenation of every normalised frozen vector, projected by a PCA (scikit-learn's)
-    fitted on the rows ``train_rows`` only (the train split's products) to ``width`` components
-    (fewer when the train products or the concatenation's width allow fewer), then
-    L2-normalised. Returns the set and ``{"components", "fitted_on_products", "explained_variance"}``."""
+               seed: int = 0, max_fit: int = MAX_PCA_PRODUCTS) -> tuple[EmbeddingSet, dict[str, Any]]:
+    """The concatenation of every normalised frozen vector, projected by a PCA (scikit-learn's,
+    exact: an SVD, or the covariance's eigendecomposition when the products outnumber the dims)
+    fitted on the rows ``train_rows`` only (the train split's products; at most ``max_fit`` of them,
+    a seeded sample) to ``width`` components (fewer when the train products or the concatenation's
+    width allow fewer), then L2-normalised. Returns the set and ``{"components", "target_width",
+    "fitted_on_products", "train_products", "explained_variance"}``."""
     from sklearn.decomposition import PCA
 
     mods = frozen_modalities(frozen)
-    full = np.concatenate([frozen[FROZEN_PREFIX + m].vectors for m in mods], axis=1)
+
+    def concat(rows: np.ndarray | slice) -> np.ndarray:
+        return np.concatenate([frozen[FROZEN_PREFIX + m].vectors[rows] for m in mods], axis=1).astype(np.float64)
+
+    n = len(frozen[FROZEN_PREFIX + mods[0]])
+    dims = sum(frozen[FROZEN_PREFIX + m].dim for m in mods)
     train_rows = np.asarray(train_rows, dtype=np.int64)
     if len(train_rows) < 2:
         raise ValueError(f"concat_pca needs at least 2 train products to fit on, got {len(train_rows)}")
-    k = int(min(width, len(train_rows), full.shape[1]))
+    fit_rows = train_rows if len(train_rows) <= max_fit else np.sort(
+        np.random.default_rng([int(seed), 0x9CA]).choice(train_rows, size=max_fit, replace=False))
+    k = int(min(width, len(fit_rows), dims))
     if k < width:
         log.warning("concat_pca: %d components (not %d): %d train products, %d concatenated dims", k, width,
-                    len(train_rows), full.shape[1])
-    pca = PCA(n_components=k, svd_solver="full", random_state=seed).fit(full[train_rows].astype(np.float64))
-    vec = l2_normalize(pca.transform(full.astype(np.float64)))
+                    len(fit_rows), dims)
+    solver = "covariance_eigh" if len(fit_rows) > 2 * dims else "full"
+    pca = PCA(n_components=k, svd_solver=solver, random_state=seed).fit(concat(fit_rows))
+    vec = np.empty((n, k), dtype=np.float32)
+    step = max(1, (1 << 25) // max(dims, 1))  # 256 MB of float64 a chunk
+    for a in range(0, n, step):
+        vec[a:a + step] = l2_normalize(pca.transform(concat(slice(a, a + step))))
     return _like(frozen[FROZEN_PREFIX + mods[0]], vec), {
-        "components": k, "target_width": int(width), "fitted_on_products": int(len(train_rows)),
+        "components": k, "target_width": int(width), "fitted_on_products": int(len(fit_rows)),
+        "train_products": int(len(train_rows)), "solver": solver,
         "explained_variance": float(pca.explained_variance_ratio_.sum())}
 
 

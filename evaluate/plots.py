@@ -1,4 +1,5 @@
-"""The evaluation's figures: methods side by side, the modality ablation, learned importances.
+"""The evaluation's figures: methods side by side, the paired intervals of scale minus each
+method, the modality ablation, learned importances.
 
 Drawn with matplotlib's Agg canvas (``matplotlib.figure.Figure``, no pyplot state) and written
 atomically. The training curves come from the training plot itself
@@ -60,6 +61,29 @@ def plot_methods(methods: Mapping[str, Any], path: str | Path) -> Path:
         "NMI": [as_number(methods[n]["clustering"]["nmi"]) for n in names],
     })
     ax.set_title("Methods")
+    return save_figure_atomic(fig, path, dpi=110)
+
+
+def plot_paired(paired: Mapping[str, Any], path: str | Path) -> Path:
+    """One panel per task (coarse mAP@1, fine mAP@1, accuracy): scale minus each method in points,
+    a dot at the difference and a bar over its paired bootstrap interval; the line at 0."""
+    names = list(paired)
+    tasks = (("coarse", "coarse mAP@1"), ("fine", "fine mAP@1"), ("classification", "accuracy"))
+    fig = _figure((11, max(2.5, 0.32 * len(names) + 1.2)))
+    axes = fig.subplots(1, len(tasks), sharey=True)
+    y = np.arange(len(names))[::-1]
+    for ax, (task, title) in zip(axes, tasks):
+        cells = [paired[n].get(task, {}) for n in names]
+        d = np.array([100 * float(c.get("diff", np.nan)) for c in cells])
+        lo = np.array([100 * float(c.get("lo", np.nan)) for c in cells])
+        hi = np.array([100 * float(c.get("hi", np.nan)) for c in cells])
+        sure = (lo > 0) | (hi < 0)
+        ax.hlines(y, lo, hi, color=np.where(sure, "tab:blue", "tab:gray"), lw=2)
+        ax.plot(d, y, "o", color="black", ms=4)
+        ax.axvline(0, color="tab:red", lw=1)
+        ax.set_title(f"scale - method: {title}", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, names, fontsize=8)
     return save_figure_atomic(fig, path, dpi=110)
 
 

@@ -1,5 +1,5 @@
 """Evaluation outputs, written into ``EVAL/``: ``metrics.json`` (fixed schema,
-:mod:`evaluate.schema`), the plots (``methods.png``, ``ablation.png``: :mod:`evaluate.plots`;
+:mod:`evaluate.schema`), the plots (``methods.png``, ``paired.png``, ``ablation.png``: :mod:`evaluate.plots`;
 ``training_curves.png``: :func:`fuse.plot.plot_training`; ``importances.png``), the HTML
 gallery (:mod:`evaluate.gallery`) and ``report.md`` (:mod:`evaluate.markdown`), which links
 them all.
@@ -16,7 +16,7 @@ import numpy as np
 from scalemm.atomic import write_text_atomic
 from scalemm.evaluate.gallery import write_gallery
 from scalemm.evaluate.markdown import render_markdown
-from scalemm.evaluate.plots import plot_ablation, plot_importances, plot_methods
+from scalemm.evaluate.plots import plot_ablation, plot_importances, plot_methods, plot_paired
 from scalemm.evaluate.schema import write_metrics_json
 from scalemm.fuse.plot import plot_training
 
@@ -37,6 +37,9 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], *,
     if metrics.get("methods"):
         written["methods.png"] = plot_methods(metrics["methods"], out / "methods.png")
         images["methods"] = "methods.png"
+    if metrics.get("paired"):
+        written["paired.png"] = plot_paired(metrics["paired"], out / "paired.png")
+        images["scale minus each method (paired bootstrap 95 % intervals)"] = "paired.png"
     if metrics.get("ablation"):
         written["ablation.png"] = plot_ablation(metrics["ablation"], out / "ablation.png")
         images["modality ablation"] = "ablation.png"

@@ -61,6 +61,19 @@ def test_concat_text_image_is_the_normalised_concatenation() -> None:
     assert concat_text_image({k: v for k, v in fr.items() if k != "frozen_image"}) is None
 
 
+def test_concat_weighted_is_the_weighted_normalised_concatenation() -> None:
+    fr = _frozen()
+    w = {"image": 0.5, "text": 1.0, "table": 0.25, "video": 0.0, "audio": 1.0}
+    got = concat_weighted(fr, w)
+    want = _normalize(np.concatenate([w[m] * fr[f"frozen_{m}"].vectors.astype(np.float64) for m in MODS], axis=1))
+    assert np.allclose(got.vectors @ got.vectors.T, want @ want.T, atol=1e-6)  # the same similarities
+    # a weight-0 modality's columns are left out, not carried as zeros
+    assert got.dim == sum(fr[f"frozen_{m}"].dim for m in MODS if w[m] > 0)
+    equal = concat_weighted(fr, dict.fromkeys(MODS, 1.0))
+    from scalemm.evaluate.embeddings import l2_normalize
+    assert np.allclose(equal.vectors, l2_normalize(np.concatenate([fr[f"frozen_{m}"].vectors for m in MODS], 1)))
+
+
 def test_concat_pca_is_fitted_on_the_train_rows_only() -> None:
     fr = _frozen(80)
     train = np.arange(0, 80, 2)  # the even rows are the train products
@@ -91,6 +104,11 @@ def test_concat_pca_is_fitted_on_the_train_rows_only() -> None:
     # fewer train products than the width: as many components as they allow
     few, finfo = concat_pca(fr, train[:5], width)
     assert few.dim == finfo["components"] == 5
+    # a sample of the train products when there are many: still train rows only
+    capped, cinfo = concat_pca(fr, train, width, max_fit=30)
+    assert cinfo["fitted_on_products"] == 30 and cinfo["train_products"] == 40
+    capped_t, _ = concat_pca(changed(test_rows[:10]), train, width, max_fit=30)
+    assert np.allclose(capped_t.vectors[train], capped.vectors[train], atol=1e-6)
 
 
 def test_the_val_score_matches_the_evaluation_scoring() -> None:

@@ -200,3 +200,27 @@ def test_importance_plot_of_a_category_without_a_modality_warns_nothing(tmp_path
         warnings.simplefilter("error")
         out = plot_importances(imp, labels, tmp_path / "imp.png")
     assert out.is_file() and Image.open(out).size[0] > 100
+
+
+def test_paired_intervals_in_the_report_headline_plot_and_schema(tmp_path: Path) -> None:
+    metrics = _fake_metrics()
+    metrics["embedding_dim"] = 384
+    metrics["dims"] = {"scale": 384, "concat_frozen": 3408}
+    metrics["paired"] = {"concat_frozen": {"coarse": {"diff": 0.05, "lo": 0.01, "hi": 0.09},
+                                           "fine": {"diff": 0.02, "lo": -0.01, "hi": 0.05},
+                                           "classification": {"diff": -0.03, "lo": -0.06, "hi": -0.005}}}
+    metrics["paired_bootstrap"] = {"resamples": 1000, "level": 0.95, "products": 120}
+    metrics["baselines"] = {"concat_weighted": {"weights": {"text": 1.0, "image": 0.5}, "val_products": 50,
+                                                "chosen_on_reported_split": True, "rule": "greedy"}}
+    assert validate_metrics(metrics) == []
+    md = render_markdown(metrics)
+    assert "384 floats" in md and "## Paired comparison" in md
+    assert "| concat_frozen | 3408 | **+5.00 [+1.00, +9.00]** | +2.00 [-1.00, +5.00] | **-3.00 [-6.00, -0.50]** |" in md
+    assert "chosen on the split reported here" in md
+    text = format_headline(metrics)
+    assert "scale embedding: 384 floats" in text and "concat_frozen: +5.0 [+1.0, +9.0]" in text
+    files = write_report(tmp_path / "r", metrics)
+    assert (tmp_path / "r" / "paired.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "paired.png" in files
+    bad = json.loads(json.dumps(metrics))
+    bad["paired"]["concat_frozen"]["fine"] = {"diff": 1.5, "lo": 0.0}
+    assert any("paired.concat_frozen.fine" in p for p in validate_metrics(bad))
