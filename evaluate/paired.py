@@ -11,7 +11,7 @@ the resampled products that are queries of that task (a product drawn twice coun
 accuracy the mean correctness over the resampled products of the probe's test set. The training
 seeds are pooled: a method's figure in a resample is the mean of its per-seed figures on that
 resample (every seed scores the same products, so it is the resampled mean of the seed-averaged
-outcomes). The point estimate ``diff`` is the difference of the seed means on the products as
+outcomes; a model given with fewer runs than ``scale`` pools the seeds it has). The point estimate ``diff`` is the difference of the seed means on the products as
 they are (the figures of ``metrics.json`` ``methods``).
 
 Resampled are the products that any task scores (every evaluated product with a label, unless
