@@ -220,10 +220,12 @@ def pool_bundles(cp: dict[str, Any]) -> list[dict[str, float]]:
     CPUs its decode (and scan) tasks run on, so a job reserves everything it needs at once or
     waits as a whole (two jobs that each held their actors' CPUs while their decode tasks waited
     for the other's deadlocked). The bundle is what a lone job used of the node before: on one
-    2-CPU node, 2 actors of 0.5 CPU and 1 CPU to decode."""
+    2-CPU node, 2 actors of 0.5 CPU and 1 CPU to decode; on a GPU node, its GPU actors and every
+    CPU they leave to decode (decoding is what a GPU waits for)."""
     nodes = min(cp.get("nodes", 1), cp["actors"])
     per_node = -(-cp["actors"] // nodes)
-    cpus = round(per_node * cp["cpus"] + cp["decode_cpus"], 3)
+    actors = per_node * cp["cpus"]
+    cpus = round(actors + max(cp["decode_cpus"], cp.get("node_cpus", 0) - actors), 3)
     if "node_cpus" in cp and cpus > cp["node_cpus"] + 1e-9:
         raise ClusterError(f"the actor pool needs {cpus:g} CPUs on a node ({per_node} model actor(s) of "
                            f"{cp['cpus']:g} CPU and {cp['decode_cpus']:g} to decode) and the cluster's nodes have "
@@ -244,7 +246,10 @@ def reserve_pool(cp: dict[str, Any], timeout: float | None) -> Any:
     need = sum(b["CPU"] for b in bundles)
     t0, said = time.time(), 0.0
     while True:
-        ready, _ = ray.wait([pg.ready()], timeout=2.0 if not said else 30.0)
+        step = 2.0 if not said else 30.0
+        if timeout is not None:
+            step = max(0.1, min(step, t0 + timeout - time.time()))
+        ready, _ = ray.wait([pg.ready()], timeout=step)
         if ready:
             if said:
                 log.info("the cluster's CPUs are free: starting after %.0f s of waiting", time.time() - t0)

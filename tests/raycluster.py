@@ -41,6 +41,12 @@ class RayHead:
         cmd = [ray_executable(), "job", "submit", "--address", self.address, "--working-dir", str(ROOT), "--", "python", *args]
         return subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
 
+    def start(self, *args: str, log: Path) -> subprocess.Popen:
+        """:meth:`submit` without waiting: the ``ray job submit`` process, its output into ``log``."""
+        cmd = [ray_executable(), "job", "submit", "--address", self.address, "--working-dir", str(ROOT), "--", "python", *args]
+        with open(log, "w") as fh:
+            return subprocess.Popen(cmd, env=self.env(), stdout=fh, stderr=subprocess.STDOUT, text=True)
+
     def __exit__(self, *exc: object) -> None:
         try:
             stop_head(self.folder)
