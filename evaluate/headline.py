@@ -27,16 +27,18 @@ def _interval(c: Any) -> str:
 
 def format_headline(metrics: Mapping[str, Any]) -> str:
     """A compact fixed-width table of every method's headline numbers, in percent (mean ± std
-    over seeds where the figures carry both).
+    over seeds where the figures carry both), with each method's width when ``metrics`` has
+    ``dims``; then the default embedding's width and the paired intervals when it has them.
 
     ``metrics`` is the metrics.json object (or just its ``"methods"`` mapping). Missing
     values print as ``-``.
     """
     methods = metrics.get("methods", metrics) if isinstance(metrics, Mapping) else {}
-    header = ["method", *(c[0] for c in HEADLINE_COLUMNS)]
+    dims = metrics.get("dims") if isinstance(metrics, Mapping) and isinstance(metrics.get("dims"), Mapping) else None
+    header = ["method", *(["dims"] if dims else []), *(c[0] for c in HEADLINE_COLUMNS)]
     rows: list[list[str]] = []
     for name, m in methods.items():
-        row = [str(name)]
+        row = [str(name), *([str(dims.get(name, "-"))] if dims else [])]
         for _, sec, key in HEADLINE_COLUMNS:
             v = m.get(sec, {}).get(key) if isinstance(m, Mapping) else None
             row.append(format_value(v))

@@ -219,6 +219,8 @@ def test_paired_intervals_in_the_report_headline_plot_and_schema(tmp_path: Path)
     assert "chosen on the split reported here" in md
     text = format_headline(metrics)
     assert "scale embedding: 384 floats" in text and "concat_frozen: +5.0 [+1.0, +9.0]" in text
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["method", "dims"] and lines[2].split()[:2] == ["scale", "384"]
     files = write_report(tmp_path / "r", metrics)
     assert (tmp_path / "r" / "paired.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "paired.png" in files
     bad = json.loads(json.dumps(metrics))
