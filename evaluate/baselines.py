@@ -37,7 +37,7 @@ DEFAULT_WIDTH = 384  # concat_pca's width when no model gives one
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 MAX_PASSES = 4
 MAX_VAL_PRODUCTS = 2000  # concat_weighted's weights are chosen on at most this many validation products
-MAX_PCA_PRODUCTS = 20_000  # concat_pca is fitted on at most this many train products (a seeded sample)
+MAX_PCA_PRODUCTS = 10_000  # concat_pca is fitted on at most this many train products (a seeded sample)
 
 
 def frozen_modalities(frozen: Mapping[str, EmbeddingSet]) -> list[str]:
