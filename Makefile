@@ -9,9 +9,11 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-DEMO_ITEMS ?= 600
+DEMO_ITEMS ?= 200
+SEEDS      ?= 0
 DEMO_OUT   ?= demo-output
 DEV_OUT    ?= dev-output
+DEV_SEEDS  ?= 0,1,2
 # Debian packages of the real-media corpus (clip art images, speech synthesis); the tests that
 # need them are skipped without them, or fail with SCALE_REQUIRE_MEDIA_PACKAGES=1 (CI)
 MEDIA_PACKAGES := openclipart-png espeak-ng
@@ -27,12 +29,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[cpu,dev]'
 	@touch $(STAMP)
 
+# the quick demo (about 5 min on 2 CPUs): every stage real, one seed, SCALE only
 demo: setup
-	bash pipelines/demo.sh $(DEMO_OUT) $(DEMO_ITEMS)
+	SEEDS=$(SEEDS) bash pipelines/demo.sh $(DEMO_OUT) $(DEMO_ITEMS)
 
-# the README's headline: the real-media development corpus (1,200 products), 3 seeds, test split
+# the full reproduction of docs/results.md: the real-media development corpus (1,200 products),
+# 3 seeds, SCALE and the uniform-weight ablation, test split
 dev: setup media-packages
-	CORPUS=clipart bash pipelines/demo.sh $(DEV_OUT) 1200
+	CORPUS=clipart SEEDS=$(DEV_SEEDS) UNIFORM=1 bash pipelines/demo.sh $(DEV_OUT) 1200
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The whole pipeline on the built-in demo corpus (what `make demo` runs), or, with
 # CORPUS=clipart, on the real-media development corpus (what `make dev` runs):
-# corpus -> private local Ray head -> extraction via `ray job submit` -> training (SCALE and
-# the uniform-weight ablation) -> evaluation -> report. Stops the Ray head it started.
+# corpus -> private local Ray head -> extraction via `ray job submit` -> training (SCALE, and
+# with UNIFORM=1 the uniform-weight ablation) -> evaluation -> report and gallery. Stops the Ray
+# head it started.
 # Needs the venv's python and ray first on PATH (`make demo` sees to it).
 set -euo pipefail
 OUT=$(realpath -m "${1:-demo-output}")
 ITEMS=${2:-600}
 SEED=${SEED:-0}
 CORPUS=${CORPUS:-demo}  # demo (synthetic) | clipart (real media; Debian's openclipart-png, espeak-ng)
-SEEDS=${SEEDS:-0,1,2}   # training seeds: the evaluation reports mean +- std over them
+SEEDS=${SEEDS:-0}       # training seeds (e.g. 0,1,2): the evaluation reports mean +- std over them
+UNIFORM=${UNIFORM:-0}   # 1: also train scale_uniform (uniform pair weights) and compare
 cd "$(dirname "$0")/.."
 export RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -50,7 +52,7 @@ print("store:", info["items"], "items,", info["failures"], "failures;",
       ", ".join(f"{m} {v['present']}x{v['dim']}" for m, v in info["modalities"].items()), file=sys.stderr)
 PY
 
-step "4/5 training SCALE (self-harmonized) and SCALE with uniform pair weights, seeds $SEEDS, on the train split"
+step "4/5 training SCALE$([ "$UNIFORM" = 1 ] && echo " and SCALE with uniform pair weights"), seeds $SEEDS, on the train split"
 train() {  # RUN [args]: one run per seed in RUN/seed-<s>/; a rerun of the demo resumes them
   local run=$1; shift
   if [ -d "$run/seed-${SEEDS%%,*}/checkpoints" ]; then
@@ -60,9 +62,13 @@ train() {  # RUN [args]: one run per seed in RUN/seed-<s>/; a rerun of the demo 
   fi
 }
 train "$OUT/run_scale"
-train "$OUT/run_uniform" --config configs/scale_uniform.yaml
+UNIFORM_ARGS=()
+if [ "$UNIFORM" = 1 ]; then
+  train "$OUT/run_uniform" --config configs/scale_uniform.yaml
+  UNIFORM_ARGS=(--uniform-checkpoint "$OUT/run_uniform")
+fi
 
 step "5/5 evaluation on the test split (mean +- std over the seeds) -> $OUT/eval"
 python pipelines/evaluate.py --features "$OUT/feats" --checkpoint "$OUT/run_scale" \
-  --uniform-checkpoint "$OUT/run_uniform" --out "$OUT/eval" | tail -n 1
+  "${UNIFORM_ARGS[@]}" --out "$OUT/eval" | tail -n 1
 echo "report: $OUT/eval/report.md  gallery: $OUT/eval/gallery.html  ($(( $(date +%s) - T0 )) s)" >&2
