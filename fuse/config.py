@@ -79,6 +79,10 @@ class ScaleConfig:
     # weight of the subset-consistency loss (fuse.losses.subset_consistency_loss): the product
     # embedding from a random half of a product's modalities must find the one from the other half
     subset_weight: float = 1.0
+    # listings of one instance (the catalogue's ``instance`` field) are positives of each other in
+    # the subset-consistency loss, and the training batches keep them together (self-supervised:
+    # no category label is read)
+    instance_positives: bool = False
     # importance of a modality per product: "agreement" (mean harmonizer cosine with the other
     # present modalities) | "gated" (that agreement through a learned per-modality gate) |
     # "diagonal" (the paper's literal W[m, m]; see fuse.model.SelfHarmonizer)

@@ -153,7 +153,18 @@ def random_halves(present: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return a & ok[:, None], b & ok[:, None], ok
 
 
-def subset_consistency_loss(model: Any, out: ModelOutput, temperature: float = 0.07) -> Tensor:
+def instance_codes(ids: list[str], instances: list[str], device: torch.device | None = None) -> Tensor:
+    """Int64 [B]: one code per instance (a product without one is its own instance), equal for
+    the listings of one instance, stable across processes (a hash of the instance key)."""
+    import hashlib
+
+    keys = [f"i:{i}" if i else f"p:{p}" for p, i in zip(ids, instances)]
+    return torch.tensor([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") >> 1
+                         for k in keys], dtype=torch.int64, device=device)
+
+
+def subset_consistency_loss(model: Any, out: ModelOutput, temperature: float = 0.07,
+                            instances: Tensor | None = None) -> Tensor:
     """The product embedding must not depend on which modalities a listing happens to have.
 
     Each product's present modalities are split at random into two halves; the embedding from
@@ -161,14 +172,30 @@ def subset_consistency_loss(model: Any, out: ModelOutput, temperature: float = 0
     of the same product from the other half among the batch's products (InfoNCE, both ways).
     Noise and modalities that say little about the product lower the loss least when their
     weight is small, so the harmonizer learns to weigh each modality by what it adds; and the
-    embedding of any subset is trained to land near the others (missing modalities, ablations)."""
+    embedding of any subset is trained to land near the others (missing modalities, ablations).
+
+    ``instances`` (Int64 [B], :func:`instance_codes`): the other listings of the product's
+    instance in the batch are positives too (multi-positive InfoNCE, as in supervised
+    contrastive learning, but with the catalogue's own instance marks, no category labels):
+    half of one listing must also find the other half of another listing of the same item."""
     a, b, ok = random_halves(out.present)
     if int(ok.sum()) < 2:
         return out.enc_pooled.sum() * 0.0
     z = out.enc_pooled[ok]
     ea, eb = model.subset_embedding(z, a[ok]), model.subset_embedding(z, b[ok])
     logits = ea @ eb.T / temperature
-    return 0.5 * (info_nce(logits) + info_nce(logits.T))
+    if instances is None:
+        return 0.5 * (info_nce(logits) + info_nce(logits.T))
+    codes = instances[ok]
+    same = codes[:, None] == codes[None, :]
+    return 0.5 * (multi_positive_nce(logits, same) + multi_positive_nce(logits.T, same.T))
+
+
+def multi_positive_nce(logits: Tensor, positives: Tensor) -> Tensor:
+    """-log(sum of exp over the row's positives / sum of exp over the row), mean over rows;
+    ``positives`` Bool [B, B] with the diagonal set (equals :func:`info_nce` when it is the identity)."""
+    pos = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=-1)
+    return (torch.logsumexp(logits, dim=-1) - pos).mean()
 
 
 def scale_loss(out: ModelOutput, batch: Mapping[str, Any], temperature: float = 0.07,

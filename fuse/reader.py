@@ -299,12 +299,15 @@ def collate(items: list[dict[str, Any]] | Batch) -> Batch:
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
-                  drop_last: bool = True, shard_sizes: Sequence[int] | None = None) -> list[np.ndarray]:
+                  drop_last: bool = True, shard_sizes: Sequence[int] | None = None,
+                  groups: np.ndarray | None = None) -> list[np.ndarray]:
     """The batches of one epoch: a pure function of ``(seed, epoch)``.
 
     With ``shard_sizes`` (streaming) the shard order and the order inside each shard are
-    shuffled, but items of one shard stay together. ``drop_last`` drops a final short
-    batch unless it would leave no batch at all.
+    shuffled, but items of one shard stay together. ``groups`` (in memory; an integer per
+    item, e.g. its instance) keeps the items of one group next to each other in the shuffled
+    order, so listings of one instance meet in a batch (the instance-positive loss needs
+    them there). ``drop_last`` drops a final short batch unless it would leave no batch at all.
     """
     if shuffle:
         rng = np.random.default_rng([int(seed), int(epoch), 0x5CA1E])
@@ -312,6 +315,10 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
             offs = np.concatenate([[0], np.cumsum(shard_sizes)]).astype(np.int64)
             order = np.concatenate([offs[k] + rng.permutation(int(shard_sizes[k]))
                                     for k in rng.permutation(len(shard_sizes))])
+        elif groups is not None:
+            _, code = np.unique(np.asarray(groups), return_inverse=True)
+            rank = rng.permutation(int(code.max()) + 1 if len(code) else 0)[code]
+            order = np.lexsort((rng.random(n), rank))  # groups in random order, shuffled inside
         else:
             order = rng.permutation(n)
     else:
@@ -331,10 +338,16 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __init__(self, dataset: FeatureDataset, batch_size: int, seed: int, shuffle: bool = True,
                  drop_last: bool = True, rank: int = 0, world: int = 1,
-                 subset: np.ndarray | None = None) -> None:
-        # ``subset``: the sorted item indices to draw from (a split), default every item
+                 subset: np.ndarray | None = None, group_instances: bool = False) -> None:
+        # ``subset``: the sorted item indices to draw from (a split), default every item;
+        # ``group_instances``: listings of one instance in one batch (in memory, see epoch_batches)
         self.subset = None if subset is None else np.asarray(subset, dtype=np.int64)
         self.n = len(dataset) if self.subset is None else len(self.subset)
+        self.groups = None
+        if group_instances and dataset.in_memory:
+            rows = range(len(dataset)) if self.subset is None else self.subset
+            self.groups = np.array([f"i:{dataset.instances[i]}" if dataset.instances[i] else f"p:{dataset.ids[i]}"
+                                    for i in rows], dtype=object)
         self.shard_sizes = None
         if not dataset.in_memory:  # items of one shard stay together (positions in the subset)
             sizes = np.asarray(dataset.shard_sizes, dtype=np.int64)
@@ -351,7 +364,7 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def batches(self) -> list[np.ndarray]:
         b = epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.shuffle,
-                          self.drop_last, self.shard_sizes)
+                          self.drop_last, self.shard_sizes, self.groups)
         if self.subset is not None:
             b = [self.subset[x] for x in b]
         if self.world > 1:

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from .config import ScaleConfig
 from .device import to_device
-from .gather import gather_output
-from .losses import scale_loss, subset_consistency_loss
+from .gather import all_gather_rows, gather_output
+from .losses import instance_codes, scale_loss, subset_consistency_loss
 from .masking import choose_masks
 from .model import ScaleModel
 
@@ -70,7 +70,11 @@ class Objective(nn.Module):
         rescale = cfg.harmonize and cfg.weight_scale == "sqrt_m"
         # several ranks: the contrastive losses see every rank's samples (fuse.gather)
         con = gather_output(out, contrast_fields(cfg)) if cfg.gather_negatives else out
-        subset = subset_consistency_loss(self.model, con, cfg.temperature) if cfg.subset_weight > 0 else None
+        codes = None
+        if cfg.instance_positives and cfg.subset_weight > 0:
+            codes = all_gather_rows(instance_codes(batch["ids"], batch["instances"], out.present.device)) \
+                if cfg.gather_negatives else instance_codes(batch["ids"], batch["instances"], out.present.device)
+        subset = subset_consistency_loss(self.model, con, cfg.temperature, codes) if cfg.subset_weight > 0 else None
         terms = scale_loss(out, batch, cfg.temperature, cfg.mask_loss, cfg.contrast_on, rescale,
                            rescale_importance=rescale and cfg.importance == "diagonal", subset=subset,
                            subset_weight=cfg.subset_weight, simcl_weight=cfg.simcl_weight, gathered=con)

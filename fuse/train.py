@@ -166,7 +166,7 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
 
     split = assign(ds.instances, ds.ids, cfg.split_spec())
     sampler = EpochBatchSampler(ds, cfg.batch_size, cfg.seed, rank=dist.rank, world=dist.world,
-                                subset=rows_of(split, cfg.train_split))
+                                subset=rows_of(split, cfg.train_split), group_instances=cfg.instance_positives)
     loader = make_loader(ds, sampler, cfg.loader_workers)
     if dist.is_main:
         start_run_folder(run, cfg, ds)

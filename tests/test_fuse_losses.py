@@ -204,3 +204,23 @@ def test_subset_consistency_loss_learns_with_side_by_side_embeddings() -> None:
         losses[weighting] = loss.item()
     assert abs(losses["importance_concat"] - math.log(12)) > 1e-3
     assert losses["importance_concat"] == losses["importance"]  # the weighting changes the embedding only
+
+
+def test_instance_positives_make_listings_of_one_instance_positives() -> None:
+    """multi_positive_nce equals InfoNCE with the identity as positives, and equals a hand-computed
+    -log(sum over positives / sum over all) otherwise; instance codes match equal instances only
+    (a product without one is its own instance)."""
+    from scalemm.fuse.losses import info_nce, instance_codes, multi_positive_nce
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 4, generator=g)
+    assert torch.allclose(multi_positive_nce(logits, torch.eye(4, dtype=torch.bool)), info_nce(logits))
+    codes = instance_codes(["p0", "p1", "p2", "p3"], ["x", "y", "x", ""])
+    same = codes[:, None] == codes[None, :]
+    assert same.tolist() == [[True, False, True, False], [False, True, False, False],
+                             [True, False, True, False], [False, False, False, True]]
+    e = logits.exp()
+    ref = torch.stack([-torch.log(e[i][same[i]].sum() / e[i].sum()) for i in range(4)]).mean()
+    assert torch.allclose(multi_positive_nce(logits, same), ref, atol=1e-6)
+    assert not torch.allclose(multi_positive_nce(logits, same), info_nce(logits))
+    assert torch.equal(instance_codes(["a"], ["x"]), instance_codes(["b"], ["x"]))  # stable, by instance

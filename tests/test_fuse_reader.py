@@ -122,3 +122,21 @@ def test_a_missing_modality_store_names_the_config_key(tmp_path) -> None:
     with pytest.raises(StoreError, match=r"no table shards under .*leave 'table' out of the modalities"):
         FeatureDataset(root)
     assert FeatureDataset(root, ["image", "text"]).modalities == ["image", "text"]
+
+
+def test_instance_groups_stay_together_in_shuffled_batches() -> None:
+    """With groups, the listings of one instance are adjacent in the shuffled order (so they meet
+    in a batch); the order is still a function of (seed, epoch) and covers every item once."""
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 40, size=100)
+    a = epoch_batches(100, 16, seed=1, epoch=0, drop_last=False, groups=groups)
+    b = epoch_batches(100, 16, seed=1, epoch=0, drop_last=False, groups=groups)
+    c = epoch_batches(100, 16, seed=1, epoch=1, drop_last=False, groups=groups)
+    order = np.concatenate(a)
+    assert sorted(order.tolist()) == list(range(100))
+    assert all((x == y).all() for x, y in zip(a, b)) and not np.array_equal(order, np.concatenate(c))
+    seq = groups[order]
+    runs = [seq[0]] + [g for prev, g in zip(seq[:-1], seq[1:]) if g != prev]
+    assert len(runs) == len(set(groups.tolist()))  # each group one contiguous run
+    plain = groups[np.concatenate(epoch_batches(100, 16, seed=1, epoch=0, drop_last=False))]
+    assert len([g for prev, g in zip(plain[:-1], plain[1:]) if g != prev]) + 1 > len(set(groups.tolist()))
