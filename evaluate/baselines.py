@@ -199,20 +199,16 @@ def concat_pca(frozen: Mapping[str, EmbeddingSet], train_rows: np.ndarray, width
 # ----------------------------------------------------------------------------- scale_untrained
 
 def untrained_model(cfg: Any, shapes: Mapping[str, tuple[int, int]], device: Any = "cpu") -> Any:
-    """The scale model's architecture at initialisation: ``ScaleModel(cfg, shapes)`` built after
-    seeding torch and Python's RNG with ``cfg.seed``, as training builds it before its first step
-    (:func:`fuse.step.build_learner`); in eval mode on ``device``. The global RNG states are left
-    as they were."""
+    """The scale model's architecture at initialisation (:func:`fuse.step.init_model`, what
+    training starts from), in eval mode on ``device``; the global RNG states are left as they were."""
     import torch
 
-    from scalemm.fuse.model import ScaleModel
+    from scalemm.fuse.step import init_model
 
     state = random.getstate()
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            random.seed(cfg.seed)
-            model = ScaleModel(cfg, dict(shapes))
+            model = init_model(cfg, shapes)
     finally:
         random.setstate(state)
     return model.to(device).eval()

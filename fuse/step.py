@@ -140,13 +140,19 @@ class Learner:
                               enabled=self.device.type == "cuda")
 
 
-def build_learner(cfg: ScaleConfig, shapes: Mapping[str, tuple[int, int]], device: torch.device,
-                  world: int = 1) -> Learner:
-    """A freshly initialised model (from ``torch.manual_seed(cfg.seed)``) on ``device`` with its
-    optimizer and schedule; ``shapes`` is ``{modality: (max_tokens, dim)}`` of the stores."""
+def init_model(cfg: ScaleConfig, shapes: Mapping[str, tuple[int, int]]) -> ScaleModel:
+    """The model as training starts it: torch's and Python's RNGs seeded with ``cfg.seed``, then
+    ``ScaleModel(cfg, shapes)`` (what ``scale_untrained`` in evaluation is)."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    model = ScaleModel(cfg, dict(shapes)).to(device)
+    return ScaleModel(cfg, dict(shapes))
+
+
+def build_learner(cfg: ScaleConfig, shapes: Mapping[str, tuple[int, int]], device: torch.device,
+                  world: int = 1) -> Learner:
+    """A freshly initialised model (:func:`init_model`) on ``device`` with its optimizer and
+    schedule; ``shapes`` is ``{modality: (max_tokens, dim)}`` of the stores."""
+    model = init_model(cfg, shapes).to(device)
     objective: nn.Module = Objective(model, cfg)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
