@@ -244,12 +244,12 @@ def reserve_pool(cp: dict[str, Any], timeout: float | None) -> Any:
     bundles = pool_bundles(cp)
     pg = placement_group(bundles, strategy="PACK" if len(bundles) == 1 else "SPREAD")
     need = sum(b["CPU"] for b in bundles)
-    t0, said = time.time(), 0.0
+    t0, said, placed = time.time(), 0.0, pg.ready()
     while True:
         step = 2.0 if not said else 30.0
         if timeout is not None:
             step = max(0.1, min(step, t0 + timeout - time.time()))
-        ready, _ = ray.wait([pg.ready()], timeout=step)
+        ready, _ = ray.wait([placed], timeout=step)
         if ready:
             if said:
                 log.info("the cluster's CPUs are free: starting after %.0f s of waiting", time.time() - t0)

@@ -238,6 +238,8 @@ class StoreLock:
         while not self._stop.wait(every):
             try:
                 self.refresh()
+            except FileNotFoundError:  # its temporary file, removed by the job's sweep of its own temps
+                continue
             except OSError as e:  # a full disk: keep trying, the lease has room for a few misses
                 log.warning("could not refresh the writer lock %s: %s", self.path, e)
 
