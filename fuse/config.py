@@ -28,7 +28,7 @@ class ScaleConfig:
     """Model, loss and training settings of SCALE on cached features.
 
     The defaults were chosen on the validation split of the real-media development corpus
-    (corpora/clipart.py; README "Development corpus"): the default run on its 771 training
+    (corpora/clipart.py; why each is what it is: docs/decisions.md): the default run on its 771 training
     products takes about five and a half minutes on 2 CPU cores (see ``configs/scale.yaml``).
     """
 
@@ -43,10 +43,10 @@ class ScaleConfig:
     train_split: str = "train"
 
     # ---- model
-    d_model: int = 384  # 256 loses 3.5 points of probe accuracy on the development corpus (README)
+    d_model: int = 384  # 256 loses 3.5 points of probe accuracy on the development corpus (docs/decisions.md)
     heads: int = 4
     encoder_layers: int = 2  # per-modality transformer
-    fusion_layers: int = 0  # joint transformer (0: none; on the development corpus it did not help, see README)
+    fusion_layers: int = 0  # joint transformer (0: none; on the development corpus it did not help, see docs/decisions.md)
     mlp_ratio: float = 4.0
     dropout: float = 0.1  # on the residual branches (attention output, MLP)
     # on the attention probabilities; 0 keeps training on the fused SDPA kernel on CPU (its
@@ -57,7 +57,7 @@ class ScaleConfig:
     temperature: float = 0.07
     harmonize: bool = True  # False: uniform pair weights (W = 1 for present pairs)
     harmonizer_dim: int = 0  # width of f_m = ReLU(Linear(pooled_m)); 0 means d_model
-    masked_losses: bool = False  # on the development corpus it did not help (see README)
+    masked_losses: bool = False  # on the development corpus it did not help (see docs/decisions.md)
     mask_prob: float = 0.15
     mask_loss: str = "mse"  # "mse" or "smooth_l1" on the LayerNorm'd frozen token feature
     # SIMCL on the modality encoders' pooled outputs ("encoder": align before fusing, no
@@ -69,6 +69,7 @@ class ScaleConfig:
     # the frozen backbone's global vector joins each modality's pooled output through a fixed
     # orthonormal map, with this weight (0: the encoders learn from the tokens alone)
     frozen_skip: float = 25.0  # about 1.25x the norm a LayerNorm'd output starts at (sqrt(d_model))
+    skip_trainable: bool = False  # the frozen skip's map is trained (it starts as the fixed orthonormal map)
     # weight of SIMCL, the paper's pairwise inter-modality contrastive loss
     simcl_weight: float = 0.0
     # several workers (Ray Train): SIMCL and the subset-consistency loss contrast every rank's

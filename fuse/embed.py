@@ -4,8 +4,9 @@
 training stores' provenance in its metadata), refuses feature stores whose provenance
 does not fit the model (backbone, weights, preprocessing, token layout: see
 :data:`fuse.checkpoint.EMBED_FIELDS`; the corpus may differ, that is the point), and
-returns per item the paper's product embedding: the sum of the pooled modality outputs
-of the chosen modalities, L2-normalized. Modalities left out are treated as absent in the
+returns per item the model's configured product embedding of the chosen modalities
+(:func:`fuse.model.product_embedding`, then the frozen vectors when the config appends them;
+L2-normalized, :attr:`ScaleModel.embedding_dim` wide). Modalities left out are treated as absent in the
 fusion transformer, so modality ablations come from one trained model.
 """
 
@@ -45,7 +46,7 @@ def embed_store(run_dir: str | Path, features_dir: str | Path, modalities: Seque
 
     ``modalities``: the subset to use (default: all the model was trained on).
     Returns ``ids``, ``labels``, ``instances`` (lists), ``modalities`` (list, order of M),
-    ``vectors`` float32 [N, d] (L2-normalized sum of pooled outputs; zero if nothing present),
+    ``vectors`` float32 [N, d] (the product embedding, L2-normalized; zero if nothing present),
     ``pooled`` float32 [N, M, d], ``presence`` bool [N, M], ``importances`` float32 [N, M].
     """
     dev = resolve_device(device)

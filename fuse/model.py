@@ -14,8 +14,11 @@ Per modality m (token features [B, T_m, D_m] from the store):
    as keys and its outputs are ignored (zeroed).
 
 The pooled output of modality m is the fused token at m's first position. The product
-embedding is the sum of the pooled outputs of the present modalities (L2-normalized by
-:func:`product_embedding`).
+embedding (:func:`product_embedding`, L2-normalized) is built from the encoders' or the fused
+pooled outputs of the present modalities as the config says: the paper's plain sum, or each
+modality's normalised output weighed by the product's importances (the default), optionally
+followed by each modality's weighted block (``block_weight``) and its frozen vector
+(``frozen_blocks``, :mod:`fuse.frozen_blocks`); :attr:`ScaleModel.embedding_dim` is its width.
 
 Modalities the model knows but a batch does not carry are treated as absent: their
 encoders are skipped and their tokens left out of the fusion sequence, which is exactly
@@ -88,8 +91,7 @@ class SelfHarmonizer(nn.Module):
       (importance 0.86 against 0.11 for the title on the development corpus's validation split)
       and every task loses 10-16 points: matching one half of a product's modalities with the
       other is easiest through the picture and its near-copy, the video, which says nothing about
-      how much a modality tells about the product's category (README, "How the defaults were
-      chosen").
+      how much a modality tells about the product's category (docs/decisions.md).
     * ``"diagonal"``: the paper's literal W[m, m]. Because S[m, m] = 1 always and each row of W
       is normalised, W[m, m] is largest (up to 1) when m agrees with nothing else, and
       1/sqrt(#present) when it agrees with everything: it ranks the noisiest modality first.
@@ -97,7 +99,7 @@ class SelfHarmonizer(nn.Module):
     ``agreement="corroborated"`` (the config's default) leaves out of that mean the single closest
     other modality, where two or more others are present: a picture and its near-copy (the video
     of it, a second photo) agree with each other best, and with the plain mean each vouched for the
-    other, ranking both above the title on the development corpus (README).
+    other, ranking both above the title on the development corpus (docs/decisions.md).
 
     ``shrink`` = k > 0 (the config's ``importance_shrink``) keeps each modality's running mean
     importance over the training batches (:meth:`update_mean`, called by the model on full
@@ -112,7 +114,7 @@ class SelfHarmonizer(nn.Module):
     Outside training importances are multiplied by (rate / best rate) ** p. Agreement says whether
     a modality fits the rest of its product; a shop's table template fits every product of the
     category and tells none apart, and weighed by agreement alone it blurred the instance
-    (README, "How the defaults were chosen").
+    (docs/decisions.md).
 
     ``uniform=True`` gives W = 1 for every present pair and importance 1 (no harmonizing).
     """
@@ -242,7 +244,11 @@ class ModalityEncoder(nn.Module):
             # drawn from its own seed, so it is the same in every run and needs no checkpoint slot
             g = torch.Generator().manual_seed(0x5CA1E + index)
             q, _ = torch.linalg.qr(torch.randn(max(dim, d), min(dim, d), generator=g))
-            self.register_buffer("skip_map", q if dim >= d else q.T.contiguous(), persistent=False)
+            q = q if dim >= d else q.T.contiguous()
+            if cfg.skip_trainable:  # starts as the fixed map, then learns (no weight decay: see fuse.step)
+                self.skip_map = nn.Parameter(q)
+            else:
+                self.register_buffer("skip_map", q, persistent=False)
         self.in_norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, d)
         self.cls = nn.Parameter(torch.randn(d) * 0.02)
