@@ -18,7 +18,11 @@ scan's main cost).
 
 An M5Product release JSON is one object and cannot be split into ranges: one task converts it
 to JSONL in the store (``FEATS/corpus/m5product-<sha256>.jsonl``, reused while the release
-file is the same) and the scan reads that.
+file is the same) and the scan reads that. A CSV or Parquet catalogue is converted the same
+way, streamed (CSV blocks, Parquet row groups: never the whole file in memory), into
+``FEATS/corpus/<csv|parquet>-<sha256>-<mapping>.jsonl``: line N of the copy is the
+catalogue's row N (a bad row leaves its line blank), so bad records and the copy agree on
+row numbers.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from scalemm.atomic import write_jsonl_atomic
-from scalemm.corpus import (BadRecord, CorpusError, Product, corpus_format, iter_jsonl, iter_m5product,
-                            parse_jsonl_line)
+from scalemm.corpus import (TABLE_KINDS, BadRecord, CorpusError, Product, TableFormat, corpus_format, iter_jsonl,
+                            iter_m5product, iter_table, parse_jsonl_line)
 from scalemm.extract.decode import DecodeError, resolve_media
 from scalemm.store import file_fingerprint
 
@@ -119,7 +123,7 @@ def scan_chunk(path: str, start: int, end: int, first_line: int, media_root: str
 
 def convert_m5product(path: str, dest: str) -> list[tuple[str, str]]:
     """The conversion task: the valid records of an M5Product release JSON as JSONL at ``dest``
-    (atomically; the bad records next to it, written first). Returns the bad records."""
+    (atomically; the bad records next to it, written last). Returns the bad records."""
     from scalemm.corpus import load_m5product, m5product_record
 
     data = load_m5product(path)
@@ -129,19 +133,58 @@ def convert_m5product(path: str, dest: str) -> list[tuple[str, str]]:
             bad.append((r.where, r.error))
         else:
             good.append({"id": r.id, **m5product_record(data[r.id])})
-    write_jsonl_atomic(dest + ".bad", [{"where": w, "error": e} for w, e in bad])
     if good:
         write_jsonl_atomic(dest, good)
+    write_jsonl_atomic(dest + ".bad", [{"where": w, "error": e} for w, e in bad])
     return bad
 
 
+def convert_table(path: str, dest: str, fmt: TableFormat) -> list[tuple[str, str, int]]:
+    """The conversion task of a CSV or Parquet catalogue: its valid rows as JSONL at ``dest``
+    (atomically, streamed; line N is row N, blank for a bad row; none when no row is valid),
+    then the bad records next to it. Returns the bad records."""
+    from scalemm.atomic import replace_atomic
+    from scalemm.corpus import table_product, table_rows
+
+    bad: list[tuple[str, str, int]] = []
+    good = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal good
+        with open(tmp, "w", encoding="utf-8") as f:
+            for n, rec in table_rows(path, fmt):
+                r = rec if isinstance(rec, BadRecord) else table_product(rec, n)
+                if isinstance(r, BadRecord):
+                    bad.append((r.where, r.error, n))
+                    f.write("\n")
+                else:
+                    f.write(json.dumps({**rec, "id": r.id}, sort_keys=True, default=str) + "\n")
+                    good += 1
+
+    replace_atomic(dest, write)
+    if not good:
+        Path(dest).unlink()
+    write_jsonl_atomic(dest + ".bad", [{"where": w, "error": e, "row": n} for w, e, n in bad])
+    return bad
+
+
+def converted_path(out: Path, fmt: str, fingerprint: str) -> Path:
+    """Where an M5Product release or a CSV / Parquet catalogue is converted to JSONL in the store
+    ``out`` (a table's name also depends on its column mapping)."""
+    if isinstance(fmt, TableFormat):
+        mapping = json.dumps([sorted(fmt.columns.items()), list(fmt.exclude)]).encode()
+        return out / M5_DIR / f"{fmt}-{fingerprint[:16]}-{hashlib.sha256(mapping).hexdigest()[:8]}.jsonl"
+    return out / M5_DIR / f"m5product-{fingerprint[:16]}.jsonl"
+
+
 def check_corpus(path: str | Path, fmt: str = "auto") -> str:
-    """The corpus' format, once it is known to exist, be non-empty and (JSONL) hold a product:
-    a user error found before any Ray process starts. Reads up to the first valid line."""
+    """The corpus' format, once it is known to exist, be non-empty and (JSONL, CSV, Parquet) hold
+    a product: a user error found before any Ray process starts. Reads up to the first valid
+    record (a CSV or Parquet catalogue: its columns checked against the mapping first)."""
     fmt = corpus_format(path, fmt)
-    if fmt == "jsonl":
+    if fmt == "jsonl" or fmt in TABLE_KINDS:
         bad = 0
-        for r in iter_jsonl(path):
+        for r in (iter_jsonl(path) if fmt == "jsonl" else iter_table(path, fmt)):
             if isinstance(r, Product):
                 return fmt
             bad += 1
@@ -172,14 +215,16 @@ def scan_corpus(path: str | Path, media_root: str | Path, fmt: str, out: Path, c
     path = Path(path)
     fmt = corpus_format(path, fmt)
     bad: list[tuple[int, BadRecord]] = []
-    if fmt == "m5product":
+    if fmt == "m5product" or fmt in TABLE_KINDS:
         fingerprint = file_fingerprint(path)
-        src = out / M5_DIR / f"m5product-{fingerprint[:16]}.jsonl"
-        if not src.exists():
-            src.parent.mkdir(parents=True, exist_ok=True)
-            ray.get(ray.remote(convert_m5product).options(num_cpus=cpus, **(options or {})).remote(str(path), str(src)))
+        src = converted_path(out, fmt, fingerprint)
         side = Path(str(src) + ".bad")
-        bad = [(0, BadRecord(r["where"], r["error"])) for r in map(json.loads, side.read_text().splitlines())]
+        if not side.exists():  # written last: the conversion finished
+            src.parent.mkdir(parents=True, exist_ok=True)
+            convert, args = (convert_m5product, ()) if fmt == "m5product" else (convert_table, (fmt,))
+            ray.get(ray.remote(convert).options(num_cpus=cpus, **(options or {})).remote(str(path), str(src), *args))
+        bad = [(r.get("row", 0), BadRecord(r["where"], r["error"]))  # a table's row: its line in the copy
+               for r in map(json.loads, side.read_text().splitlines())]
         if not src.exists():
             raise CorpusError(f"corpus {path} has no valid product ({len(bad)} bad records)")
         chunks, _ = corpus_chunks(src, chunk_bytes)

@@ -13,6 +13,14 @@ M5Product release JSON: ``{id: {"title", "label", "url", "video", "pv"}}`` where
 ``video`` are paths relative to the media root or URLs whose file name is looked up under it,
 and ``pv`` is the table as ``key#:#value#;#key#:#value``.
 
+CSV and Parquet catalogues, one column per field: ``--columns id=sku,title=name,image=img``
+(:func:`parse_columns`) maps columns to the fields (id, label, instance, title, image, video,
+audio, table; a field not mapped reads the column of its own name when there is one); every
+other column becomes a table attribute (its name: the cell as text; empty cells left out)
+unless excluded. :func:`iter_csv` and :func:`iter_parquet` stream the file (CSV blocks,
+Parquet row groups); a bad row is a bad record at ``row N`` (data rows, 1-based, the header
+not counted).
+
 A bad record is reported (line number or id, and why) and skipped; the others go on.
 """
 
@@ -229,15 +237,24 @@ def iter_m5product(path: str | Path, data: dict[str, Any] | None = None) -> Iter
 
 
 def corpus_format(path: str | Path, fmt: str = "auto") -> str:
-    """``jsonl`` or ``m5product`` for an existing, non-empty corpus file (CorpusError otherwise)."""
+    """``jsonl``, ``m5product``, or a :class:`TableFormat` (``csv``, ``parquet``: ``fmt``'s column
+    mapping kept) for an existing, non-empty corpus file (CorpusError otherwise). ``auto``: by
+    the file's suffix, else sniffed (JSONL or M5Product)."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"corpus file {path} does not exist")
     if path.stat().st_size == 0:
         raise CorpusError(f"corpus file {path} is empty")
-    if fmt == "auto":
-        fmt = "jsonl" if path.suffix in (".jsonl", ".ndjson") else _sniff(path)
-    return fmt
+    kind = str(fmt)
+    if kind == "auto":
+        suffix = path.suffix.lower()
+        kind = ("jsonl" if suffix in (".jsonl", ".ndjson") else TABLE_SUFFIXES.get(suffix) or _sniff(path))
+    if kind in TABLE_KINDS:
+        return TableFormat(kind, getattr(fmt, "columns", None), getattr(fmt, "exclude", ()))
+    if isinstance(fmt, TableFormat) and (fmt.columns or fmt.exclude):
+        raise CorpusError(f"{path} is a {kind} corpus: --columns and --exclude-columns are for CSV or Parquet "
+                          f"catalogues; pass --format csv or parquet if it is one")
+    return kind
 
 
 def duplicate(pid: str, line: int, first_line: int) -> BadRecord:
@@ -249,7 +266,7 @@ def read_corpus(path: str | Path, fmt: str = "auto") -> Corpus:
     """Read a corpus; duplicate ids are reported as bad records (the first one is kept)."""
     path = Path(path)
     fmt = corpus_format(path, fmt)
-    it = iter_jsonl(path) if fmt == "jsonl" else iter_m5product(path)
+    it = iter_jsonl(path) if fmt == "jsonl" else iter_table(path, fmt) if fmt in TABLE_KINDS else iter_m5product(path)
     products: list[Product] = []
     bad: list[BadRecord] = []
     seen: dict[str, int] = {}
@@ -280,3 +297,194 @@ def _sniff(path: Path) -> str:
     except json.JSONDecodeError:
         pass
     return "m5product"
+
+
+# ----------------------------------------------------------------------------- CSV and Parquet catalogues
+
+FIELDS = ("id", "label", "instance", "title", "image", "video", "audio", "table")
+TABLE_KINDS = ("csv", "parquet")
+TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+TABLE_BATCH_ROWS = 8192  # rows per Parquet batch
+CSV_BLOCK_BYTES = 4 << 20  # bytes per CSV block
+
+
+class TableFormat(str):
+    """``"csv"`` or ``"parquet"`` (it is that string) with the catalogue's column mapping:
+    ``columns`` field -> column, ``exclude`` the columns left out of the table."""
+
+    columns: dict[str, str]
+    exclude: tuple[str, ...]
+
+    def __new__(cls, kind: str, columns: dict[str, str] | None = None, exclude: Any = ()) -> "TableFormat":
+        self = super().__new__(cls, kind)
+        self.columns, self.exclude = dict(columns or {}), tuple(exclude or ())
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return TableFormat, (str(self), self.columns, self.exclude)
+
+
+def parse_columns(spec: str | None) -> dict[str, str]:
+    """``id=sku,title=name`` -> ``{"id": "sku", "title": "name"}`` (CorpusError when malformed)."""
+    out: dict[str, str] = {}
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        field_, sep, column = (x.strip() for x in part.partition("="))
+        if not sep or not field_ or not column:
+            raise CorpusError(f"--columns: expected FIELD=COLUMN, got {part.strip()!r}")
+        if field_ not in FIELDS:
+            raise CorpusError(f"--columns: unknown field {field_!r}; the fields are {', '.join(FIELDS)}")
+        if field_ in out:
+            raise CorpusError(f"--columns: field {field_!r} mapped twice")
+        out[field_] = column
+    return out
+
+
+def column_plan(names: list[str], fmt: TableFormat, path: str | Path) -> tuple[dict[str, str], list[str]]:
+    """The columns a catalogue with column ``names`` is read by: field -> column (mapped, or
+    the column of the field's own name) and the columns that become table attributes.
+    CorpusError when a mapped or excluded column is not in the file, or no column is the id."""
+    missing = [c for c in [*fmt.columns.values(), *fmt.exclude] if c not in names]
+    if missing:
+        raise CorpusError(f"{path}: no column {missing[0]!r}; its columns are {', '.join(names)}")
+    fields = {f: fmt.columns.get(f, f) for f in FIELDS if fmt.columns.get(f, f) in names}
+    if "id" not in fields:
+        raise CorpusError(f"{path}: no 'id' column; name the products' id column with --columns id=COLUMN "
+                          f"(its columns are {', '.join(names)})")
+    used = set(fields.values()) | set(fmt.exclude)
+    return fields, [c for c in names if c not in used]
+
+
+def cell_text(v: Any) -> str | None:
+    """A cell as table text; None for an empty or null cell."""
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    text = _scalar(v.decode("utf-8", "replace") if isinstance(v, bytes) else v).strip()
+    return text or None
+
+
+def table_record(row: dict[str, Any], fields: dict[str, str], extra: list[str]) -> dict[str, Any]:
+    """A catalogue row in our JSONL shape (:func:`parse_jsonl_line`'s): the mapped fields (values
+    as they are, checked by :func:`_product`; label and instance as text) and the extra
+    columns as table attributes, after the pairs of a mapped table column."""
+    rec = {f: row.get(c) for f, c in fields.items()}
+    for k in ("label", "instance"):
+        if k in rec:
+            rec[k] = cell_text(rec[k]) or ""
+    if isinstance(rec.get("id"), str):
+        rec["id"] = rec["id"].strip()
+    attrs = {c: t for c in extra if (t := cell_text(row.get(c))) is not None}
+    if attrs:
+        base, _ = _table(rec.get("table"))
+        rec["table"] = [*(base or []), *attrs.items()]
+    return rec
+
+
+def table_rows(path: str | Path, fmt: TableFormat, batch_rows: int = TABLE_BATCH_ROWS,
+               block_bytes: int = CSV_BLOCK_BYTES) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
+    """``(row, record)`` of every row of a CSV or Parquet catalogue in order (``record``: our
+    JSONL shape, :func:`table_record`; a row CSV cannot parse is a BadRecord), streamed:
+    Parquet by batches of ``batch_rows`` rows, CSV by blocks of ``block_bytes``."""
+    rows = _parquet_rows(path, batch_rows) if fmt == "parquet" else _csv_rows(path, block_bytes)
+    names = next(rows)
+    fields, extra = column_plan(names, fmt, path)
+    for n, row in rows:
+        yield n, row if isinstance(row, BadRecord) else table_record(row, fields, extra)
+
+
+def _parquet_rows(path: str | Path, batch_rows: int) -> Iterator[Any]:
+    """The column names, then ``(row, {column: value})`` batch by batch."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError...: not a Parquet file
+        raise CorpusError(f"{path} is not a readable Parquet file: {e}") from e
+    yield list(pf.schema_arrow.names)
+    n = 0
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+    except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError: a damaged row group
+        raise CorpusError(f"{path}: cannot read the Parquet file after row {n}: {e}") from e
+
+
+def _csv_header(path: str | Path) -> list[str]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        header = next(csv.reader(f), None)
+    if not header:
+        raise CorpusError(f"{path}: a CSV catalogue's first line names its columns; it is empty")
+    if len(set(header)) != len(header):
+        raise CorpusError(f"{path}: a column name is repeated in the header {header}")
+    return header
+
+
+def _csv_rows(path: str | Path, block_bytes: int) -> Iterator[Any]:
+    """The column names, then ``(row, {column: text} or BadRecord)`` block by block: every cell
+    read as text; a row of the wrong width is a bad record at its row."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    names = _csv_header(path)
+    yield names
+    bad: dict[int, BadRecord] = {}
+
+    def invalid(r: Any) -> str:  # r.number: the file line (the header is line 1); threads off so it is known
+        n = (r.number - 1) if r.number is not None else -len(bad) - 1
+        bad[n] = BadRecord(f"row {n}" if n > 0 else "row ?",
+                           f"{r.actual_columns} cells where the header has {r.expected_columns}")
+        return "skip"
+
+    try:
+        reader = pcsv.open_csv(
+            path, read_options=pcsv.ReadOptions(block_size=block_bytes, use_threads=False, encoding="utf8"),
+            parse_options=pcsv.ParseOptions(invalid_row_handler=invalid, newlines_in_values=True),
+            convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in names}))
+        n = 0
+        for batch in reader:
+            for row in batch.to_pylist():
+                n += 1
+                while n in bad:
+                    yield n, bad.pop(n)
+                    n += 1
+                yield n, row
+    except pa.ArrowInvalid as e:
+        raise CorpusError(f"{path}: not a readable CSV file: {e}") from e
+    for k in sorted(bad):
+        yield k, bad[k]
+
+
+def iter_table(path: str | Path, fmt: str = "auto", batch_rows: int = TABLE_BATCH_ROWS,
+               block_bytes: int = CSV_BLOCK_BYTES) -> Iterator[Product | BadRecord]:
+    """The products of a CSV or Parquet catalogue (``fmt``: a :class:`TableFormat` with its
+    mapping, or ``csv`` / ``parquet`` / ``auto`` with the fields' own column names)."""
+    fmt = fmt if isinstance(fmt, TableFormat) else TableFormat(str(fmt))
+    if fmt == "auto":
+        fmt = corpus_format(path, fmt)
+    for n, rec in table_rows(path, fmt, batch_rows, block_bytes):
+        yield rec if isinstance(rec, BadRecord) else table_product(rec, n)
+
+
+def table_product(rec: dict[str, Any], row: int) -> Product | BadRecord:
+    """A catalogue row's record (:func:`table_record`) as a product, or why it is not one."""
+    try:
+        return _product(rec, row)
+    except ValueError as e:
+        return BadRecord(f"row {row}", str(e))
+
+
+def iter_csv(path: str | Path, columns: dict[str, str] | None = None, exclude: Any = (),
+             block_bytes: int = CSV_BLOCK_BYTES) -> Iterator[Product | BadRecord]:
+    """The products of a CSV catalogue (see :func:`iter_table`)."""
+    return iter_table(path, TableFormat("csv", columns, exclude), block_bytes=block_bytes)
+
+
+def iter_parquet(path: str | Path, columns: dict[str, str] | None = None, exclude: Any = (),
+                 batch_rows: int = TABLE_BATCH_ROWS) -> Iterator[Product | BadRecord]:
+    """The products of a Parquet catalogue (see :func:`iter_table`)."""
+    return iter_table(path, TableFormat("parquet", columns, exclude), batch_rows=batch_rows)
