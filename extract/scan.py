@@ -35,15 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from scalemm.atomic import write_jsonl_atomic
-from scalemm.corpus import (TABLE_KINDS, BadRecord, CorpusError, Product, TableFormat, corpus_format, iter_jsonl,
-                            iter_m5product, iter_table, parse_jsonl_line)
+from scalemm.corpus import (COPY_DIR, TABLE_KINDS, BadRecord, CorpusError, Product, TableFormat, copy_name,
+                            corpus_format, iter_jsonl, iter_m5product, iter_table, parse_jsonl_line)
 from scalemm.extract.decode import DecodeError, resolve_media
 from scalemm.store import file_fingerprint
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 << 20
-M5_DIR = "corpus"
+M5_DIR = COPY_DIR
 
 
 def product_fingerprint(p: Product, media_root: str | Path) -> str:
@@ -171,10 +171,7 @@ def convert_table(path: str, dest: str, fmt: TableFormat) -> list[tuple[str, str
 def converted_path(out: Path, fmt: str, fingerprint: str) -> Path:
     """Where an M5Product release or a CSV / Parquet catalogue is converted to JSONL in the store
     ``out`` (a table's name also depends on its column mapping)."""
-    if isinstance(fmt, TableFormat):
-        mapping = json.dumps([sorted(fmt.columns.items()), list(fmt.exclude)]).encode()
-        return out / M5_DIR / f"{fmt}-{fingerprint[:16]}-{hashlib.sha256(mapping).hexdigest()[:8]}.jsonl"
-    return out / M5_DIR / f"m5product-{fingerprint[:16]}.jsonl"
+    return out / M5_DIR / copy_name(fmt, fingerprint)
 
 
 def check_corpus(path: str | Path, fmt: str = "auto") -> str:

@@ -26,6 +26,7 @@ A bad record is reported (line number or id, and why) and skipped; the others go
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -488,3 +489,39 @@ def iter_parquet(path: str | Path, columns: dict[str, str] | None = None, exclud
                  batch_rows: int = TABLE_BATCH_ROWS) -> Iterator[Product | BadRecord]:
     """The products of a Parquet catalogue (see :func:`iter_table`)."""
     return iter_table(path, TableFormat("parquet", columns, exclude), batch_rows=batch_rows)
+
+
+# ----------------------------------------------------------------------------- the corpus of a store
+
+COPY_DIR = "corpus"  # FEATS/corpus/: the JSONL copies the scan makes of other formats
+
+
+def copy_name(fmt: str, fingerprint: str) -> str:
+    """The name of the JSONL copy of an M5Product release or a CSV / Parquet catalogue (whose
+    name also depends on its column mapping) with sha256 ``fingerprint`` in ``FEATS/corpus/``."""
+    if isinstance(fmt, TableFormat):
+        mapping = json.dumps([sorted(fmt.columns.items()), list(fmt.exclude)]).encode()
+        return f"{fmt}-{fingerprint[:16]}-{hashlib.sha256(mapping).hexdigest()[:8]}.jsonl"
+    return f"m5product-{fingerprint[:16]}.jsonl"
+
+
+def store_corpus(features: str | Path) -> Path | None:
+    """The JSONL the store ``features`` was last extracted from (its manifest's ``corpus``), as
+    it can be read again: the file itself, or the scan's copy of an M5Product release or a CSV /
+    Parquet catalogue in ``FEATS/corpus/`` (the newest, for a catalogue read with several column
+    mappings). None when there is neither (a corpus moved away)."""
+    from scalemm.store import read_manifest
+
+    man = read_manifest(features) or {}
+    corpus, fp = man.get("corpus"), str(man.get("corpus_fingerprint") or "")
+    if corpus and Path(corpus).suffix.lower() in (".jsonl", ".ndjson") and Path(corpus).is_file():
+        return Path(corpus)
+    copies = [p for p in (Path(features) / COPY_DIR).glob(f"*-{fp[:16]}*.jsonl")] if fp else []
+    if copies:
+        return max(copies, key=lambda p: p.stat().st_mtime)
+    if corpus and Path(corpus).is_file():
+        try:
+            return Path(corpus) if corpus_format(corpus) == "jsonl" else None
+        except CorpusError:
+            return None
+    return None
