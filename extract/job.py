@@ -184,7 +184,7 @@ def node_pool_plan(node_cpus: list[float], node_gpus: list[float], cfg: ExtractC
     per_node = -(-p["actors"] // len(node_cpus))
     left = node_cpus[small] - per_node * p["cpus"]
     return {**p, "nodes": len(node_cpus), "per_node": per_node, "node_cpus": node_cpus[small],
-            "decode_cpus": round(min(1.0, max(left, 0.25)), 3)}
+            "all_node_cpus": sorted(node_cpus, reverse=True), "decode_cpus": round(min(1.0, max(left, 0.25)), 3)}
 
 
 def pool_plan(cpus: float, gpus: float, cfg: ExtractConfig) -> dict[str, Any]:
@@ -221,17 +221,19 @@ def pool_bundles(cp: dict[str, Any]) -> list[dict[str, float]]:
     waits as a whole (two jobs that each held their actors' CPUs while their decode tasks waited
     for the other's deadlocked). The bundle is what a lone job used of the node before: on one
     2-CPU node, 2 actors of 0.5 CPU and 1 CPU to decode; on a GPU node, its GPU actors and every
-    CPU they leave to decode (decoding is what a GPU waits for)."""
+    CPU they leave to decode (decoding is what a GPU waits for). On nodes of different sizes each
+    bundle is its node's CPUs (the decode tasks used a big node's spare CPUs before too)."""
     nodes = min(cp.get("nodes", 1), cp["actors"])
     per_node = -(-cp["actors"] // nodes)
     actors = per_node * cp["cpus"]
-    cpus = round(actors + max(cp["decode_cpus"], cp.get("node_cpus", 0) - actors), 3)
-    if "node_cpus" in cp and cpus > cp["node_cpus"] + 1e-9:
-        raise ClusterError(f"the actor pool needs {cpus:g} CPUs on a node ({per_node} model actor(s) of "
+    need = round(actors + cp["decode_cpus"], 3)
+    if "node_cpus" in cp and need > cp["node_cpus"] + 1e-9:
+        raise ClusterError(f"the actor pool needs {need:g} CPUs on a node ({per_node} model actor(s) of "
                            f"{cp['cpus']:g} CPU and {cp['decode_cpus']:g} to decode) and the cluster's nodes have "
                            f"{cp['node_cpus']:g}; lower num_actors or actor_cpus in the extraction config")
-    bundle = {"CPU": cpus, **({"GPU": per_node * cp["gpus"]} if cp["gpus"] else {})}
-    return [dict(bundle) for _ in range(nodes)]
+    sizes = cp.get("all_node_cpus") or [cp.get("node_cpus", 0)] * nodes
+    gpus = {"GPU": per_node * cp["gpus"]} if cp["gpus"] else {}
+    return [{"CPU": round(max(need, c), 3), **gpus} for c in sizes[:nodes]]
 
 
 def reserve_pool(cp: dict[str, Any], timeout: float | None) -> Any:

@@ -223,7 +223,10 @@ def test_a_job_reserves_its_decode_cpus_with_its_actors():
     assert pool_bundles(node_pool_plan([16.0], [0.0], cfg)) == [{"CPU": 16.0}]
     # 2 GPU actors and the 6 CPUs they leave, which decode in parallel (what a lone job had)
     assert pool_bundles(node_pool_plan([8.0], [2.0], cfg)) == [{"CPU": 8.0, "GPU": 2.0}]
-    assert pool_bundles(node_pool_plan([16.0, 8.0], [0.0, 0.0], cfg)) == [{"CPU": 8.0}, {"CPU": 8.0}]
+    # nodes of different sizes: 7 actors on each, and each node's spare CPUs to decode
+    assert pool_bundles(node_pool_plan([8.0, 16.0], [0.0, 0.0], cfg)) == [{"CPU": 16.0}, {"CPU": 8.0}]
+    # a pool asked to be small: one actor and its decode CPUs on the largest node
+    assert pool_bundles(node_pool_plan([8.0, 16.0], [0.0, 0.0], ExtractConfig(num_actors=1))) == [{"CPU": 16.0}]
     with pytest.raises(ClusterError, match="lower num_actors"):
         pool_bundles(node_pool_plan([2.0], [0.0], ExtractConfig(num_actors=4)))
 
