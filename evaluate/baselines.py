@@ -163,8 +163,8 @@ def concat_pca(frozen: Mapping[str, EmbeddingSet], train_rows: np.ndarray, width
     """The concatenation of every normalised frozen vector, projected by a PCA (scikit-learn's,
     exact: an SVD, or the covariance's eigendecomposition when the products outnumber the dims)
     fitted on the rows ``train_rows`` only (the train split's products; at most ``max_fit`` of them,
-    a seeded sample) to ``width`` components (fewer when the train products or the concatenation's
-    width allow fewer), then L2-normalised. Returns the set and ``{"components", "target_width",
+    a seeded sample) to ``width`` components (fewer when the concatenation's width, or the train
+    products less one, allow fewer), then L2-normalised. Returns the set and ``{"components", "target_width",
     "fitted_on_products", "train_products", "explained_variance"}``."""
     from sklearn.decomposition import PCA
 
@@ -180,7 +180,9 @@ def concat_pca(frozen: Mapping[str, EmbeddingSet], train_rows: np.ndarray, width
         raise ValueError(f"concat_pca needs at least 2 train products to fit on, got {len(train_rows)}")
     fit_rows = train_rows if len(train_rows) <= max_fit else np.sort(
         np.random.default_rng([int(seed), 0x9CA]).choice(train_rows, size=max_fit, replace=False))
-    k = int(min(width, len(fit_rows), dims))
+    # n centred products span at most n - 1 directions: a component beyond them has no variance on
+    # the products it was fitted on, and the probe's standardiser would blow its noise up
+    k = int(min(width, len(fit_rows) - 1, dims))
     if k < width:
         log.warning("concat_pca: %d components (not %d): %d train products, %d concatenated dims", k, width,
                     len(fit_rows), dims)
