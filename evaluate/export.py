@@ -80,6 +80,16 @@ def catalogue_vectors(eval_dir: Path, n_ids: int) -> np.ndarray:
     return x
 
 
+def read_rows(vectors: np.memmap, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of the memory-mapped catalogue read with a plain file read, so the
+    pages read do not stay in this process's memory (a million products are never held whole)."""
+    width = vectors.shape[1] * vectors.dtype.itemsize
+    with open(vectors.filename, "rb") as f:
+        f.seek(vectors.offset + start * width)
+        raw = f.read((stop - start) * width)
+    return np.frombuffer(raw, dtype=vectors.dtype).reshape(stop - start, vectors.shape[1])
+
+
 def added_vectors(eval_dir: Path, start: int, stop: int) -> np.ndarray:
     """The vectors of the products added to the index after the evaluation (rows ``start`` to
     ``stop``), read back from the FAISS index (exact for flat, HNSW and IVF-Flat indexes)."""
@@ -268,7 +278,7 @@ def _batches(eval_dir: Path, ids: list[str], vectors: np.ndarray, features: str 
     added = added_vectors(eval_dir, n, len(ids)) if len(ids) > n else None
     for start in [*range(0, n, rows), *range(n, len(ids), rows)]:
         stop = min(start + rows, n if start < n else len(ids))
-        x = vectors[start:stop] if start < n else added[start - n:stop - n]
+        x = read_rows(vectors, start, stop) if start < n else added[start - n:stop - n]
         m = next(meta) if start < n else {}
         cols = {"id": pa.array(ids[start:stop], pa.string()),
                 "label": pa.array(m.get("label", [None] * (stop - start)), pa.string()),
