@@ -253,7 +253,7 @@ def corpus_format(path: str | Path, fmt: str = "auto") -> str:
     if kind in TABLE_KINDS:
         return TableFormat(kind, getattr(fmt, "columns", None), getattr(fmt, "exclude", ()))
     if isinstance(fmt, TableFormat) and (fmt.columns or fmt.exclude):
-        raise CorpusError(f"{path} is a {kind} corpus: --columns and --exclude-columns are for CSV or Parquet "
+        raise CorpusError(f"{path} is read as {kind}: --columns and --exclude-columns are for CSV or Parquet "
                           f"catalogues; pass --format csv or parquet if it is one")
     return kind
 
