@@ -239,6 +239,8 @@ def export_catalogue(eval_dir: str | Path, out: str | Path, features: str | Path
     eval_dir, out = Path(eval_dir), Path(out)
     if not eval_dir.is_dir():
         raise ExportError(f"--index {eval_dir} is not a directory; pass the --out folder of pipelines/evaluate.py")
+    if eval_dir.name == CATALOGUE_INDEX and eval_dir.parent.name == "index":  # EVAL/index/catalogue given
+        eval_dir = eval_dir.parent.parent
     ids = catalogue_ids(eval_dir)
     vectors = catalogue_vectors(eval_dir, len(ids))
     n, dim = vectors.shape

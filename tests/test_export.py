@@ -124,7 +124,8 @@ def test_products_added_to_the_index_are_exported_too(evaluation, run_cli, tmp_p
     new = l2_normalize(np.random.default_rng(1).normal(size=(3, D)))
     add_to_index(ev / "index" / "catalogue", new, ["n1", "n2", "n3"])
     out = tmp_path / "c.parquet"
-    rc, stdout, err, _ = run_cli("export.py", "--index", str(ev), "--features", str(evaluation["feats"]),
+    rc, stdout, err, _ = run_cli("export.py", "--index", str(ev / "index" / "catalogue"), "--features",
+                                 str(evaluation["feats"]),
                                  "--out", str(out), "--batch-rows", "16")
     assert rc == 0, err
     t = pq.read_table(out)
