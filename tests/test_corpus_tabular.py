@@ -173,6 +173,7 @@ def test_csv_and_parquet_catalogues_extract_to_the_stores_of_the_same_jsonl(ray_
                                                                           tmp_path, run_cli):
     import pandas as pd
 
+    from scalemm.corpus import iter_jsonl, store_corpus
     from scalemm.extract.job import run_extraction
 
     products = _demo_products(demo_corpus)
@@ -211,6 +212,10 @@ def test_csv_and_parquet_catalogues_extract_to_the_stores_of_the_same_jsonl(ray_
         assert [f["error"] for f in fails if f["id"] is None] == ["row 6: missing 'id'"], name
         copies = sorted(p.name for p in (tmp_path / name / "corpus").glob("*.jsonl"))
         assert len(copies) == 1 and copies[0].startswith(name.split("-")[1] + "-"), copies
+        copy = store_corpus(tmp_path / name)  # what evaluation and export read titles from
+        assert copy is not None and copy.name == copies[0]
+        assert [(p.id, p.title) for p in iter_jsonl(copy) if isinstance(p, Product)] == [
+            (p.id, p.title) for p in products]
     again = run_extraction(tmp_path / "catalogue.parquet", demo_corpus, tmp_path / "feats-parquet", tiny_config,
                            fmt=fmt)
     assert again.shards_written == 0 and again.items == len(products)
