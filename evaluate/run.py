@@ -99,18 +99,20 @@ def resolve_runs(path: str | Path) -> list[Path]:
 
 
 def product_info(features: Path, media_root: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """id -> {title, image (absolute path or None)} from the corpus named in the manifest."""
-    from scalemm.corpus import read_corpus
+    """id -> {title, image (absolute path or None)} from the corpus the store was extracted from
+    (the JSONL named in the manifest, or the store's own JSONL copy of an M5Product release or a
+    CSV / Parquet catalogue: :func:`scalemm.corpus.store_corpus`)."""
+    from scalemm.corpus import read_corpus, store_corpus
     from scalemm.store import read_manifest
 
     man = read_manifest(features) or {}
-    corpus = man.get("corpus")
-    if not corpus or not Path(corpus).is_file():
-        log.warning("corpus %s not found; the gallery shows ids only", corpus)
+    corpus = store_corpus(features)
+    if corpus is None:
+        log.warning("corpus %s not found; the gallery shows ids only", man.get("corpus"))
         return {}
-    root = Path(media_root or man.get("media_root") or Path(corpus).parent)
+    root = Path(media_root or man.get("media_root") or Path(man.get("corpus") or corpus).parent)
     info = {}
-    for p in read_corpus(corpus).products:
+    for p in read_corpus(corpus, "jsonl").products:
         img = (root / p.image) if p.image else None
         info[p.id] = {"title": p.title or "", "image": str(img) if img and img.is_file() else None,
                       "label": p.label}

@@ -174,6 +174,7 @@ def test_csv_and_parquet_catalogues_extract_to_the_stores_of_the_same_jsonl(ray_
     import pandas as pd
 
     from scalemm.corpus import iter_jsonl, store_corpus
+    from scalemm.evaluate.run import product_info
     from scalemm.extract.job import run_extraction
 
     products = _demo_products(demo_corpus)
@@ -216,6 +217,9 @@ def test_csv_and_parquet_catalogues_extract_to_the_stores_of_the_same_jsonl(ray_
         assert copy is not None and copy.name == copies[0]
         assert [(p.id, p.title) for p in iter_jsonl(copy) if isinstance(p, Product)] == [
             (p.id, p.title) for p in products]
+        # the evaluation's gallery titles come from that copy, not from the CSV with its own columns
+        info = product_info(tmp_path / name)
+        assert {k: v["title"] for k, v in info.items()} == {p.id: p.title or "" for p in products}, name
     again = run_extraction(tmp_path / "catalogue.parquet", demo_corpus, tmp_path / "feats-parquet", tiny_config,
                            fmt=fmt)
     assert again.shards_written == 0 and again.items == len(products)
