@@ -165,6 +165,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ScaleConfig
         saved.setdefault("identification_power", 0.0)  # nor the identification rates
         saved.setdefault("block_weight", 0.0)  # their embedding was the sum alone
         saved.setdefault("frozen_blocks", 0.0)  # and carried no frozen vector
+        saved.setdefault("instance_positives", False)  # nor were they trained with instance positives
         cfg = ScaleConfig.from_dict(saved, source=f"checkpoint {w}")
         prov = provenance_from_json(json.loads(meta["provenance"]))
         step = int(meta["step"])

@@ -69,7 +69,6 @@ class ScaleConfig:
     # the frozen backbone's global vector joins each modality's pooled output through a fixed
     # orthonormal map, with this weight (0: the encoders learn from the tokens alone)
     frozen_skip: float = 25.0  # about 1.25x the norm a LayerNorm'd output starts at (sqrt(d_model))
-    skip_trainable: bool = False  # the frozen skip's map is trained (it starts as the fixed orthonormal map)
     # weight of SIMCL, the paper's pairwise inter-modality contrastive loss
     simcl_weight: float = 0.0
     # several workers (Ray Train): SIMCL and the subset-consistency loss contrast every rank's
@@ -82,8 +81,8 @@ class ScaleConfig:
     subset_weight: float = 1.0
     # listings of one instance (the catalogue's ``instance`` field) are positives of each other in
     # the subset-consistency loss, and the training batches keep them together (self-supervised:
-    # no category label is read)
-    instance_positives: bool = False
+    # no category label is read). Checkpoints from before this setting load with False
+    instance_positives: bool = True
     # importance of a modality per product: "agreement" (mean harmonizer cosine with the other
     # present modalities) | "gated" (that agreement through a learned per-modality gate) |
     # "diagonal" (the paper's literal W[m, m]; see fuse.model.SelfHarmonizer)
@@ -113,17 +112,14 @@ class ScaleConfig:
     # importance) | "sum" (the paper's plain sum)
     embed_weighting: str = "importance"
     # with "importance": each modality's own importance-weighted output joins the sum, side by
-    # side, at this weight (embedding (1 + M) x d_model wide; 0: the sum alone, d_model wide).
-    # A linear model on the embedding then weighs each modality on its own (the sum makes one
-    # weight vector serve all five: -3.9 probe accuracy on validation); cosine search ranks by
-    # (cos_sum + a^2 cos_blocks) / (1 + a^2), a this weight. 0.35 chosen on validation over 0, 0.25, 0.5, 0.7
-    block_weight: float = 0.35
+    # side, at this weight (embedding (1 + M) x d_model wide); cosine search ranks by
+    # (cos_sum + a^2 cos_blocks) / (1 + a^2), a this weight. 0 (the default): the sum alone,
+    # d_model wide, what a catalogue of millions can index (docs/decisions.md)
+    block_weight: float = 0.0
     # each modality's frozen global vector (the mean of its tokens, at the store's full width),
-    # weighed by the product's importance, joins the embedding at this weight (fuse/frozen_blocks.py;
-    # +sum of the token widths: 3,408 dimensions on the development corpus). What the d_model-wide
-    # outputs lose of the backbones' vectors a linear model finds there: +1.3 probe accuracy on
-    # validation, cosine search within 0.4 points. 0: none (what older checkpoints load with)
-    frozen_blocks: float = 0.1
+    # weighed by the product's importance, appended at this weight (fuse/frozen_blocks.py; + the
+    # sum of the token widths). 0 (the default): none
+    frozen_blocks: float = 0.0
     # "sqrt_m": W (unit rows) times sqrt(present modalities), so equal agreement weighs 1 and
     # harmonizing changes the relative weights, not the temperature; "none": W as it is
     weight_scale: str = "sqrt_m"

@@ -244,11 +244,7 @@ class ModalityEncoder(nn.Module):
             # drawn from its own seed, so it is the same in every run and needs no checkpoint slot
             g = torch.Generator().manual_seed(0x5CA1E + index)
             q, _ = torch.linalg.qr(torch.randn(max(dim, d), min(dim, d), generator=g))
-            q = q if dim >= d else q.T.contiguous()
-            if cfg.skip_trainable:  # starts as the fixed map, then learns (no weight decay: see fuse.step)
-                self.skip_map = nn.Parameter(q)
-            else:
-                self.register_buffer("skip_map", q, persistent=False)
+            self.register_buffer("skip_map", q if dim >= d else q.T.contiguous(), persistent=False)
         self.in_norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, d)
         self.cls = nn.Parameter(torch.randn(d) * 0.02)

@@ -107,7 +107,7 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float, gate_lr: floa
         if gate_lr > 0 and name.startswith("harmonizer.gate_"):
             gate.append(p)
         else:
-            (decay if p.ndim >= 2 and not name.endswith(("pos", "fusion_pos", "skip_map")) else no_decay).append(p)
+            (decay if p.ndim >= 2 and not name.endswith(("pos", "fusion_pos")) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr},
               {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
     if gate:

@@ -20,7 +20,7 @@ def test_shipped_yaml_equals_the_defaults() -> None:
     diff = {k for k in ScaleConfig.field_names() if getattr(paper, k) != getattr(ScaleConfig(), k)}
     assert diff == {"contrast_on", "weight_scale", "importance", "embed_from", "embed_weighting",
                     "subset_weight", "simcl_weight", "masked_losses", "fusion_layers", "frozen_skip",
-                    "importance_shrink", "identification_power", "block_weight", "frozen_blocks"}
+                    "importance_shrink", "identification_power"}
     assert (paper.importance, paper.embed_weighting, paper.simcl_weight, paper.subset_weight) == \
         ("diagonal", "sum", 1.0, 0.0)
 

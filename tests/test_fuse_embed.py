@@ -27,8 +27,32 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("embed")
     feats = base / "feats"
     write_synthetic_store(feats, n_items=24, missing=0.2, seed=2)
-    train(feats, base / "run", tiny_config(epochs=1), progress=False)
+    # the wide named variant (the sum, each modality's block beside it, the frozen vectors): it
+    # exercises every part of the embedding; the compact default is the sum alone (below)
+    train(feats, base / "run", tiny_config(epochs=1, block_weight=0.35, frozen_blocks=0.1), progress=False)
     return feats, base / "run"
+
+
+def test_the_default_embedding_is_the_compact_sum(trained) -> None:
+    """The default product embedding is d_model wide (at most 512 floats at the default width): the
+    importance-weighted sum alone, equal to the wide variant's first d_model columns re-normalised."""
+    from scalemm.fuse.config import ScaleConfig
+
+    assert ScaleConfig().block_weight == 0 and ScaleConfig().frozen_blocks == 0 and ScaleConfig().d_model <= 512
+    feats, run = trained
+    wide = embed_store(run, feats, batch_size=7)
+    model, info = load_model(run)
+    model.cfg.block_weight, model.cfg.frozen_blocks = 0.0, 0.0
+    assert model.embedding_dim == model.cfg.d_model == 32
+    ds = FeatureDataset(feats)
+    batch = ds.get_batch(np.arange(len(ds)))
+    with torch.no_grad():
+        out = model(batch)
+        compact = product_embedding(out, "encoder", "importance", 0.0).numpy()
+    assert compact.shape == (len(ds), 32)
+    head = wide["vectors"][:, :32]
+    head = head / np.maximum(np.linalg.norm(head, axis=1, keepdims=True), 1e-12)
+    assert np.allclose(compact, head, atol=1e-5)
 
 
 def test_embed_store_outputs(trained) -> None:
@@ -39,7 +63,7 @@ def test_embed_store_outputs(trained) -> None:
     assert res["ids"] == ds.ids and res["labels"] == ds.labels and res["instances"] == ds.instances
     cfg = load_model(run)[1]["config"]
     a, fw = cfg.block_weight, cfg.frozen_blocks
-    assert a > 0 and fw > 0  # the default: the sum, each modality's block beside it, the frozen vectors
+    assert a > 0 and fw > 0  # the wide variant: the sum, each modality's block beside it, the frozen vectors
     batch = ds.get_batch(np.arange(n))
     widths = [batch["tokens"][m].shape[2] for m in res["modalities"]]
     assert res["vectors"].shape == (n, 32 * (1 + M) + sum(widths)) and res["vectors"].dtype == np.float32
