@@ -196,7 +196,7 @@ def test_side_by_side_embeddings_are_catalogued_at_their_width(runs, run_cli, tm
     from scalemm.fuse.train import train
 
     cfg = tiny_config(epochs=1, batch_size=32, train_split="train", embed_weighting="importance_concat",
-                      block_weight=0.0)
+                      block_weight=0.0, frozen_blocks=0.1)  # the wide named option, not the default
     train(runs["feats"], tmp_path / "blocks" / "seed-0", cfg, progress=False)
     m = _evaluate(run_cli, runs, tmp_path / "blocks", tmp_path / "eval")
     assert 0.0 <= m["methods"]["scale"]["coarse"]["mAP@1"]["mean"] <= 1.0
