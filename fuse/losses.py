@@ -158,9 +158,11 @@ def instance_codes(ids: list[str], instances: list[str], device: torch.device | 
     the listings of one instance, stable across processes (a hash of the instance key)."""
     import hashlib
 
-    keys = [f"i:{i}" if i else f"p:{p}" for p, i in zip(ids, instances)]
-    return torch.tensor([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") >> 1
-                         for k in keys], dtype=torch.int64, device=device)
+    from scalemm.splits import split_key
+
+    return torch.tensor([int.from_bytes(hashlib.blake2b(split_key(i, p).encode(), digest_size=8).digest(),
+                                        "little") >> 1 for p, i in zip(ids, instances)],
+                        dtype=torch.int64, device=device)
 
 
 def subset_consistency_loss(model: Any, out: ModelOutput, temperature: float = 0.07,

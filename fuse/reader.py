@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from scalemm.splits import split_key
 from scalemm.store import (MODALITIES, ModalityStore, Provenance, ShardData, StoreError,
                            list_shards, open_stores)
 
@@ -346,8 +347,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.groups = None
         if group_instances and dataset.in_memory:
             rows = range(len(dataset)) if self.subset is None else self.subset
-            self.groups = np.array([f"i:{dataset.instances[i]}" if dataset.instances[i] else f"p:{dataset.ids[i]}"
-                                    for i in rows], dtype=object)
+            self.groups = np.array([split_key(dataset.instances[i], dataset.ids[i]) for i in rows], dtype=object)
         self.shard_sizes = None
         if not dataset.in_memory:  # items of one shard stay together (positions in the subset)
             sizes = np.asarray(dataset.shard_sizes, dtype=np.int64)

@@ -72,8 +72,9 @@ class Objective(nn.Module):
         con = gather_output(out, contrast_fields(cfg)) if cfg.gather_negatives else out
         codes = None
         if cfg.instance_positives and cfg.subset_weight > 0:
-            codes = all_gather_rows(instance_codes(batch["ids"], batch["instances"], out.present.device)) \
-                if cfg.gather_negatives else instance_codes(batch["ids"], batch["instances"], out.present.device)
+            codes = instance_codes(batch["ids"], batch["instances"], out.present.device)
+            if cfg.gather_negatives:  # in the rows' order of ``con`` (unchanged on one process)
+                codes = all_gather_rows(codes)
         subset = subset_consistency_loss(self.model, con, cfg.temperature, codes) if cfg.subset_weight > 0 else None
         terms = scale_loss(out, batch, cfg.temperature, cfg.mask_loss, cfg.contrast_on, rescale,
                            rescale_importance=rescale and cfg.importance == "diagonal", subset=subset,
