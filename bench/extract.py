@@ -235,7 +235,7 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
 
     from scalemm.corpora.demo import make_corpus
     from scalemm.extract.job import cluster_plan
-    from scalemm.extract.device import cpu_threads
+    from scalemm.device import cpu_threads
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)

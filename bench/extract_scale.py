@@ -124,7 +124,7 @@ def scale_benchmark(root: Path, config: Path, n: int, work: str | Path, grow: fl
     """See the module docstring. ``root``: the repository (for ``pipelines/extract.py``)."""
     from scalemm.bench.cluster import LocalCluster
     from scalemm.corpora.demo import make_corpus
-    from scalemm.extract.device import cpu_threads
+    from scalemm.device import cpu_threads
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)

@@ -345,7 +345,7 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
     unless ``cfg``) and batches from the training loader (collected beforehand, so loading is
     not timed); ``attention`` "naive" runs the same model through the reference attention."""
     from scalemm.fuse.config import ScaleConfig
-    from scalemm.fuse.device import resolve_device, to_device
+    from scalemm.device import resolve_device, to_device
     from scalemm.fuse.model import count_parameters
     from scalemm.fuse.reader import EpochBatchSampler, FeatureDataset, make_loader
     from scalemm.fuse.step import build_learner, train_step

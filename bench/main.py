@@ -61,7 +61,7 @@ def machine_info() -> dict[str, Any]:
     import ray
     import torch
 
-    from scalemm.extract.device import cpu_threads
+    from scalemm.device import cpu_threads
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from scalemm.extract.config import ExtractConfig
-from scalemm.extract.device import pick_device
+from scalemm.device import pick_device
 
 
 class Backbones:
@@ -23,7 +23,7 @@ class Backbones:
         from scalemm.extract.backbones import load_audio_backbone, load_image_backbone, load_text_backbone
 
         self.cfg = cfg
-        self.device = device or pick_device(cfg)
+        self.device = device or pick_device(cfg.use_gpu)
         self.image = load_image_backbone(cfg.image, self.device)
         self.text = load_text_backbone(cfg.text, self.device, max_tokens=max(cfg.text_max_tokens, cfg.table_max_tokens))
         self.audio = load_audio_backbone(cfg.audio, self.device, cfg.sample_rate, cfg.audio_max_seconds)

@@ -25,7 +25,7 @@ from scalemm.store import StoreError
 from .checkpoint import EMBED_FIELDS, check_provenance, load_weights, resolve_weights
 from .model import ScaleModel, product_embedding
 from .reader import EpochBatchSampler, FeatureDataset, make_loader
-from .device import resolve_device, to_device
+from scalemm.device import resolve_device, to_device
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ScaleConfig
-from .device import to_device
+from scalemm.device import to_device
 from .gather import all_gather_rows, gather_output
 from .losses import instance_codes, scale_loss, subset_consistency_loss
 from .masking import choose_masks

@@ -35,7 +35,7 @@ from .checkpoint import (Checkpoint, CheckpointError, check_provenance, latest_c
                          load_weights, provenance_to_json, remove_stale_temps, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import ConfigError, ScaleConfig
-from .device import resolve_device
+from scalemm.device import resolve_device
 from .plot import plot_training
 from .reader import EpochBatchSampler, FeatureDataset, make_loader
 from .runlog import RunLog

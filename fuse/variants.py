@@ -103,7 +103,7 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
     """
     from tqdm.auto import tqdm
 
-    from .device import to_device
+    from scalemm.device import to_device
 
     mods = list(model.modalities)
     weighting = weighting or model.cfg.embed_weighting
