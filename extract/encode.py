@@ -92,7 +92,7 @@ class Backbones:
             return self.image.encode(np.stack([rows[i]["media"]["image"] for i in idx]), c.batch_size)
 
         def run_videos(idx: list[int]) -> Any:
-            from scalemm.extract.backbones import Encoded
+            from scalemm.extract.backbones import EncodedBatch
             frames = [rows[i]["media"]["video"] for i in idx]
             enc = self.image.encode(np.concatenate(frames), c.batch_size)
             T, D = c.video_max_frames, self.image.info.pooled_dim
@@ -106,7 +106,7 @@ class Backbones:
                 cnt[j] = k
                 pooled[j] = enc.pooled[o:o + len(f)].mean(0)
                 o += len(f)
-            return Encoded(tok, cnt, pooled)
+            return EncodedBatch(tok, cnt, pooled)
 
         guarded("image", img_idx, run_images)
         guarded("video", vid_idx, run_videos)

@@ -34,7 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from scalemm import store
-from scalemm.atomic import remove_stale_temps as remove_stale_temps_in
+from scalemm.atomic import remove_stale_temps
 from scalemm.errors import (ClusterBusyError, ClusterError, ConfigError, MachineError, UserError, machine_message,
                             machine_os_error)
 from scalemm.extract.config import ExtractConfig
@@ -95,11 +95,12 @@ def check_writable(out: Path) -> None:
                                f"choose another --out") from e
 
 
-def remove_stale_temps(out: Path) -> list[Path]:
-    """Delete temporary files (``<name>.tmp<pid>``) that a killed run left behind; files of a
-    process that is still alive are kept. They never count as shards (see store.list_shards)."""
+def clean_store_temps(out: Path) -> list[Path]:
+    """Delete the temporary files (``<name>.tmp<pid>``) that a killed run left in the store's
+    folders (:func:`scalemm.atomic.remove_stale_temps`); files of a process that is still alive
+    are kept. They never count as shards (see store.list_shards)."""
     dirs = [out, out / store.FAILURE_PARTS, out / LIVE_DIR, out / M5_DIR, *(out / m for m in store.MODALITIES)]
-    removed = remove_stale_temps_in(dirs)
+    removed = remove_stale_temps(dirs)
     if removed:
         log.info("removed %d temporary file(s) of an interrupted run under %s", len(removed), out)
     return removed
@@ -534,7 +535,7 @@ def _run(corpus_path: str | Path, media_root: Path, out: Path, cfg: ExtractConfi
                     "config": cfg.feature_fields(), "corpus": str(Path(corpus_path).resolve()),
                     "media_root": str(media_root.resolve()), "corpus_fingerprint": scan.corpus_fingerprint}
         check_manifest(out, old, manifest, [k for k in MANIFEST_FIELDS if k != "backbones"])
-        remove_stale_temps(out)
+        clean_store_temps(out)
         plan, todo = plan_job(out, scan, cfg, old)
         runner = ShardRunner(actors, scan, media_root, cfg, cp["decode_cpus"], pg, timeout, lock)
         runner.prefetch(todo[:AHEAD * len(actors)])  # decoding starts while the backbones load

@@ -110,7 +110,7 @@ def parse_table(value: Any) -> list[tuple[str, str]] | None:
     return pairs or None
 
 
-def _table(value: Any) -> tuple[list[tuple[str, str]] | None, str | None]:
+def _table_or_error(value: Any) -> tuple[list[tuple[str, str]] | None, str | None]:
     """A record's table and, when a non-empty value yields no pair, why (a table failure:
     the item's other modalities are kept)."""
     try:
@@ -177,7 +177,7 @@ def _product(obj: dict[str, Any], line: int) -> Product:
     pid = obj.get("id")
     _check_id(pid)
     obj = _utf8(obj)
-    table, table_error = _table(obj.get("table"))
+    table, table_error = _table_or_error(obj.get("table"))
     return Product(
         id=str(pid), label=str(obj.get("label") or ""), instance=str(obj.get("instance") or ""),
         title=_clean_title(obj.get("title")), table=table,
@@ -377,7 +377,7 @@ def table_record(row: dict[str, Any], fields: dict[str, str], extra: list[str]) 
         rec["id"] = rec["id"].strip()
     attrs = {c: t for c in extra if (t := cell_text(row.get(c))) is not None}
     if attrs:
-        base, _ = _table(rec.get("table"))
+        base, _ = _table_or_error(rec.get("table"))
         rec["table"] = [*(base or []), *attrs.items()]
     return rec
 
