@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +17,6 @@ from PIL import Image, UnidentifiedImageError
 
 MAX_IMAGE_PIXELS = 64_000_000  # refuse larger images before decoding (decompression bombs)
 MAX_MEDIA_BYTES = 2 << 30
-# Test hook (used by tests/test_reliability_*.py only): when this environment variable is set
-# and its value is a substring of a media path, the native decoders (video, audio) kill their
-# own process with SIGSEGV before opening that file, as a crashing native decoder would.
-CRASH_HOOK_ENV = "SCALE_TEST_CRASH_DECODE"
 
 
 class DecodeError(RuntimeError):
@@ -53,13 +48,6 @@ def resolve_media(media_root: str | Path, rel: str) -> Path:
     if size > MAX_MEDIA_BYTES:
         raise DecodeError(f"file {rel} is {size} bytes, over the {MAX_MEDIA_BYTES} limit")
     return p
-
-
-def _crash_hook(path: str | Path) -> None:
-    """Test hook: a real native crash of the decoding process (see ``CRASH_HOOK_ENV``)."""
-    marker = os.environ.get(CRASH_HOOK_ENV)
-    if marker and marker in str(path):
-        os.kill(os.getpid(), signal.SIGSEGV)
 
 
 def square_resize(img: Image.Image, size: int) -> np.ndarray:
@@ -109,7 +97,6 @@ def decode_video(path: str | Path, cfg: DecodeConfig = DecodeConfig()) -> np.nda
     """uint8 [F, S, S, 3]: frames at ``video_fps`` (<= video_max_frames), square-resized."""
     from decord import VideoReader, cpu  # imported here: decord is heavy and native
 
-    _crash_hook(path)
     try:
         vr = VideoReader(str(path), ctx=cpu(0), num_threads=1)
         n = len(vr)
@@ -132,7 +119,6 @@ def decode_audio(path: str | Path, cfg: DecodeConfig = DecodeConfig()) -> np.nda
     Works on audio files and on the sound track of videos (decord ``AudioReader``)."""
     from decord import AudioReader, cpu
 
-    _crash_hook(path)
     try:
         ar = AudioReader(str(path), ctx=cpu(0), sample_rate=cfg.sample_rate, mono=True)
         n = ar.shape[1] if len(ar.shape) == 2 else 0

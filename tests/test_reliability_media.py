@@ -2,7 +2,7 @@
 and bad records (zero-byte, truncated and mislabelled files, a decompression bomb, videos
 without frames, audio without samples or with an unknown codec, broken text, malformed
 tables, missing files, paths outside the media root, duplicate ids) and one item whose
-decoder really crashes (SIGSEGV, through the test hook in extract/decode.py).
+decoder really crashes (SIGSEGV, injected into the Ray workers by tests/decoder_faults.py).
 
 Every failing item x modality must be recorded exactly once with a reason, and every other
 modality of those items must still be extracted."""
@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 
 from scalemm import store
-from scalemm.extract.decode import CRASH_HOOK_ENV
 from scalemm.corpora.media import mux_mono_audio
 
-CRASH_MARKER = "CRASHME"
+from decoder_faults import CRASH_MARKER, runtime_env as crashing_decoders
 MODS = store.MODALITIES
 GOOD_TABLE = {"brand": "Acme", "colour": "red"}
 
@@ -198,7 +197,7 @@ def hostile(demo_corpus, tiny_config, tmp_path_factory):
     corpus, expect, present = build_hostile_corpus(demo_corpus, root)
     out = root / "feats"
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {CRASH_HOOK_ENV: CRASH_MARKER}})
+             runtime_env=crashing_decoders())
     try:
         stats = run_extraction(corpus, corpus.parent, out, tiny_config)
     finally:
@@ -246,7 +245,7 @@ def test_other_modalities_of_hostile_items_are_extracted(hostile):
 
 @pytest.mark.slow
 def test_native_decoder_crash_costs_one_record_per_modality(hostile):
-    """The crash hook really kills the decoding child process (SIGSEGV) for one item: the job
+    """The injected crash really kills the decoding child process (SIGSEGV) for one item: the job
     completes, that item's video and audio each get one record, nothing else is affected."""
     out, stats, _, present = hostile
     crash_id = f"crash-{CRASH_MARKER}"
@@ -257,6 +256,29 @@ def test_native_decoder_crash_costs_one_record_per_modality(hostile):
     # the same file under another name (ok-1's good.mp4) decoded fine in the same job
     assert {"video", "audio", "image", "text", "table"} <= present["ok-1"]
     assert stats.shards_written == len(list((out / "failures").glob("shard-*.jsonl")))
+
+
+def test_an_injected_decoder_crash_costs_that_item_only(demo_corpus, tiny_config, tmp_path, monkeypatch):
+    """Without Ray: the crashing decoders of tests/decoder_faults.py kill the isolated decoder
+    child for a marked file; its video and audio get a "crashed" reason and the same file under
+    another name decodes in the next child."""
+    import decoder_faults
+
+    from scalemm.corpus import Product
+    from scalemm.extract import decoding
+
+    good = _good_media(demo_corpus)["video"]
+    shutil.copy(good, tmp_path / f"{CRASH_MARKER}.mp4")
+    shutil.copy(good, tmp_path / "fine.mp4")
+    monkeypatch.setattr(decoding, "decode_video", decoder_faults.crashing_decode_video)
+    monkeypatch.setattr(decoding, "decode_audio", decoder_faults.crashing_decode_audio)
+    cfg = tiny_config
+    assert cfg.isolate_decoders
+    crashed = decoding.decode_product(Product(id="c", video=f"{CRASH_MARKER}.mp4"), str(tmp_path), cfg)
+    fine = decoding.decode_product(Product(id="f", video="fine.mp4"), str(tmp_path), cfg)
+    assert sorted(crashed["errors"]) == ["audio", "video"] and not crashed["media"]
+    assert all("crashed" in e for e in crashed["errors"].values())
+    assert sorted(fine["media"]) == ["audio", "video"] and not fine["errors"]
 
 
 def _running(pid: int) -> bool:
