@@ -62,15 +62,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import logging
-import multiprocessing as mp
-import os
 import re
 import shutil
 import subprocess
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -78,26 +73,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from scalemm.atomic import write_text_atomic
-from scalemm.corpora.demo import (
-    BOILER_PRE,
-    BOILER_SUF,
-    NOISE_KEYS,
-    _background,
-    _case,
-    _light,
-    _paste,
-    _place,
-    _rng,
-)
-from scalemm.corpora.media import AUDIO_SR, FPS, VIDEO_SIZE, wav_bytes, write_video
 from scalemm.errors import UserError
 from scalemm.modalities import MODALITIES
 
-log = logging.getLogger(__name__)
+from .listing import BOILER_PRE, BOILER_SUF, NOISE_KEYS, background, light, paste, place, seller_case
+from .media import AUDIO_SR, FPS, VIDEO_SIZE, wav_bytes, write_video
+from .writer import CorpusKind, check_request, finish, make_products, seeded_rng, write_jsonl
 
-GENERATOR = "scale-clipart-corpus"
-VERSION = 1
 DEFAULT_ROOT = Path("/usr/share/openclipart/png")
 DEBIAN_PACKAGES = ("openclipart-png", "espeak-ng")
 ESPEAK = "espeak-ng"
@@ -111,11 +93,7 @@ DEFAULT_CATEGORIES: tuple[str, ...] = (
 )
 DEFAULT_ITEMS = 1200
 
-CORPUS_FILE = "corpus.jsonl"
-STATS_FILE = "corpus_stats.json"
 SOURCES_FILE = "sources.jsonl"
-MARKER_FILE = ".clipart_corpus"
-_MANAGED = (CORPUS_FILE, STATS_FILE, SOURCES_FILE, "images", "videos", "audio", MARKER_FILE)
 
 # the plan (exact counts, rounded)
 LISTED_TWICE = 0.30        # share of instances listed twice
@@ -182,6 +160,10 @@ class ClipartCorpusError(UserError, ValueError):
 
 class MissingPackagesError(ClipartCorpusError):
     """The Debian packages with the media (openclipart-png) or the voice (espeak-ng) are absent."""
+
+
+CLIPART = CorpusKind("clipart", generator="scale-clipart-corpus", version=1, error=ClipartCorpusError,
+                     extra_files=(SOURCES_FILE,))
 
 
 # --------------------------------------------------------------------------- packages and pictures
@@ -312,7 +294,7 @@ def plan_corpus(n_items: int, seed: int, categories: Sequence[str] = DEFAULT_CAT
     if len(set(cats)) != len(cats):
         raise ClipartCorpusError("a category is given twice")
     pics = scan_pictures(root, cats)
-    rng = _rng(seed, 0)
+    rng = seeded_rng(seed, 0)
     n_inst = int(np.ceil(n_items / (1 + LISTED_TWICE)))
     total = sum(len(p) for p in pics)
     if n_inst > total:
@@ -472,13 +454,13 @@ def _image_bytes(pic: Image.Image, props: list[Image.Image], rng: np.random.Gene
     if kind < 0.4:
         bg = np.full((S, S, 3), 255.0 - rng.uniform(0, 12), np.float32)
     else:
-        bg = _background(rng, S, S, [])
+        bg = background(rng, S, S, [])
         if kind < 0.65:  # pale: a studio backdrop
             bg = 0.45 * bg + 0.55 * 255
     canvas = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     if props and rng.random() < IMAGE_NUISANCE["props"]:  # other stock in the shot
         for o in props[: int(rng.integers(1, 3))]:
-            _paste(canvas, _place(_square(o), S, S * rng.uniform(0.25, 0.45), float(rng.uniform(-20, 20)),
+            paste(canvas, place(_square(o), S, S * rng.uniform(0.25, 0.45), float(rng.uniform(-20, 20)),
                                   rng.uniform(0.1, 0.9) * S, rng.uniform(0.1, 0.9) * S), False)
     size = S * rng.uniform(*IMAGE_NUISANCE["scale"])
     margin = max(0.0, (S - size) / 2) * 0.6
@@ -487,7 +469,7 @@ def _image_bytes(pic: Image.Image, props: list[Image.Image], rng: np.random.Gene
     cx, cy = S / 2 + rng.uniform(-margin, margin), S / 2 + rng.uniform(-margin, margin)
     angle = float(rng.uniform(-18, 18)) if rng.random() < 0.35 else 0.0
     sprite = _square(pic.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.15 else pic)
-    _paste(canvas, _place(sprite, S, size, angle, cx, cy), shadow=rng.random() < 0.4)
+    paste(canvas, place(sprite, S, size, angle, cx, cy), shadow=rng.random() < 0.4)
     left, top = (S - W) // 2, (S - H) // 2
     canvas = canvas.crop((left, top, left + W, top + H))
     if rng.random() < 0.15:
@@ -495,7 +477,7 @@ def _image_bytes(pic: Image.Image, props: list[Image.Image], rng: np.random.Gene
     if rng.random() < IMAGE_NUISANCE["low_res"]:  # a thumbnail upload, scaled back up
         k = rng.uniform(0.2, 0.45)
         canvas = canvas.resize((max(8, int(W * k)), max(8, int(H * k))), Image.BILINEAR).resize((W, H), Image.BILINEAR)
-    out = Image.fromarray(_light(np.asarray(canvas, np.float32), rng))
+    out = Image.fromarray(light(np.asarray(canvas, np.float32), rng))
     buf = io.BytesIO()
     out.save(buf, format="JPEG", quality=int(rng.integers(40, 95)))
     return buf.getvalue()
@@ -518,7 +500,7 @@ def _photo(spec: dict[str, Any], pic: Image.Image, root: str, seed: int, rng: np
     """The product photo of a listing: a new shot, or the first listing's shot uploaded again."""
     if spec["photo_of"] is None:
         return _image_bytes(pic, [_picture(root, d) for d in spec["distractors"][-2:]], rng)
-    r_first = _rng(seed, 1, spec["photo_of"]["index"]).spawn(6)[2]  # the first listing's r_img
+    r_first = seeded_rng(seed, 1, spec["photo_of"]["index"]).spawn(6)[2]  # the first listing's r_img
     shot = _image_bytes(pic, [_picture(root, d) for d in spec["photo_of"]["props"]], r_first)
     return _reupload(shot, rng)
 
@@ -539,17 +521,17 @@ def _scene_frames(pic: Image.Image, others: list[Image.Image], rng: np.random.Ge
         order = rng.permutation(len(slides))
         imgs = []
         for j in order:
-            bg = _background(rng, R, R, [])
+            bg = background(rng, R, R, [])
             im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
             size = R * rng.uniform(0.5, 0.85)
-            _paste(im, _place(_square(slides[int(j)]), R, size, 0.0, R / 2, R / 2), False)
+            paste(im, place(_square(slides[int(j)]), R, size, 0.0, R / 2, R / 2), False)
             imgs.append(im)
         for i in range(n):
             im = imgs[min(len(imgs) - 1, i * len(imgs) // n)]
             frames.append(im.resize((VIDEO_SIZE, VIDEO_SIZE), Image.BILINEAR))
     else:  # shelf + pan
         SW, SH = int(R * rng.uniform(*v["scene"])), int(R * rng.uniform(1.2, 1.8))
-        scene = Image.fromarray(np.clip(_background(rng, max(SW, SH), max(SW, SH), []), 0, 255)
+        scene = Image.fromarray(np.clip(background(rng, max(SW, SH), max(SW, SH), []), 0, 255)
                                 .astype(np.uint8)).crop((0, 0, SW, SH))
         S = max(SW, SH)
         items = [(o, R * rng.uniform(0.3, 0.5)) for o in others[: int(rng.integers(*v["distractors"]))]]
@@ -564,8 +546,8 @@ def _scene_frames(pic: Image.Image, others: list[Image.Image], rng: np.random.Ge
             ox, oy = rng.uniform(0, SW), rng.uniform(0, SH)
             if abs(ox - pcx) < R * 0.45 and abs(oy - pcy) < R * 0.45:
                 ox = (ox + SW / 2) % SW
-            layer.alpha_composite(_place(_square(o), S, size, float(rng.uniform(-10, 10)), ox, oy))
-        layer.alpha_composite(_place(_square(pic), S, R * rng.uniform(*v["size"]), float(rng.uniform(-10, 10)),
+            layer.alpha_composite(place(_square(o), S, size, float(rng.uniform(-10, 10)), ox, oy))
+        layer.alpha_composite(place(_square(pic), S, R * rng.uniform(*v["size"]), float(rng.uniform(-10, 10)),
                                      pcx, pcy))
         scene = scene.convert("RGBA")
         scene.alpha_composite(layer.crop((0, 0, SW, SH)))
@@ -622,7 +604,7 @@ def make_title(name: str, facts: dict[str, str], rng: np.random.Generator) -> st
     suf = [str(w) for w in rng.choice(BOILER_SUF, size=int(rng.choice(3, p=t["suffixes"])), replace=False)]
     sep = str(rng.choice([" ", " ", " ", " - ", " | ", ", "]))
     title = sep.join(pre + [" ".join(core)] + suf)
-    return _case(title, rng)
+    return seller_case(title, rng)
 
 
 def make_table(spec: dict[str, Any], facts: dict[str, str], depts: list[str],
@@ -751,7 +733,7 @@ def _make_product(job: tuple[int, dict[str, Any], str, str, list[str]]) -> tuple
     """Write one product's media; return (index, JSONL record, provenance)."""
     seed, spec, out, root, depts = job
     out_p = Path(out)
-    rng = _rng(seed, 1, spec["index"])
+    rng = seeded_rng(seed, 1, spec["index"])
     r_title, r_table, r_img, r_vid, r_aud, r_vaud = rng.spawn(6)  # _photo relies on this order
     pid, missing = spec["id"], set(spec["missing"])
     pic = _picture(root, spec["source"])
@@ -800,25 +782,6 @@ def _make_product(job: tuple[int, dict[str, Any], str, str, list[str]]) -> tuple
 # --------------------------------------------------------------------------- the corpus
 
 
-def _prepare(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ClipartCorpusError(f"output path {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    entries = sorted(p.name for p in out.iterdir())
-    if entries and MARKER_FILE not in entries:
-        raise ClipartCorpusError(f"output directory {out} is not empty and holds no clipart corpus "
-                                 f"(found {entries[0]!r}); choose a new or empty directory")
-    for m in _MANAGED:  # our own earlier output is replaced; other files are left alone
-        p = out / m
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    (out / MARKER_FILE).write_text(json.dumps({"generator": GENERATOR, "version": VERSION}) + "\n")
-    for d in ("images", "videos", "audio"):
-        (out / d).mkdir()
-
-
 def _stats(seed: int, categories: list[str], root: str, specs: list[dict[str, Any]],
            records: list[dict[str, Any]]) -> dict[str, Any]:
     field = {"image": "image", "text": "title", "table": "table", "video": "video", "audio": None}
@@ -836,7 +799,7 @@ def _stats(seed: int, categories: list[str], root: str, specs: list[dict[str, An
     n = len(records)
     missing_any = sum(1 for s in specs if s["missing"])
     return {
-        "generator": GENERATOR, "version": VERSION, "seed": seed, "n_items": n,
+        "generator": CLIPART.generator, "version": CLIPART.version, "seed": seed, "n_items": n,
         "n_categories": sum(1 for v in sizes.values() if v), "n_instances": len(inst_count),
         "categories": categories, "clipart_root": root,
         "category_sizes": dict(sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -862,28 +825,6 @@ def _stats(seed: int, categories: list[str], root: str, specs: list[dict[str, An
     }
 
 
-def _run(jobs: list[tuple], workers: int, progress: bool,
-         on_item: Callable[[int], None] | None) -> list[tuple[int, dict[str, Any], dict[str, Any]]]:
-    """``_make_product`` over the jobs, in order, in ``workers`` forked processes; on an error or
-    an interrupt the jobs not started are cancelled."""
-    from tqdm import tqdm
-
-    ex = None
-    if workers > 1 and "fork" in mp.get_all_start_methods():
-        ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
-    out = []
-    try:
-        it = ex.map(_make_product, jobs, chunksize=4) if ex else map(_make_product, jobs)
-        for r in tqdm(it, total=len(jobs), desc="clipart corpus", unit="item", disable=not progress):
-            out.append(r)
-            if on_item:
-                on_item(len(out))
-    finally:
-        if ex:
-            ex.shutdown(wait=True, cancel_futures=True)
-    return out
-
-
 def make_corpus(out_dir: str | Path, n_items: int = DEFAULT_ITEMS, seed: int = 0, *,
                 categories: Sequence[str] = DEFAULT_CATEGORIES, root: str | Path = DEFAULT_ROOT,
                 workers: int | None = None, progress: bool = False,
@@ -894,26 +835,14 @@ def make_corpus(out_dir: str | Path, n_items: int = DEFAULT_ITEMS, seed: int = 0
     it. ``out_dir`` must be new, empty or hold an earlier clipart corpus (which is replaced).
     Raises ``MissingPackagesError`` when openclipart-png or espeak-ng is not installed.
     """
-    if isinstance(n_items, bool) or not isinstance(n_items, (int, np.integer)) or n_items < 1:
-        raise ClipartCorpusError(f"n_items must be a positive integer, got {n_items!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ClipartCorpusError(f"seed must be a non-negative integer, got {seed!r}")
+    n_items, seed = check_request(CLIPART, n_items, seed)
     check_packages(root)
-    n_items, seed, cats, root_s = int(n_items), int(seed), list(categories), str(root)
+    cats, root_s = list(categories), str(root)
     specs = plan_corpus(n_items, seed, cats, root_s)
     out = Path(out_dir)
-    _prepare(out)
     depts = sorted({department(c) for c in DEFAULT_CATEGORIES} | {department(c) for c in cats})
     jobs = [(seed, s, str(out), root_s, depts) for s in specs]
-    if workers is None:
-        workers = min(2, os.cpu_count() or 1)
-    results = _run(jobs, max(1, min(int(workers), n_items)), progress, on_item)
-    recs = [rec for _, rec, _ in results]
-    provs = [prov for _, _, prov in results]
-    write_text_atomic(out / CORPUS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-    write_text_atomic(out / SOURCES_FILE, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in provs))
-    stats = _stats(seed, cats, root_s, specs, recs)
-    write_text_atomic(out / STATS_FILE, json.dumps(stats, indent=1) + "\n")
-    log.info("clipart corpus: %d products, %d categories, %d instances -> %s",
-             n_items, stats["n_categories"], stats["n_instances"], out)
-    return stats
+    results = make_products(CLIPART, out, _make_product, jobs, workers=workers, progress=progress, on_item=on_item,
+                            chunksize=4)
+    write_jsonl(out / SOURCES_FILE, [prov for _, _, prov in results])
+    return finish(CLIPART, out, _stats(seed, cats, root_s, specs, [rec for _, rec, _ in results]))

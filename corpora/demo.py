@@ -8,7 +8,9 @@
     out_dir/audio/<id>.wav      16-bit PCM mono 16 kHz (about 30% of products)
     out_dir/corpus_stats.json   per modality: expected_ok / expected_failures / absent, and more
 
-(the media files, broken ones included, are written by :mod:`corpora.media`).
+(the folder by :mod:`corpora.writer`, the media files, broken ones included, by
+:mod:`corpora.media`; the seller's words and the photo's backdrop, placement and light are
+:mod:`corpora.listing`'s, shared with the clipart corpus).
 
 How the catalogue is built (each modality carries something the others lack, and each has
 its own nuisance, independent across modalities):
@@ -45,35 +47,22 @@ are muxed with ``+bitexact``), given the same Pillow/libjpeg and PyAV/x264 build
 from __future__ import annotations
 
 import io
-import json
-import logging
-import multiprocessing as mp
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from scalemm.atomic import write_text_atomic
 from scalemm.errors import UserError
 from scalemm.modalities import MODALITIES
 
-from .media import AUDIO_SR, FPS, VIDEO_SIZE, decode_error, garbage_jpg, truncate_file, wav_bytes, write_video
+from .listing import BOILER_PRE, BOILER_SUF, NOISE_KEYS, background, light, paste, place, seller_case
+from .media import AUDIO_SR, FPS, VIDEO_SIZE, garbage_jpg, truncate_file, wav_bytes, write_video
+from .writer import CorpusKind, check_request, finish, make_products, seeded_rng
 
-log = logging.getLogger(__name__)
-
-GENERATOR = "scale-demo-corpus"
-VERSION = 1
 IMAGE_SIZE = 160
 VIDEO_SECONDS = (2.0, 4.0)
 WAV_SECONDS = (2.0, 5.0)
-
-CORPUS_FILE = "corpus.jsonl"
-STATS_FILE = "corpus_stats.json"
-MARKER_FILE = ".demo_corpus"
-_MANAGED = (CORPUS_FILE, STATS_FILE, "images", "videos", "audio", MARKER_FILE)
 
 # Planned defect rates (exact counts, rounded).
 MISSING_RATE = 0.20
@@ -89,6 +78,9 @@ LISTINGS_P = (0.5, 0.3, 0.2)  # an instance is listed 1, 2 or 3 times
 
 class DemoCorpusError(UserError, ValueError):
     """A user error: bad arguments or an output directory that cannot be used."""
+
+
+DEMO = CorpusKind("demo", generator="scale-demo-corpus", version=1, error=DemoCorpusError)
 
 
 # --------------------------------------------------------------------------- the catalogue
@@ -227,21 +219,7 @@ COLOURS: list[tuple[str, tuple[int, int, int], list[str]]] = [
 ]
 PATTERNS = ["solid", "solid", "stripes", "dots", "checker", "split"]
 
-BOILER_PRE = ["HOT SALE", "2026 New Arrival", "NEW", "Free Shipping", "Official Store", "Best Seller",
-              "Limited Offer", "Clearance", "Original", "Top Rated", "Wholesale", "Flash Deal"]
-BOILER_SUF = ["free shipping", "fast delivery", "best gift", "high quality", "in stock", "dropshipping",
-              "100% genuine", "for men women", "gift for him her", "2026 new arrival", "hot sale", "cheap price"]
 GENERIC_WORDS = ["premium", "portable", "durable", "professional", "mini", "2 in 1", "upgraded", "classic"]
-NOISE_KEYS: dict[str, list[str]] = {
-    "shipping": ["free shipping", "ships in 24h", "ships from local warehouse", "3-7 days delivery"],
-    "warranty": ["6 months", "1 year", "2 years", "no warranty"],
-    "seller rating": ["4.1", "4.3", "4.5", "4.6", "4.8", "4.9", "5.0"],
-    "stock": ["in stock", "only 3 left", "pre-order", "in stock (200+)"],
-    "origin": ["CN", "DE", "US", "VN", "IN", "TR", "PL"],
-    "package": ["1 x item", "gift box", "retail box", "bulk packaging"],
-    "certification": ["CE", "FCC", "RoHS", "CE / RoHS"],
-    "payment": ["cash on delivery", "card", "instalments available"],
-}
 # instance rhythms (pulse rate in Hz, duty); rate 0 is a continuous sound
 RHYTHMS = [(0.0, 1.0), (1.5, 0.6), (2.5, 0.5), (4.0, 0.5), (6.0, 0.4), (3.0, 0.75)]
 # timbre templates: (partial ratio, amplitude); sound s uses template s % 6
@@ -317,10 +295,6 @@ def _canon_mask(shape: str) -> Image.Image:
 # --------------------------------------------------------------------------- planning
 
 
-def _rng(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), *[int(k) for k in key]])
-
-
 def _category_sizes(n_items: int, rng: np.random.Generator) -> np.ndarray:
     """Zipf-like product counts per category; the head categories depend on the seed."""
     k = len(CATEGORIES)
@@ -346,7 +320,7 @@ def plan_corpus(n_items: int, seed: int) -> list[dict[str, Any]]:
     "noisy") and ``table_string``. Cheap: this is how category sizes, instance listings and
     defect counts are decided, before any media is made.
     """
-    rng = _rng(seed, 0)
+    rng = seeded_rng(seed, 0)
     sizes = _category_sizes(n_items, rng)
     listings: list[tuple[int, int]] = []  # (category, local instance number)
     groups: list[tuple[int, int]] = []  # (category, n listings) per instance
@@ -407,7 +381,7 @@ def plan_corpus(n_items: int, seed: int) -> list[dict[str, Any]]:
 def _instance(seed: int, category: int, inst: int) -> dict[str, Any]:
     cat = CATEGORIES[category]
     brands = _brands(seed, category)
-    rng = _rng(seed, 2, inst)
+    rng = seeded_rng(seed, 2, inst)
     ci = int(rng.integers(len(COLOURS)))
     c2 = int((ci + rng.integers(1, len(COLOURS))) % len(COLOURS))
     letters = "ABCDEFGHJKLMNPRSTVXZ"
@@ -424,22 +398,11 @@ def _instance(seed: int, category: int, inst: int) -> dict[str, Any]:
 
 
 def _brands(seed: int, category: int) -> list[str]:
-    r = _rng(seed, 3, category)
+    r = seeded_rng(seed, 3, category)
     return [str(b) for b in r.choice(BRANDS, size=5, replace=False)]
 
 
 # --------------------------------------------------------------------------- text and table
-
-
-def _case(text: str, rng: np.random.Generator) -> str:
-    u = rng.random()
-    if u < 0.15:
-        return text.upper()
-    if u < 0.35:
-        return text.lower()
-    if u < 0.5:
-        return text.title()
-    return text
 
 
 def _title(cat: dict[str, Any], inst: dict[str, Any], rng: np.random.Generator) -> str:
@@ -467,7 +430,7 @@ def _title(cat: dict[str, Any], inst: dict[str, Any], rng: np.random.Generator) 
     sep = str(rng.choice([" ", " ", " ", " - ", " | ", ", "]))
     parts = pre + [" ".join(core)] + suf
     title = sep.join(p for p in parts if p)
-    return _case(title, rng) if title.strip() else inst["model"]
+    return seller_case(title, rng) if title.strip() else inst["model"]
 
 
 def _noisy_title(title: str, inst: dict[str, Any], rng: np.random.Generator) -> str:
@@ -484,7 +447,7 @@ def _noisy_title(title: str, inst: dict[str, Any], rng: np.random.Generator) -> 
     return (title[:cut].strip() or inst["model"]) + "..."
 
 
-def _table(cat: dict[str, Any], inst: dict[str, Any], rng: np.random.Generator) -> list[tuple[str, str]]:
+def _table_pairs(cat: dict[str, Any], inst: dict[str, Any], rng: np.random.Generator) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     if rng.random() < 0.95:
         pairs.append(("brand", inst["brand"]))
@@ -506,55 +469,6 @@ def _table(cat: dict[str, Any], inst: dict[str, Any], rng: np.random.Generator) 
 
 
 # --------------------------------------------------------------------------- pixels
-
-
-def _far_colour(rng: np.random.Generator, avoid: Iterable[np.ndarray], min_dist: float = 110.0) -> np.ndarray:
-    avoid = list(avoid)
-    c = rng.uniform(0, 255, size=3)
-    for _ in range(30):
-        if all(np.linalg.norm(c - a) >= min_dist for a in avoid):
-            break
-        c = rng.uniform(0, 255, size=3)
-    return c.astype(np.float32)
-
-
-def _background(rng: np.random.Generator, h: int, w: int, avoid: list[np.ndarray]) -> np.ndarray:
-    c1 = _far_colour(rng, avoid)
-    c2 = np.clip(c1 + rng.uniform(-60, 60, size=3), 0, 255).astype(np.float32)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    kind = int(rng.integers(5))
-    if kind == 0:  # solid
-        bg = np.broadcast_to(c1, (h, w, 3)).copy()
-    elif kind == 1:  # gradient
-        a = rng.uniform(0, 2 * np.pi)
-        t = (xx * np.cos(a) + yy * np.sin(a))
-        t = (t - t.min()) / max(float(np.ptp(t)), 1.0)
-        bg = c1 * (1 - t[..., None]) + c2 * t[..., None]
-    elif kind == 2:  # stripes
-        a, p = rng.uniform(0, np.pi), rng.uniform(6, 22)
-        s = ((xx * np.cos(a) + yy * np.sin(a)) / p % 1.0 < 0.5)[..., None]
-        bg = np.where(s, c1, 0.5 * (c1 + c2))
-    elif kind == 3:  # blotches (low-frequency noise)
-        g = rng.uniform(0, 1, size=(6, 6)).astype(np.float32)
-        t = np.asarray(Image.fromarray((g * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC), np.float32) / 255
-        bg = c1 * (1 - t[..., None]) + c2 * t[..., None]
-    else:  # tiles
-        p = int(rng.integers(10, 28))
-        s = (((xx // p) + (yy // p)) % 2 == 0)[..., None]
-        bg = np.where(s, c1, 0.7 * c1 + 0.3 * c2)
-    bg = bg + rng.normal(0, rng.uniform(2, 10), size=(h, w, 1)).astype(np.float32)
-    if rng.random() < 0.35:  # small clutter in the scene
-        im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
-        d = ImageDraw.Draw(im)
-        for _ in range(int(rng.integers(1, 4))):
-            x, y, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(3, 0.09 * w)
-            col = tuple(int(v) for v in rng.integers(0, 256, size=3))
-            if rng.random() < 0.5:
-                d.ellipse([x - r, y - r, x + r, y + r], fill=col)
-            else:
-                d.line([x - 2 * r, y, x + 2 * r, y + rng.uniform(-r, r)], fill=col, width=2)
-        bg = np.asarray(im, np.float32)
-    return bg.astype(np.float32)
 
 
 def _texture(inst: dict[str, Any], size: int) -> np.ndarray:
@@ -599,48 +513,17 @@ def _sprite(inst: dict[str, Any], shape: str, size: float, rng: np.random.Genera
     return Image.fromarray(rgba, "RGBA")
 
 
-def _light(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    h, w = img.shape[:2]
-    yy, xx = (np.mgrid[0:h, 0:w].astype(np.float32) / max(h, w) - 0.5) * 2
-    a = rng.uniform(0, 2 * np.pi)
-    field = rng.uniform(0.7, 1.2) * (1 + rng.uniform(0, 0.35) * (xx * np.cos(a) + yy * np.sin(a)))
-    cast = rng.uniform(0.88, 1.12, size=3).astype(np.float32)
-    out = img * field[..., None] * cast + rng.normal(0, rng.uniform(1, 6), size=img.shape).astype(np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def _place(sprite: Image.Image, canvas: int, size: float, angle: float, cx: float, cy: float) -> Image.Image:
-    """The sprite scaled to ``size`` px, rotated by ``angle`` degrees and centred at (cx, cy), as an RGBA
-    canvas (one affine resampling instead of resize + rotate + crop)."""
-    S = sprite.width
-    k = max(size, 1.0) / S
-    th = np.deg2rad(angle)
-    a, b = np.cos(th) / k, np.sin(th) / k
-    d, e = -np.sin(th) / k, np.cos(th) / k
-    data = (a, b, S / 2 - a * cx - b * cy, d, e, S / 2 - d * cx - e * cy)
-    return sprite.transform((canvas, canvas), Image.AFFINE, data=tuple(float(v) for v in data),
-                            resample=Image.BILINEAR)
-
-
-def _paste(bg: Image.Image, placed: Image.Image, shadow: bool) -> None:
-    alpha = placed.getchannel("A")
-    if shadow:
-        sh = alpha.filter(ImageFilter.GaussianBlur(3)).point(lambda v: int(v * 0.4))
-        bg.paste((0, 0, 0), (4, 5), sh)
-    bg.paste(placed, (0, 0), alpha)
-
-
 def _image_bytes(cat: dict[str, Any], inst: dict[str, Any], rng: np.random.Generator) -> bytes:
     W = IMAGE_SIZE
     obj = [np.array(COLOURS[inst["colour"]][1], np.float32), np.array(COLOURS[inst["colour2"]][1], np.float32)]
-    bg = Image.fromarray(np.clip(_background(rng, W, W, obj), 0, 255).astype(np.uint8))
+    bg = Image.fromarray(np.clip(background(rng, W, W, obj), 0, 255).astype(np.uint8))
     scale = rng.uniform(0.55, 0.85)
     size = scale * W
     margin = max(0.0, (W - size) / 2)
     cx, cy = W / 2 + rng.uniform(-margin, margin), W / 2 + rng.uniform(-margin, margin)
-    placed = _place(_sprite(inst, cat["shape"], size, rng), W, size, float(rng.uniform(-35, 35)), cx, cy)
-    _paste(bg, placed, shadow=rng.random() < 0.6)
-    out = Image.fromarray(_light(np.asarray(bg, np.float32), rng))
+    placed = place(_sprite(inst, cat["shape"], size, rng), W, size, float(rng.uniform(-35, 35)), cx, cy)
+    paste(bg, placed, shadow=rng.random() < 0.6)
+    out = Image.fromarray(light(np.asarray(bg, np.float32), rng))
     buf = io.BytesIO()
     out.save(buf, format="JPEG", quality=int(rng.integers(35, 96)))
     return buf.getvalue()
@@ -651,7 +534,7 @@ def _frames(cat: dict[str, Any], inst: dict[str, Any], rng: np.random.Generator,
     W, pad = VIDEO_SIZE, 24
     obj = [np.array(COLOURS[inst["colour"]][1], np.float32), np.array(COLOURS[inst["colour2"]][1], np.float32)]
     cast = rng.uniform(0.9, 1.1, size=3).astype(np.float32)  # colour cast of this camera
-    big = Image.fromarray(np.clip(_background(rng, W + 2 * pad, W + 2 * pad, obj) * cast, 0, 255).astype(np.uint8))
+    big = Image.fromarray(np.clip(background(rng, W + 2 * pad, W + 2 * pad, obj) * cast, 0, 255).astype(np.uint8))
     black = Image.new("RGB", (W, W))
     pan0, pan1 = rng.uniform(0, 2 * pad, size=2), rng.uniform(0, 2 * pad, size=2)
     s0 = rng.uniform(0.5, 0.72)
@@ -678,7 +561,7 @@ def _frames(cat: dict[str, Any], inst: dict[str, Any], rng: np.random.Generator,
         else:  # bounce
             c = p0 + (p1 - p0) * abs(np.sin(np.pi * 1.2 * t))
         s = s0 * (1 + s_amp * np.sin(2 * np.pi * s_freq * sec))
-        _paste(frame, _place(base, W, s * W, float(ang0 + omega * sec), float(c[0]), float(c[1])), False)
+        paste(frame, place(base, W, s * W, float(ang0 + omega * sec), float(c[0]), float(c[1])), False)
         g = (gain0 + (gain1 - gain0) * t) * (1 + flicker * np.sin(2 * np.pi * 7 * sec))
         yield Image.blend(black, frame, float(g))  # exposure; above 1 it brightens (clipped)
 
@@ -741,7 +624,7 @@ def _make_product(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, 
     """Write one product's media; return (index, JSONL record, status per modality)."""
     seed, spec, out = job
     root = Path(out)
-    rng = _rng(seed, 1, spec["index"])
+    rng = seeded_rng(seed, 1, spec["index"])
     cat = CATEGORIES[spec["category"]]
     inst = _instance(seed, spec["category"], spec["instance"])
     pid, missing, corrupt = spec["id"], set(spec["missing"]), spec["corrupt"]
@@ -766,7 +649,7 @@ def _make_product(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, 
     if "table" in missing:
         status["table"] = "absent"
     else:
-        pairs = _table(cat, inst, r_table)
+        pairs = _table_pairs(cat, inst, r_table)
         rec["table"] = ("#;#".join(f"{k}#:#{v}" for k, v in pairs) if spec["table_string"]
                         else {k: v for k, v in pairs})
         status["table"] = "ok"
@@ -817,24 +700,6 @@ def _make_product(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, 
 # --------------------------------------------------------------------------- the corpus
 
 
-def _prepare(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise DemoCorpusError(f"output path {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    entries = sorted(p.name for p in out.iterdir())
-    if entries and MARKER_FILE not in entries:
-        raise DemoCorpusError(
-            f"output directory {out} is not empty and holds no demo corpus (found {entries[0]!r}); "
-            f"choose a new or empty directory")
-    present = [m for m in _MANAGED if (out / m).exists()]
-    for m in present:  # our own earlier output: replace it (other files are left alone)
-        p = out / m
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    (out / MARKER_FILE).write_text(json.dumps({"generator": GENERATOR, "version": VERSION}) + "\n")
-    for d in ("images", "videos", "audio"):
-        (out / d).mkdir()
-
-
 def _stats(seed: int, specs: list[dict[str, Any]], records: list[dict[str, Any]],
            statuses: list[dict[str, str]]) -> dict[str, Any]:
     mods = {m: {"expected_ok": 0, "expected_failures": 0, "absent": 0} for m in MODALITIES}
@@ -853,7 +718,7 @@ def _stats(seed: int, specs: list[dict[str, Any]], records: list[dict[str, Any]]
     listings = {str(k): sum(1 for v in inst_count.values() if v == k) for k in (1, 2, 3)}
     n = len(records)
     return {
-        "generator": GENERATOR, "version": VERSION, "seed": seed, "n_items": n,
+        "generator": DEMO.generator, "version": DEMO.version, "seed": seed, "n_items": n,
         "n_categories": len(sizes), "n_instances": len(inst_count),
         "category_sizes": dict(sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))),
         "instance_listings": listings,
@@ -882,10 +747,6 @@ def _stats(seed: int, specs: list[dict[str, Any]], records: list[dict[str, Any]]
     }
 
 
-def _fork_ok() -> bool:
-    return "fork" in mp.get_all_start_methods()
-
-
 def make_corpus(out_dir: str | Path, n_items: int, seed: int = 0, *, workers: int | None = None,
                 progress: bool = False, on_item: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Write a demo corpus of ``n_items`` products under ``out_dir``; return its stats.
@@ -895,92 +756,10 @@ def make_corpus(out_dir: str | Path, n_items: int, seed: int = 0, *, workers: in
     the number of products finished so far. ``out_dir`` must be new, empty or hold an earlier
     demo corpus (which is replaced); any other non-empty directory is refused.
     """
-    if isinstance(n_items, bool) or not isinstance(n_items, (int, np.integer)) or n_items < 1:
-        raise DemoCorpusError(f"n_items must be a positive integer, got {n_items!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DemoCorpusError(f"seed must be a non-negative integer, got {seed!r}")
-    n_items, seed = int(n_items), int(seed)
+    n_items, seed = check_request(DEMO, n_items, seed)
     out = Path(out_dir)
-    _prepare(out)
     specs = plan_corpus(n_items, seed)
-    jobs = [(seed, s, str(out)) for s in specs]
-    if workers is None:
-        workers = min(2, os.cpu_count() or 1)
-    workers = max(1, min(int(workers), n_items))
-    records: list[dict[str, Any] | None] = [None] * n_items
-    statuses: list[dict[str, str] | None] = [None] * n_items
-    pool = mp.get_context("fork").Pool(workers) if workers > 1 and _fork_ok() else None
-    ok = False
-    try:
-        from tqdm import tqdm
-
-        results = pool.imap_unordered(_make_product, jobs, chunksize=2) if pool else map(_make_product, jobs)
-        with tqdm(total=n_items, desc="demo corpus", unit="item", disable=not progress) as bar:
-            for done, (i, rec, st) in enumerate(results, start=1):
-                records[i], statuses[i] = rec, st
-                bar.update(1)
-                if on_item:
-                    on_item(done)
-        ok = True
-    finally:
-        if pool:
-            if ok:
-                pool.close()
-            else:  # an error or an interrupt: do not wait for the rest
-                pool.terminate()
-            pool.join()
-    recs = [r for r in records if r is not None]
-    sts = [s for s in statuses if s is not None]
-    write_text_atomic(out / CORPUS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-    stats = _stats(seed, specs, recs, sts)
-    write_text_atomic(out / STATS_FILE, json.dumps(stats, indent=1) + "\n")
-    log.info("demo corpus: %d products, %d categories, %d instances -> %s",
-             n_items, stats["n_categories"], stats["n_instances"], out)
-    return stats
-
-
-# --------------------------------------------------------------------------- decode check
-
-
-def check_corpus(out_dir: str | Path) -> dict[str, Any]:
-    """Decode every product's media with real decoders (PIL, decord, wave) and recount.
-
-    Returns ``{"modalities": {m: {"ok", "failures", "absent"}}, "failure_ids": {m: [...]},
-    "mismatches": [...]}`` where ``mismatches`` lists products whose decoding disagrees with
-    ``corpus_stats.json`` (empty for a sound corpus).
-    """
-    from scalemm.corpus import read_corpus
-
-    out = Path(out_dir)
-    corpus = read_corpus(out / CORPUS_FILE, fmt="jsonl")
-    stats_path = out / STATS_FILE
-    expected = json.loads(stats_path.read_text()) if stats_path.is_file() else None
-    counts = {m: {"ok": 0, "failures": 0, "absent": 0} for m in MODALITIES}
-    fail_ids: dict[str, list[str]] = {m: [] for m in MODALITIES}
-    for p in corpus.products:
-        srcs = {"image": p.image, "video": p.video, "audio": p.audio_source}
-        for m in MODALITIES:
-            if m == "text":
-                present, err = p.title is not None, None
-            elif m == "table":
-                present, err = p.table is not None, None
-            else:
-                present = srcs[m] is not None
-                err = decode_error(m, out / srcs[m]) if present else None
-            key = "absent" if not present else ("failures" if err else "ok")
-            counts[m][key] += 1
-            if err:
-                fail_ids[m].append(p.id)
-    mismatches: list[str] = []
-    if expected is not None:
-        for m in MODALITIES:
-            if sorted(fail_ids[m]) != sorted(expected["expected_failure_ids"][m]):
-                mismatches.append(f"{m}: decoded failures {fail_ids[m]} != expected {expected['expected_failure_ids'][m]}")
-            e = expected["modalities"][m]
-            got = (counts[m]["ok"], counts[m]["failures"], counts[m]["absent"])
-            if got != (e["expected_ok"], e["expected_failures"], e["absent"]):
-                mismatches.append(f"{m}: decoded ok/failures/absent {got} != expected "
-                                  f"{(e['expected_ok'], e['expected_failures'], e['absent'])}")
-    if corpus.bad:
-        mismatches.append(f"{len(corpus.bad)} bad corpus records")
-    return {"modalities": counts, "failure_ids": fail_ids, "mismatches": mismatches}
+    results = make_products(DEMO, out, _make_product, [(seed, s, str(out)) for s in specs], workers=workers,
+                            progress=progress, on_item=on_item, chunksize=2)
+    records, statuses = [rec for _, rec, _ in results], [st for _, _, st in results]
+    return finish(DEMO, out, _stats(seed, specs, records, statuses))

@@ -5,8 +5,9 @@
         [--categories a/b,c/d] [--clipart-root /usr/share/openclipart/png] [--check]
 
 Writes DIR/corpus.jsonl, the media under DIR/{images,videos,audio}/ and DIR/corpus_stats.json
-(see corpora/demo.py and corpora/clipart.py; the clipart corpus needs the Debian packages
-openclipart-png and espeak-ng). The last line on stdout is the stats summary as one JSON line.
+(see corpora/writer.py, corpora/demo.py and corpora/clipart.py; the clipart corpus needs the
+Debian packages openclipart-png and espeak-ng). The last line on stdout is the stats summary
+as one JSON line.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def main() -> dict:
     if args.kind == "demo" and args.items is None:
         p.error("--items is required for --kind demo")
     cli.setup_logging(level="WARNING" if args.quiet else "INFO")
-    from scalemm.corpora.demo import check_corpus, make_corpus
+    from scalemm.corpora.demo import make_corpus
+    from scalemm.corpora.writer import decode_check
 
     t0 = time.perf_counter()
     if args.kind == "clipart":
@@ -66,7 +68,7 @@ def main() -> dict:
                                      "modalities", "totals", "category_sizes")}
     summary = {"out": str(args.out), **summary, "seconds": round(elapsed, 2)}
     if args.check:
-        mismatches = check_corpus(args.out)["mismatches"]
+        mismatches = decode_check(args.out)["mismatches"]
         for m in mismatches:
             log.error("check: %s", m)
         if mismatches:

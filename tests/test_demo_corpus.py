@@ -26,10 +26,10 @@ from scalemm.corpora.demo import (
     TIMBRES,
     VIDEO_SIZE,
     DemoCorpusError,
-    check_corpus,
     make_corpus,
     plan_corpus,
 )
+from scalemm.corpora.writer import decode_check
 
 decord = pytest.importorskip("decord")
 from decord import AudioReader, VideoReader, cpu  # noqa: E402
@@ -152,15 +152,15 @@ def _states(r: dict) -> list[str]:
             for k in ("image", "title", "table", "video", "audio")]
 
 
-def test_check_corpus_agrees_and_catches_tampering(corpora, tmp_path):
+def test_decode_check_agrees_and_catches_tampering(corpora, tmp_path):
     root, _ = corpora["a"]
-    res = check_corpus(root)
+    res = decode_check(root)
     assert res["mismatches"] == []
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     rec = next(r for r in _records(copy) if r.get("image") and r["id"] not in res["failure_ids"]["image"])
     (copy / rec["image"]).write_bytes(b"not an image")
-    bad = check_corpus(copy)
+    bad = decode_check(copy)
     assert bad["mismatches"] and rec["id"] in bad["failure_ids"]["image"]
 
 
