@@ -346,14 +346,14 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
     not timed); ``attention`` "naive" runs the same model through the reference attention."""
     from scalemm.fuse.config import ScaleConfig
     from scalemm.device import resolve_device, to_device
-    from scalemm.fuse.model import count_parameters
+    from scalemm.fuse.model import ATTN_DROPOUT, count_parameters
     from scalemm.fuse.reader import EpochBatchSampler, FeatureDataset, make_loader
     from scalemm.fuse.step import build_learner, train_step
 
     cfg = cfg or ScaleConfig()
     prev = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
     try:
         dev = resolve_device(device)
         ds = FeatureDataset(features_dir, cfg.modalities)
@@ -382,7 +382,7 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
         return {"device": str(dev), "threads": torch.get_num_threads(), "steps": steps, "batch_size": batch_size,
                 "samples": n, "seconds": sec, "samples_per_s": n / sec, "step_s": sec / steps,
                 "parameters": count_parameters(learner.model), "fusion_length": seq, "dropout": cfg.dropout,
-                "attn_dropout": cfg.attn_dropout, "attention": attention}
+                "attn_dropout": ATTN_DROPOUT, "attention": attention}
     finally:
         torch.set_num_threads(prev)
 

@@ -30,8 +30,8 @@ def _check_config(gather: bool):
     from scalemm.fuse.config import ScaleConfig
 
     return ScaleConfig(modalities=list(SHAPES), d_model=32, heads=4, encoder_layers=1, fusion_layers=1, dropout=0.0,
-                       masked_losses=False, subset_weight=1.0, gather_negatives=gather, lr=1e-3, warmup_steps=0,
-                       threads=1, tensorboard=False, seed=0)
+                       masked_losses=False, subset_weight=1.0, lr=1e-3, warmup_steps=0, seed=0,
+                       runtime={"gather_negatives": gather, "threads": 1, "tensorboard": False})
 
 
 def _step(features: str, rows: np.ndarray, gather: bool, world: int) -> dict[str, Any]:

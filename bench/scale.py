@@ -168,8 +168,9 @@ def train_runs(work: Path, feats: str, n: int, steps: int, root: Path) -> dict[s
         modes = ["stream"]
     for r in range(ROUNDS):
         for mode in modes:
-            cfg = {**base, "max_steps": steps, "epochs": 1000, "keep_checkpoints": 1,
-                   "memory_budget_gb": MEMORY_BUDGET_GB if mode == "memory" else STREAM_BUDGET_GB}
+            cfg = {**base, "epochs": 1000, "runtime": {
+                **base["runtime"], "max_steps": steps, "keep_checkpoints": 1,
+                "memory_budget_gb": MEMORY_BUDGET_GB if mode == "memory" else STREAM_BUDGET_GB}}
             cfg_path = work / f"train-{label(n)}-{mode}.yaml"
             cfg_path.write_text(yaml.safe_dump(cfg))
             run = work / f"train-{label(n)}-{mode}-{r}"

@@ -204,7 +204,7 @@ def run_evaluation(features: str | Path, checkpoint: str | Path | None, out: str
     for m in every:  # before any feature is loaded
         check_provenance(m.provenance, {k: v for k, v in provenance.items() if k in m.model.modalities},
                          EMBED_FIELDS, where=f"embedding {features} with {m.weights}")
-    ds = FeatureDataset(features, mods, scale[0].cfg.memory_budget_gb, progress=progress)
+    ds = FeatureDataset(features, mods, scale[0].cfg.runtime.memory_budget_gb, progress=progress)
     view = SplitView.of(ds.instances, ds.ids, spec, split)
     log.info("split %s: %s; evaluating on %d %s products with seeds %s", spec, view.to_json()["sizes"],
              len(view.eval_rows), split, seeds)
@@ -219,7 +219,7 @@ def run_evaluation(features: str | Path, checkpoint: str | Path | None, out: str
     kept = (lambda xs: list(xs)) if work is None else (lambda xs: [xs[i] for i in work])
     ids, labels, instances = kept(ds.ids), kept(ds.labels), kept(ds.instances)
     loader = make_loader(ds, EpochBatchSampler(ds, 256 if work is None else 2048, seed=0, shuffle=False,
-                                               drop_last=False), scale[0].cfg.loader_workers)
+                                               drop_last=False), scale[0].cfg.runtime.loader_workers)
 
     frozen = frozen_baselines(features, rows=work)
     if [*frozen.values()][0].ids != ids:
@@ -252,10 +252,10 @@ def run_evaluation(features: str | Path, checkpoint: str | Path | None, out: str
         if k == 0:  # every product's scale embedding, written in chunks: the catalogue
             cat_path = out / CATALOGUE_DIR / VECTORS_FILE
             res = write_vectors(cat_path, len(ds), m.model.embedding_dim, lambda w: embed_variants(
-                m.model, loader, variants, dev, m.cfg.embed_from, progress=progress, rows=work,
+                m.model, loader, variants, dev, progress=progress, rows=work,
                 writers={"scale": w}))
         else:
-            res = embed_variants(m.model, loader, variants, dev, m.cfg.embed_from, progress=progress, rows=work)
+            res = embed_variants(m.model, loader, variants, dev, progress=progress, rows=work)
         sets = {"scale": es(res["vectors"]["scale"]), "scale_fused": es(res["vectors"]["scale_fused"])}
         dropped = {"scale": [res["vectors"][v.name] for v in drops]}
         for name, runs_of in others.items():  # every other trained model: its embedding, and its robustness
@@ -264,12 +264,12 @@ def run_evaluation(features: str | Path, checkpoint: str | Path | None, out: str
             u = runs_of[k]
             udrops = [Variant(f"u@drop{j}", drop=drop_prob, drop_seed=d) for j, d in enumerate(dseeds)]
             ures = embed_variants(u.model, loader, [Variant("u"), *udrops],
-                                  dev, u.cfg.embed_from, progress=progress, rows=work)
+                                  dev, progress=progress, rows=work)
             sets[name] = es(ures["vectors"]["u"])
             dropped[name] = [ures["vectors"][v.name] for v in udrops]
         # the same architecture, config and seed, never trained
         blank = untrained_model(m.cfg, m.model.shapes, dev)
-        sets[UNTRAINED] = es(embed_variants(blank, loader, [Variant("u")], dev, m.cfg.embed_from,
+        sets[UNTRAINED] = es(embed_variants(blank, loader, [Variant("u")], dev,
                                             progress=progress, rows=work)["vectors"]["u"])
         del blank
         timings["embedding_s"] += time.perf_counter() - t

@@ -36,7 +36,22 @@ from .config import ConfigError, ScaleConfig
 
 log = logging.getLogger(__name__)
 
-FORMAT = "scale-fuse-1"
+FORMAT = "scale-fuse-2"
+FORMATS = ("scale-fuse-1", FORMAT)  # every format this project wrote; older ones are migrated on load
+
+# scale-fuse-1 -> 2: options removed, each with the only value that still loads (the behaviour that
+# stayed); a checkpoint trained with any other value is refused, naming the option. A key a
+# checkpoint lacks was not yet an option when it was written: the value it was trained with then.
+REMOVED = {"mlp_ratio": 4.0, "attn_dropout": 0.0, "harmonizer_dim": 0, "mask_loss": "mse",
+           "weight_scale": "sqrt_m", "agreement": "corroborated", "gate_lr": 0.0, "grad_clip": 1.0,
+           "block_weight": 0.0, "frozen_blocks": 0.0}
+TRAINED_BEFORE = {"agreement": "mean", "block_weight": 0.0, "frozen_blocks": 0.0,
+                  "importance_shrink": 0.0, "identification_power": 0.0, "instance_positives": False}
+# moved into the embedding section (new name), and the runtime settings a checkpoint no longer keeps
+MOVED = {"embed_from": "source", "embed_weighting": "weighting", "importance_shrink": "importance_shrink",
+         "identification_power": "identification_power"}
+RUNTIME = ("memory_budget_gb", "loader_workers", "max_steps", "checkpoint_every", "checkpoint_unit",
+           "keep_checkpoints", "tensorboard", "device", "threads", "gather_negatives")
 LATEST = "latest.json"
 # provenance fields a store must share with the training stores to be embedded by the model
 EMBED_FIELDS = ("modality", "backbone", "weights_hash", "pretrained", "preprocessing", "dim",
@@ -99,7 +114,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, stat
     d.mkdir(parents=True, exist_ok=True)
     ck = Checkpoint(step, d / f"step-{step:08d}.safetensors", d / f"step-{step:08d}.state.pt")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "step": str(step), "config": json.dumps(cfg.to_dict()),
+    meta = {"format": FORMAT, "step": str(step), "config": json.dumps(cfg.training_dict()),
             "provenance": json.dumps(provenance_to_json(provenance))}
     replace_atomic(ck.weights, lambda p: save_file(tensors, str(p), metadata=meta))
     replace_atomic(ck.state, lambda p: torch.save(state, p))
@@ -156,22 +171,46 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ScaleConfig
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {w} is unreadable ({e}); delete it (and "
                               f"{CHECKPOINTS}/{LATEST} if it names it) and resume from an older one") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{w} is not a SCALE checkpoint (metadata format {meta.get('format')!r})")
+    fmt = meta.get("format")
+    if fmt not in FORMATS:
+        raise CheckpointError(f"{w} is not a SCALE checkpoint (metadata format {fmt!r}; this version reads "
+                              f"{', '.join(FORMATS)})")
     try:
-        saved = json.loads(meta["config"])
-        saved.setdefault("agreement", "mean")  # what checkpoints from before the setting were trained with
-        saved.setdefault("importance_shrink", 0.0)  # nor did they keep the running mean it needs
-        saved.setdefault("identification_power", 0.0)  # nor the identification rates
-        saved.setdefault("block_weight", 0.0)  # their embedding was the sum alone
-        saved.setdefault("frozen_blocks", 0.0)  # and carried no frozen vector
-        saved.setdefault("instance_positives", False)  # nor were they trained with instance positives
+        saved = migrate(json.loads(meta["config"]), fmt, str(w))
         cfg = ScaleConfig.from_dict(saved, source=f"checkpoint {w}")
         prov = provenance_from_json(json.loads(meta["provenance"]))
         step = int(meta["step"])
     except (KeyError, TypeError, ValueError, json.JSONDecodeError, ConfigError) as e:
         raise CheckpointError(f"checkpoint {w} has bad metadata ({e}); it was not written by fuse/") from None
     return tensors, cfg, prov, step
+
+
+def migrate(saved: dict[str, Any], fmt: str, where: str) -> dict[str, Any]:
+    """A checkpoint's saved config, written in format ``fmt``, as the current format's: the one
+    place that knows every older format. Raises CheckpointError naming a removed option the
+    checkpoint was trained with at a value this version cannot reproduce."""
+    if fmt == FORMAT:
+        return saved
+    saved = dict(saved)
+    for key, value in TRAINED_BEFORE.items():
+        saved.setdefault(key, value)
+    for key, kept in REMOVED.items():
+        value = saved.pop(key, kept)
+        if value != kept:
+            raise CheckpointError(f"{where} was trained with {key}: {value!r}, an option this version removed "
+                                  f"(it reproduces only {key}: {kept!r}); embed it with the version that "
+                                  f"trained it, or train again")
+    if saved.get("importance") == "agreement":
+        raise CheckpointError(f"{where} was trained with importance: 'agreement', an option this version "
+                              f"removed (only 'gated' and 'diagonal' remain); train again")
+    embedding = {new: saved.pop(old) for old, new in MOVED.items() if old in saved}
+    if embedding.get("weighting") == "importance_concat":
+        raise CheckpointError(f"{where} embeds with embed_weighting: 'importance_concat', an option this "
+                              f"version removed; train again")
+    for key in RUNTIME:
+        saved.pop(key, None)
+    saved["embedding"] = embedding
+    return saved
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

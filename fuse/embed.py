@@ -5,13 +5,14 @@ training stores' provenance in its metadata), refuses feature stores whose prove
 does not fit the model (backbone, weights, preprocessing, token layout: see
 :data:`fuse.checkpoint.EMBED_FIELDS`; the corpus may differ, that is the point), and
 returns per item the model's configured product embedding of the chosen modalities
-(:func:`fuse.model.product_embedding`, then the frozen vectors when the config appends them;
+(:func:`fuse.model.product_embedding` under the checkpoint's embedding settings;
 L2-normalized, :attr:`ScaleModel.embedding_dim` wide). Modalities left out are treated as absent in the
 fusion transformer, so modality ablations come from one trained model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +35,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     """The trained model (eval mode) and ``{"config", "provenance", "step", "weights"}``."""
     tensors, cfg, prov, step = load_weights(run_dir)
     model = ScaleModel(cfg, {m: (p.max_tokens, p.dim) for m, p in prov.items()})
-    model.load_state_dict(tensors, strict=True)
+    model.load_trained(tensors)
     model.to(device).eval()
     return model, {"config": cfg, "provenance": prov, "step": step, "weights": resolve_weights(run_dir)}
 
@@ -65,21 +66,20 @@ def embed_store(run_dir: str | Path, features_dir: str | Path, modalities: Seque
         if missing and modalities is None:
             raise StoreError(f"no {missing[0]} store under {root / missing[0]}; extract it, or pass the "
                              f"modalities to embed (e.g. --modalities {','.join(x for x in mods if x not in missing)})")
-    ds = FeatureDataset(root, mods, info["config"].memory_budget_gb, progress=progress)
+    ds = FeatureDataset(root, mods, info["config"].runtime.memory_budget_gb, progress=progress)
     check_provenance(info["provenance"], ds.provenance, EMBED_FIELDS,
                      where=f"embedding {root} with {info['weights']}")
     sampler = EpochBatchSampler(ds, batch_size, seed=0, shuffle=False, drop_last=False)
-    loader = make_loader(ds, sampler, info["config"].loader_workers)
+    loader = make_loader(ds, sampler, info["config"].runtime.loader_workers)
     cols = [trained.index(m) for m in mods]
-    source = source or info["config"].embed_from
+    settings = model.embedding if source is None else dataclasses.replace(model.embedding, source=source)
     vecs, pooled, enc_pooled, pres, imps = [], [], [], [], []
     from tqdm.auto import tqdm
     with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
             batch = to_device(batch, dev)
             out = model(batch)
-            emb = product_embedding(out, source, info["config"].embed_weighting, info["config"].block_weight)
-            vecs.append(model.with_frozen_blocks(emb, model.frozen_vectors(batch), out.present, out.importances).cpu())
+            vecs.append(product_embedding(out, settings).cpu())
             pooled.append(out.pooled[:, cols].float().cpu())
             enc_pooled.append(out.enc_pooled[:, cols].float().cpu())
             pres.append(out.present[:, cols].cpu())

@@ -11,8 +11,7 @@ skipped; the SIMCL loss is the mean over the remaining pairs (0 if none).
 Masked modelling. The chosen tokens (:mod:`fuse.masking`) were replaced by a mask
 embedding before the modality encoder; a per-modality head predicts, from the fusion
 output at the token's position, the token's frozen feature. We use **regression of the
-LayerNorm'd target feature with mean squared error** (``mask_loss="mse"``; ``"smooth_l1"``
-is the alternative). Why: the cached features are continuous vectors from frozen
+LayerNorm'd target feature with mean squared error**. Why: the cached features are continuous vectors from frozen
 backbones, so there is no vocabulary to classify over (SCALE itself regresses region,
 frame and audio features); normalising each target token by LayerNorm (as MAE's normalised
 pixel loss does) puts modalities with very different scales (CLIP patches, text states,
@@ -103,7 +102,7 @@ def simcl_loss(pooled: Tensor, present: Tensor, weights: Tensor, modalities: lis
     return torch.stack(list(per_pair.values())).mean(), per_pair
 
 
-def masked_losses(out: ModelOutput, tokens: Mapping[str, Tensor], kind: str = "mse", rescale: bool = False
+def masked_losses(out: ModelOutput, tokens: Mapping[str, Tensor], rescale: bool = False
                   ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Per-modality masked-modelling losses (importance-weighted) and plain reconstruction errors."""
     weighted: dict[str, Tensor] = {}
@@ -113,12 +112,7 @@ def masked_losses(out: ModelOutput, tokens: Mapping[str, Tensor], kind: str = "m
             continue
         target = tokens[m][rows, cols].float()
         target = F.layer_norm(target, target.shape[-1:])
-        if kind == "mse":
-            err = F.mse_loss(pred.float(), target, reduction="none").mean(-1)
-        elif kind == "smooth_l1":
-            err = F.smooth_l1_loss(pred.float(), target, reduction="none").mean(-1)
-        else:
-            raise ValueError(f"unknown mask loss {kind!r}")
+        err = F.mse_loss(pred.float(), target, reduction="none").mean(-1)
         B = out.present.shape[0]
         sums = torch.zeros(B, device=err.device).index_add(0, rows, err)
         cnt = torch.zeros(B, device=err.device).index_add(0, rows, torch.ones_like(err))
@@ -201,7 +195,7 @@ def multi_positive_nce(logits: Tensor, positives: Tensor) -> Tensor:
 
 
 def scale_loss(out: ModelOutput, batch: Mapping[str, Any], temperature: float = 0.07,
-               mask_kind: str = "mse", contrast_on: str = "encoder", rescale: bool = False,
+               contrast_on: str = "encoder", rescale: bool = False,
                rescale_importance: bool | None = None, subset: Tensor | None = None,
                subset_weight: float = 0.0, simcl_weight: float = 1.0,
                gathered: ModelOutput | None = None) -> LossTerms:
@@ -214,8 +208,7 @@ def scale_loss(out: ModelOutput, batch: Mapping[str, Any], temperature: float = 
     con = out if gathered is None else gathered
     pooled = con.enc_pooled if contrast_on == "encoder" else con.pooled
     simcl, per_pair = simcl_loss(pooled, con.present, con.weights, con.modalities, temperature, rescale)
-    mask, recon = masked_losses(out, batch["tokens"], mask_kind,
-                                rescale if rescale_importance is None else rescale_importance)
+    mask, recon = masked_losses(out, batch["tokens"], rescale if rescale_importance is None else rescale_importance)
     masked = torch.stack(list(mask.values())).mean() if mask else simcl * 0.0
     total = simcl_weight * simcl + masked
     if subset is not None and subset_weight > 0:

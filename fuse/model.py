@@ -15,10 +15,9 @@ Per modality m (token features [B, T_m, D_m] from the store):
 
 The pooled output of modality m is the fused token at m's first position. The product
 embedding (:func:`product_embedding`, L2-normalized) is built from the encoders' or the fused
-pooled outputs of the present modalities as the config says: the paper's plain sum, or each
-modality's normalised output weighed by the product's importances (the default), optionally
-followed by each modality's weighted block (``block_weight``) and its frozen vector
-(``frozen_blocks``, :mod:`fuse.frozen_blocks`); :attr:`ScaleModel.embedding_dim` is its width.
+pooled outputs of the present modalities as the embedding settings say: the paper's plain sum,
+or each modality's normalised output weighed by the product's importances (the default);
+:attr:`ScaleModel.embedding_dim` (``d_model``) is its width.
 
 Modalities the model knows but a batch does not carry are treated as absent: their
 encoders are skipped and their tokens left out of the fusion sequence, which is exactly
@@ -39,8 +38,12 @@ from torch import Tensor, nn
 from scalemm.modalities import MODALITIES
 
 from .attention import Transformer
-from .config import ScaleConfig
-from .frozen_blocks import append_frozen_blocks, frozen_means, frozen_width
+from .config import EmbedSettings, ScaleConfig
+
+# fixed parts of the architecture (the width of each block's MLP; no dropout on attention
+# probabilities, which keeps CPU training on the fused SDPA kernel: docs/decisions.md)
+MLP_RATIO = 4.0
+ATTN_DROPOUT = 0.0
 
 
 @dataclass
@@ -79,39 +82,33 @@ class SelfHarmonizer(nn.Module):
 
     The importance of modality m (``importance``):
 
-    * ``"agreement"`` (default): the mean of S[m, n] over the other present modalities n, in
-      [0, 1]: how well m agrees with the rest of the product, which is what self-harmonizing is
-      meant to measure. A modality alone in its product has importance 1.
-    * ``"gated"``: sigmoid(a_m * softplus(s_m) + b_m) of that agreement a_m, with a scale s_m
-      and offset b_m per modality, starting at sigmoid(4 a - 2): the product's own agreement moves
-      it (a title that contradicts the picture weighs less). At the network's lr (the default,
-      ``gate_lr: 0``) these ten scalars stay within about 0.15 of their start in a run of a few
-      hundred steps, so the gate is in effect a fixed sharpening of the agreement. Left free
-      (``gate_lr`` 0.05), the subset-consistency loss drives them to weigh the picture alone
-      (importance 0.86 against 0.11 for the title on the development corpus's validation split)
-      and every task loses 10-16 points: matching one half of a product's modalities with the
-      other is easiest through the picture and its near-copy, the video, which says nothing about
-      how much a modality tells about the product's category (docs/decisions.md).
+    * ``"gated"`` (the default): the product's agreement a_m, the mean of S[m, n] over the other
+      present modalities n (in [0, 1]: how well m agrees with the rest of the product, which is
+      what self-harmonizing is meant to measure), through sigmoid(a_m * softplus(s_m) + b_m) with a
+      scale s_m and offset b_m per modality, starting at sigmoid(4 a - 2). At the network's lr
+      these ten scalars stay within about 0.15 of their start in a run of a few hundred steps, so
+      the gate is in effect a fixed sharpening of the agreement (docs/decisions.md). A modality
+      alone in its product has importance 1.
     * ``"diagonal"``: the paper's literal W[m, m]. Because S[m, m] = 1 always and each row of W
       is normalised, W[m, m] is largest (up to 1) when m agrees with nothing else, and
       1/sqrt(#present) when it agrees with everything: it ranks the noisiest modality first.
 
-    ``agreement="corroborated"`` (the config's default) leaves out of that mean the single closest
-    other modality, where two or more others are present: a picture and its near-copy (the video
-    of it, a second photo) agree with each other best, and with the plain mean each vouched for the
-    other, ranking both above the title on the development corpus (docs/decisions.md).
+    The agreement leaves out of that mean the single closest other modality, where two or more
+    others are present (it is corroborated): a picture and its near-copy (the video of it, a
+    second photo) agree with each other best, and with the plain mean each vouched for the other,
+    ranking both above the title on the development corpus (docs/decisions.md).
 
-    ``shrink`` = k > 0 (the config's ``importance_shrink``) keeps each modality's running mean
-    importance over the training batches (:meth:`update_mean`, called by the model on full
-    products) and, outside training, moves a product's importance towards it:
+    In training the harmonizer keeps each modality's running mean importance over the full
+    products of the batches (:meth:`update_mean`) and its identification rate
+    (:meth:`update_identification`). ``shrink`` = k > 0 (the embedding's ``importance_shrink``)
+    moves a product's importance, outside training, towards that mean:
     mean + n / (n + k) * (importance - mean), n = the other modalities its agreement rests on. One
     product's agreement is a noisy estimate, noisiest when it rests on one or two modalities (a
     listing with some missing); the losses in training still see the product's own agreement.
 
-    ``identification`` = p > 0 (the config's ``identification_power``) keeps each modality's
-    running identification rate over the training batches (:meth:`update_identification`): how
-    often its output alone finds its own product among the batch by the rest of the product.
-    Outside training importances are multiplied by (rate / best rate) ** p. Agreement says whether
+    ``identification`` = p > 0 (the embedding's ``identification_power``): the identification
+    rate is how often a modality's output alone finds its own product among the batch by the
+    rest of the product; outside training importances are multiplied by (rate / best rate) ** p. Agreement says whether
     a modality fits the rest of its product; a shop's table template fits every product of the
     category and tells none apart, and weighed by agreement alone it blurred the instance
     (docs/decisions.md).
@@ -119,21 +116,20 @@ class SelfHarmonizer(nn.Module):
     ``uniform=True`` gives W = 1 for every present pair and importance 1 (no harmonizing).
     """
 
-    def __init__(self, d_model: int, dim: int = 0, importance: str = "agreement", n_modalities: int = 5,
-                 agreement: str = "mean", shrink: float = 0.0, momentum: float = 0.1,
-                 identification: float = 0.0) -> None:
+    # running statistics a checkpoint may lack (written before they were always kept): they load
+    # as zeros, which leaves the corrections that need them off
+    RUNNING = ("importance_mean", "importance_updates", "identification_rate", "identification_updates")
+
+    def __init__(self, d_model: int, importance: str = "gated", n_modalities: int = 5,
+                 shrink: float = 0.0, identification: float = 0.0, momentum: float = 0.1) -> None:
         super().__init__()
-        self.proj = nn.Linear(d_model, dim or d_model)
+        self.proj = nn.Linear(d_model, d_model)
         self.importance = importance
-        self.agreement = agreement
         self.shrink, self.momentum = float(shrink), float(momentum)
         self.identification = float(identification)
-        if self.shrink > 0:  # each modality's running mean importance (updated in training) and its updates
-            self.register_buffer("importance_mean", torch.zeros(n_modalities))
-            self.register_buffer("importance_updates", torch.zeros(n_modalities))
-        if self.identification > 0:  # each modality's running identification rate and its updates
-            self.register_buffer("identification_rate", torch.zeros(n_modalities))
-            self.register_buffer("identification_updates", torch.zeros(n_modalities))
+        # each modality's running mean importance and identification rate (updated in training)
+        for name in self.RUNNING:
+            self.register_buffer(name, torch.zeros(n_modalities))
         if importance == "gated":  # sigmoid(4 a - 2) at the start: 0.5 for an agreement of 0.5
             self.gate_scale = nn.Parameter(torch.full((n_modalities,), math.log(math.e ** 4 - 1)))
             self.gate_bias = nn.Parameter(torch.full((n_modalities,), -2.0))
@@ -156,13 +152,12 @@ class SelfHarmonizer(nn.Module):
         others = pair & ~torch.eye(pair.shape[1], dtype=torch.bool, device=pair.device)
         n = others.sum(-1)
         total = torch.where(others, S, torch.zeros_like(S)).sum(-1)
-        if self.agreement == "corroborated":
-            # leave out the closest other modality where two or more are present: a picture's
-            # near-copy (the video, a second photo) cannot vouch for it alone
-            closest = torch.where(others, S, torch.full_like(S, -2.0)).amax(-1)
-            drop = n >= 2
-            total = torch.where(drop, total - closest, total)
-            n = torch.where(drop, n - 1, n)
+        # corroborated: leave out the closest other modality where two or more are present (a
+        # picture's near-copy, the video or a second photo, cannot vouch for it alone)
+        closest = torch.where(others, S, torch.full_like(S, -2.0)).amax(-1)
+        drop = n >= 2
+        total = torch.where(drop, total - closest, total)
+        n = torch.where(drop, n - 1, n)
         agree = total / n.clamp_min(1)
         if self.importance == "gated":
             agree = torch.sigmoid(agree * F.softplus(self.gate_scale) + self.gate_bias)
@@ -183,7 +178,7 @@ class SelfHarmonizer(nn.Module):
         """Fold a training batch's importances (full products, per modality over the products that
         have it) into the running means (exponential, ``momentum``; the first batch sets them).
         Under a process group the batch is every rank's rows together, as one process would see it."""
-        if self.shrink <= 0:
+        if self.importance == "diagonal":
             return
         p = present.to(importances.dtype)
         self._fold(self.importance_mean, self.importance_updates, (importances * p).sum(0), p.sum(0))
@@ -195,7 +190,7 @@ class SelfHarmonizer(nn.Module):
         closest (cosine) to their own rest, the importance-weighted sum of their other modalities,
         among every product's rest in the batch. Under a process group the batch is every rank's
         rows together, as one process would see it (the rate depends on the batch's size)."""
-        if self.identification <= 0:
+        if self.importance == "diagonal":
             return
         from .gather import all_gather_rows  # here: gather imports this module; unchanged on one process
         pooled, importances, present = (all_gather_rows(x) for x in (pooled.float(), importances.float(), present))
@@ -250,7 +245,7 @@ class ModalityEncoder(nn.Module):
         self.cls = nn.Parameter(torch.randn(d) * 0.02)
         self.mask_emb = nn.Parameter(torch.randn(d) * 0.02)
         self.pos = nn.Parameter(torch.randn(max_tokens + 1, d) * 0.02)
-        self.encoder = Transformer(d, cfg.heads, cfg.encoder_layers, cfg.mlp_ratio, cfg.dropout, cfg.attn_dropout)
+        self.encoder = Transformer(d, cfg.heads, cfg.encoder_layers, MLP_RATIO, cfg.dropout, ATTN_DROPOUT)
         self.type_emb = nn.Parameter(torch.randn(d) * 0.02)
         self.fusion_pos = nn.Parameter(torch.randn(max_tokens + 1, d) * 0.02)
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, dim))
@@ -300,43 +295,31 @@ class ScaleModel(nn.Module):
         self.shapes = {m: (int(shapes[m][0]), int(shapes[m][1])) for m in self.modalities}
         self.encoders = nn.ModuleDict({m: ModalityEncoder(*self.shapes[m], cfg, MODALITIES.index(m))
                                        for m in self.modalities})
-        self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, cfg.mlp_ratio, cfg.dropout,
-                                  cfg.attn_dropout)
-        self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.harmonizer_dim, cfg.importance, len(self.modalities),
-                                         cfg.agreement, cfg.importance_shrink if cfg.harmonize else 0.0,
-                                         identification=cfg.identification_power if cfg.harmonize else 0.0)
+        self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, MLP_RATIO, cfg.dropout, ATTN_DROPOUT)
+        self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.importance, len(self.modalities))
+        self.embedding = cfg.embedding
+        self.set_embedding(cfg.embedding)
+
+    def set_embedding(self, settings: EmbedSettings) -> None:
+        """Embed with ``settings`` from now on (the checkpoint's by default): they act only outside
+        training, so any trained model embeds under any of them."""
+        self.embedding = settings
+        self.harmonizer.shrink = settings.importance_shrink if self.cfg.harmonize else 0.0
+        self.harmonizer.identification = settings.identification_power if self.cfg.harmonize else 0.0
 
     @property
     def embedding_dim(self) -> int:
-        """Width of the product embedding: ``d_model``; one block per modality side by side with
-        ``embed_weighting: importance_concat``; the sum and those blocks with ``block_weight`` > 0;
-        then the frozen vectors' widths with ``frozen_blocks`` > 0."""
-        M = len(self.modalities)
-        if self.cfg.embed_weighting == "importance_concat":
-            width = self.cfg.d_model * M
-        elif self.cfg.embed_weighting == "importance" and self.cfg.block_weight > 0:
-            width = self.cfg.d_model * (1 + M)
-        else:
-            width = self.cfg.d_model
-        if self.cfg.frozen_blocks > 0:
-            width += frozen_width(self.shapes, self.modalities)
-        return width
+        """Width of the product embedding: ``d_model``."""
+        return self.cfg.d_model
 
-    def frozen_vectors(self, batch: Mapping[str, Any]) -> list[Tensor | None] | None:
-        """The batch's frozen vectors in the model's modality order (:func:`fuse.frozen_blocks.frozen_means`),
-        computed once per batch and shared by every embedding of it; None with ``frozen_blocks`` 0."""
-        return frozen_means(batch, self.modalities) if self.cfg.frozen_blocks > 0 else None
-
-    def with_frozen_blocks(self, emb: Tensor, frozen: Sequence[Tensor | None] | None, present: Tensor,
-                           importances: Tensor) -> Tensor:
-        """``emb`` followed by ``frozen`` (from :meth:`frozen_vectors`) at ``frozen_blocks``
-        (unchanged at 0 or None; see :mod:`fuse.frozen_blocks`), for the modalities in ``present``
-        [B, M] weighed by ``importances``."""
-        if self.cfg.frozen_blocks <= 0 or frozen is None:
-            return emb
-        return append_frozen_blocks(emb, frozen,
-                                    [self.shapes[m][1] for m in self.modalities],
-                                    importance_shares(present, importances), self.cfg.frozen_blocks)
+    def load_trained(self, tensors: Mapping[str, Tensor]) -> None:
+        """Load a checkpoint's weights, strictly, except that the harmonizer's running statistics
+        may be missing (checkpoints from before they were always kept): those stay zero."""
+        running = {f"harmonizer.{name}" for name in SelfHarmonizer.RUNNING}
+        missing, unexpected = self.load_state_dict(tensors, strict=False)
+        bad = [k for k in missing if k not in running]
+        if bad or unexpected:
+            raise RuntimeError(f"weights do not fit the model: missing {bad[:5]}, unexpected {list(unexpected)[:5]}")
 
     def set_attention(self, impl: str) -> None:
         """Run every block with ``"sdpa"`` (default) or the ``"naive"`` reference."""
@@ -398,7 +381,7 @@ class ScaleModel(nn.Module):
         # weights and importances in float32, whatever autocast does around them
         with torch.autocast(device_type=dev.type, enabled=False):
             W, imp = self.harmonizer(enc_pooled.float(), present, uniform=not self.cfg.harmonize)
-            if self.training and torch.equal(present, enc.present):  # full products only, not ablations
+            if self.training and self.cfg.harmonize and torch.equal(present, enc.present):  # full products only
                 self.harmonizer.update_mean(imp, present)
                 self.harmonizer.update_identification(enc_pooled, imp, present)
 
@@ -421,7 +404,7 @@ class ScaleModel(nn.Module):
         subset-consistency loss compares. Always the weighted sum, never modality blocks side by
         side: two disjoint halves of a product share no block, so their blocks' cosine is 0 for
         every pair of products and the loss could not learn from them."""
-        weighting = "sum" if self.cfg.embed_weighting == "sum" else "importance"
+        weighting = self.embedding.weighting
         with torch.autocast(device_type=enc_pooled.device.type, enabled=False):
             _, imp = self.harmonizer(enc_pooled.float(), present, uniform=not self.cfg.harmonize)
             return weighted_embedding(enc_pooled, present, imp, weighting)
@@ -439,50 +422,29 @@ def importance_shares(present: Tensor, importances: Tensor) -> Tensor:
     return w / w.sum(-1, keepdim=True).clamp_min(1e-6)
 
 
-def weighted_embedding(z: Tensor, present: Tensor, importances: Tensor, weighting: str = "sum",
-                       block_weight: float = 0.0) -> Tensor:
-    """L2-normalized sum over the modality axis of ``z`` [B, M, d], or with ``importance_concat``
-    the weighted blocks side by side [B, M * d]; with ``importance`` and ``block_weight`` > 0 the
-    sum followed by those blocks at that weight [B, (1 + M) * d] (see :func:`product_embedding`)."""
+def weighted_embedding(z: Tensor, present: Tensor, importances: Tensor, weighting: str = "sum") -> Tensor:
+    """L2-normalized sum over the modality axis of ``z`` [B, M, d]: of the outputs as they are
+    (``"sum"``), or of each modality's normalised output times its share of the product's
+    importances (``"importance"``; see :func:`product_embedding`)."""
     z = z.float()
-    if weighting in ("importance", "importance_concat"):
-        w = importance_shares(present, importances)
-        if weighting == "importance_concat" or block_weight > 0:
-            # modality blocks side by side, block m scaled by sqrt(w_m): the cosine of two products
-            # is then sum_m sqrt(w_m w'_m) cos(z_m, z'_m), each modality compared only with itself
-            blocks = (F.normalize(z, dim=-1) * w.sqrt()[..., None]).flatten(1)
-            blocks = blocks / blocks.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            if weighting == "importance_concat":
-                return blocks
-        z = F.normalize(z, dim=-1) * w[..., None]
+    if weighting == "importance":
+        z = F.normalize(z, dim=-1) * importance_shares(present, importances)[..., None]
     s = z.sum(dim=1)
-    s = s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    if weighting == "importance" and block_weight > 0:
-        # the sum (every modality against every other: a query without its picture still meets
-        # the gallery's pictures through its title) and, beside it, each modality's own block
-        # (like against like); the cosine of two products is (cos_sum + a^2 cos_blocks) / (1 + a^2)
-        both = torch.cat([s, block_weight * blocks], dim=-1)
-        return both / both.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return s
+    return s / s.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def product_embedding(out: ModelOutput, source: str = "fusion", weighting: str = "sum",
-                      block_weight: float = 0.0) -> Tensor:
+def product_embedding(out: ModelOutput, settings: EmbedSettings) -> Tensor:
     """The product embedding from the pooled outputs of the present modalities, L2-normalized.
 
-    ``source``: the fused pooled outputs, or the modality encoders' before fusion (``"encoder"``).
-    ``weighting``: ``"sum"`` is the paper's plain sum of the pooled outputs; ``"importance"``
-    L2-normalizes each modality's output and weighs it by the product's own importances (each
-    modality by how well it agrees with the product's other modalities), so that a modality
-    that is weak, or wrong for this product, moves the embedding little; ``"importance_concat"``
-    puts the weighted modality outputs side by side instead of summing them.
-    ``block_weight`` (with ``"importance"``): > 0 appends those side-by-side blocks to the sum at
-    this weight, so a linear model on the embedding can weigh each modality on its own while
-    cosine search still ranks mostly by the sum.
-    An item with no present modality gets a zero vector.
+    ``settings.source``: the fused pooled outputs (``"fusion"``), or the modality encoders' before
+    fusion (``"encoder"``). ``settings.weighting``: ``"sum"`` is the paper's plain sum of the
+    pooled outputs; ``"importance"`` L2-normalizes each modality's output and weighs it by the
+    product's own importances (each modality by how well it agrees with the product's other
+    modalities), so that a modality that is weak, or wrong for this product, moves the embedding
+    little. An item with no present modality gets a zero vector.
     """
-    return weighted_embedding(out.pooled if source == "fusion" else out.enc_pooled, out.present, out.importances,
-                              weighting, block_weight)
+    z = out.pooled if settings.source == "fusion" else out.enc_pooled
+    return weighted_embedding(z, out.present, out.importances, settings.weighting)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -15,7 +15,7 @@ in the process. That is what lets a resumed run reproduce the uninterrupted one 
 
 Several workers. With ``world > 1`` the objective is wrapped in
 ``DistributedDataParallel`` (the process group must exist), the contrastive losses see the
-samples of every rank (``gather_negatives``, :mod:`fuse.gather`), and the finite-loss check
+samples of every rank (``runtime.gather_negatives``, :mod:`fuse.gather`), and the finite-loss check
 is reduced over all ranks, so a NaN on any rank stops every rank before any of them steps.
 """
 
@@ -56,6 +56,9 @@ class WarmupConstant:
         return 1.0 if self.warmup <= 0 else min(1.0, (step + 1) / self.warmup)
 
 
+GRAD_CLIP = 1.0  # the global gradient norm is clipped at this
+
+
 class Objective(nn.Module):
     """Model + loss in one module, so that a data-parallel wrapper sees only tensors out."""
 
@@ -67,16 +70,18 @@ class Objective(nn.Module):
                 ) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         out = self.model(batch, masks)
-        rescale = cfg.harmonize and cfg.weight_scale == "sqrt_m"
+        # W x sqrt(#present modalities): equal agreement weighs 1 (docs/decisions.md)
+        rescale = cfg.harmonize
         # several ranks: the contrastive losses see every rank's samples (fuse.gather)
-        con = gather_output(out, contrast_fields(cfg)) if cfg.gather_negatives else out
+        gather = cfg.runtime.gather_negatives
+        con = gather_output(out, contrast_fields(cfg)) if gather else out
         codes = None
         if cfg.instance_positives and cfg.subset_weight > 0:
             codes = instance_codes(batch["ids"], batch["instances"], out.present.device)
-            if cfg.gather_negatives:  # in the rows' order of ``con`` (unchanged on one process)
+            if gather:  # in the rows' order of ``con`` (unchanged on one process)
                 codes = all_gather_rows(codes)
         subset = subset_consistency_loss(self.model, con, cfg.temperature, codes) if cfg.subset_weight > 0 else None
-        terms = scale_loss(out, batch, cfg.temperature, cfg.mask_loss, cfg.contrast_on, rescale,
+        terms = scale_loss(out, batch, cfg.temperature, cfg.contrast_on, rescale,
                            rescale_importance=rescale and cfg.importance == "diagonal", subset=subset,
                            subset_weight=cfg.subset_weight, simcl_weight=cfg.simcl_weight, gathered=con)
         stats: dict[str, Tensor] = {"loss": terms.total.detach(), "loss_simcl": terms.simcl.detach(),
@@ -98,22 +103,13 @@ def contrast_fields(cfg: ScaleConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys([pooled, "weights", *(["enc_pooled"] if cfg.subset_weight > 0 else [])]))
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float, gate_lr: float = 0.0) -> list[dict[str, Any]]:
-    """Weight decay on matrices only (not on norms, biases, embeddings, first/mask tokens); the
-    importance gate's per-modality scale and offset (``harmonizer.gate_*``) at ``gate_lr`` when it
-    is set: ten scalars that a run of a few hundred steps at the network's lr would leave where
-    they started (Adam moves a parameter by about lr per step)."""
-    decay, no_decay, gate = [], [], []
+def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (not on norms, biases, embeddings, first/mask tokens)."""
+    decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if gate_lr > 0 and name.startswith("harmonizer.gate_"):
-            gate.append(p)
-        else:
-            (decay if p.ndim >= 2 and not name.endswith(("pos", "fusion_pos")) else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr},
-              {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
-    if gate:
-        groups.append({"params": gate, "weight_decay": 0.0, "lr": gate_lr})
-    return groups
+        (decay if p.ndim >= 2 and not name.endswith(("pos", "fusion_pos")) else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -159,7 +155,7 @@ def build_learner(cfg: ScaleConfig, shapes: Mapping[str, tuple[int, int]], devic
         from torch.nn.parallel import DistributedDataParallel
         objective = DistributedDataParallel(objective, find_unused_parameters=True,
                                             device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.lr, cfg.gate_lr), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.lr), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupConstant(cfg.warmup_steps))
     return Learner(cfg, model, objective, optimizer, scheduler, device, world)
 
@@ -185,7 +181,7 @@ def train_step(learner: Learner, batch: Mapping[str, Any], step: int) -> dict[st
         raise NonFiniteStep("the loss", float(total.detach()))
     learner.optimizer.zero_grad(set_to_none=True)
     total.backward()
-    gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    gn = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
     if not math.isfinite(float(gn)):
         raise NonFiniteStep("the gradient norm", float(gn))
     lr = learner.optimizer.param_groups[0]["lr"]

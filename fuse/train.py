@@ -34,7 +34,7 @@ from scalemm.splits import assign, rows_of
 from .checkpoint import (Checkpoint, CheckpointError, check_provenance, latest_checkpoint, load_state,
                          load_weights, provenance_to_json, remove_stale_temps, rng_state, save_checkpoint,
                          set_rng_state)
-from .config import ConfigError, ScaleConfig
+from .config import ConfigError, RunSettings, ScaleConfig
 from scalemm.device import resolve_device
 from .plot import plot_training
 from .reader import EpochBatchSampler, FeatureDataset, make_loader
@@ -43,9 +43,9 @@ from .step import Learner, NonFiniteStep, build_learner, train_step
 
 log = logging.getLogger(__name__)
 
-# settings that may differ between a run and its resumption (they do not change the math)
-RUNTIME_FIELDS = ("epochs", "max_steps", "device", "threads", "loader_workers", "tensorboard", "memory_budget_gb",
-                  "keep_checkpoints", "checkpoint_every", "checkpoint_unit")
+# training keys that may differ between a run and its resumption (besides the embedding and
+# runtime sections, which never change what is learned)
+RESUMABLE = ("epochs",)
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -150,12 +150,12 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
     dist = dist or DistContext()
     run, features_dir = RunFolder(run_dir), Path(features_dir)
     cfg, ck = resolve_config(run.root, cfg, resume, epochs, seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = dist.device or resolve_device(cfg.device)
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    device = dist.device or resolve_device(cfg.runtime.device)
 
     # the data, then the model and optimizer: freshly initialised, or as the checkpoint left them
-    ds = FeatureDataset(features_dir, cfg.modalities, cfg.memory_budget_gb, progress=progress and dist.is_main)
+    ds = FeatureDataset(features_dir, cfg.modalities, cfg.runtime.memory_budget_gb, progress=progress and dist.is_main)
     saved = read_checkpoint(ck, ds, f"resuming {run.root} on {features_dir}") if ck is not None else None
     learner = build_learner(cfg, {m: (s.max_tokens, s.dim) for m, s in ds.shapes.items()}, device, dist.world)
     counters = Counters() if saved is None else restore(learner, *saved, ck)
@@ -167,20 +167,20 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
     split = assign(ds.instances, ds.ids, cfg.split_spec())
     sampler = EpochBatchSampler(ds, cfg.batch_size, cfg.seed, rank=dist.rank, world=dist.world,
                                 subset=rows_of(split, cfg.train_split), group_instances=cfg.instance_positives)
-    loader = make_loader(ds, sampler, cfg.loader_workers)
+    loader = make_loader(ds, sampler, cfg.runtime.loader_workers)
     if dist.is_main:
         start_run_folder(run, cfg, ds)
-    runlog = RunLog(run, resumed_from, cfg.tensorboard, dist.is_main)
+    runlog = RunLog(run, resumed_from, cfg.runtime.tensorboard, dist.is_main)
     from tqdm.auto import tqdm
     total = len(sampler.batches()) * cfg.epochs
-    pbar = tqdm(total=min(total, cfg.max_steps) if cfg.max_steps else total, initial=counters.step, unit="step",
+    pbar = tqdm(total=min(total, cfg.runtime.max_steps) if cfg.runtime.max_steps else total, initial=counters.step, unit="step",
                 desc="train SCALE", disable=not (progress and dist.is_main), dynamic_ncols=True)
     last_ck: Checkpoint | None = ck
     n_samples = 0
     t_loop = time.perf_counter()
     learner.model.train()
     try:
-        while counters.epoch < cfg.epochs and not counters.reached(cfg.max_steps):
+        while counters.epoch < cfg.epochs and not counters.reached(cfg.runtime.max_steps):
             sampler.set_epoch(counters.epoch, skip=counters.batch_in_epoch)
             t_last = time.perf_counter()
             for batch in loader:
@@ -195,16 +195,16 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
                 runlog.write(rec)
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", epoch=counters.epoch + 1)
-                if cfg.checkpoint_unit == "step" and counters.step % cfg.checkpoint_every == 0:
+                if cfg.runtime.checkpoint_unit == "step" and counters.step % cfg.runtime.checkpoint_every == 0:
                     last_ck = save(run, learner, counters, ds, dist) or last_ck
-                if counters.reached(cfg.max_steps):
+                if counters.reached(cfg.runtime.max_steps):
                     break
-            if counters.reached(cfg.max_steps):
+            if counters.reached(cfg.runtime.max_steps):
                 break  # the epoch stays open: a resume with more steps continues it where it stopped
             mean = counters.end_epoch()
             if mean is not None:
                 log.info("epoch %d/%d: mean loss %.4f", counters.epoch, cfg.epochs, mean)
-            if cfg.checkpoint_unit == "epoch" and counters.epoch % cfg.checkpoint_every == 0:
+            if cfg.runtime.checkpoint_unit == "epoch" and counters.epoch % cfg.runtime.checkpoint_every == 0:
                 last_ck = save(run, learner, counters, ds, dist) or last_ck
         if last_ck is None or last_ck.step != counters.step:
             last_ck = save(run, learner, counters, ds, dist) or last_ck
@@ -255,14 +255,30 @@ def resolve_config(run_dir: Path, cfg: ScaleConfig | None, resume: bool, epochs:
                           f"its seed (start a new run for another seed)")
     if cfg is not None:
         diff = [k for k in ScaleConfig.field_names()
-                if k not in RUNTIME_FIELDS and getattr(cfg, k) != getattr(saved, k)]
+                if k not in RESUMABLE and getattr(cfg, k) != getattr(saved, k)]
         if diff:
             k = diff[0]
             raise ConfigError(f"the config's '{k}' ({getattr(cfg, k)!r}) differs from the run's "
                               f"({getattr(saved, k)!r}, in {RunFolder(run_dir).config}); resume without "
                               f"--config or start a new run")
-        saved = saved.replace(**{k: getattr(cfg, k) for k in RUNTIME_FIELDS})
+        saved = saved.replace(epochs=cfg.epochs, embedding=cfg.embedding, runtime=cfg.runtime)
+    else:  # the runtime the run was started with (a checkpoint keeps none)
+        saved = saved.replace(runtime=saved_runtime(RunFolder(run_dir).config))
     return saved.replace(epochs=epochs), ck
+
+
+def saved_runtime(config_yaml: Path) -> RunSettings:
+    """The runtime section of a run folder's ``config.yaml`` (its flat keys in a run written before
+    the section existed); the defaults where it is unreadable."""
+    import dataclasses
+    import yaml
+    try:
+        data = yaml.safe_load(config_yaml.read_text()) or {}
+        data = data.get("runtime", data) if isinstance(data, dict) else {}
+        names = [f.name for f in dataclasses.fields(RunSettings)]
+        return ScaleConfig.from_dict({"runtime": {k: v for k, v in data.items() if k in names}}).runtime
+    except (OSError, yaml.YAMLError, ConfigError, AttributeError):
+        return RunSettings()
 
 
 def read_checkpoint(ck: Checkpoint, ds: FeatureDataset, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -275,7 +291,7 @@ def read_checkpoint(ck: Checkpoint, ds: FeatureDataset, where: str) -> tuple[dic
 def restore(learner: Learner, tensors: dict[str, torch.Tensor], state: dict[str, Any], ck: Checkpoint) -> Counters:
     """Put the checkpoint's weights, optimizer, schedule and RNG states in place; its counters."""
     try:
-        learner.model.load_state_dict(tensors, strict=True)
+        learner.model.load_trained(tensors)
         learner.optimizer.load_state_dict(state["optimizer"])
         learner.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -301,7 +317,7 @@ def save(run: RunFolder, learner: Learner, counters: Counters, ds: FeatureDatase
     state = {"optimizer": learner.optimizer.state_dict(), "scheduler": learner.scheduler.state_dict(),
              "rng": rng_state(), "counters": asdict(counters)}
     cfg = learner.cfg
-    return save_checkpoint(run.root, counters.step, learner.model, state, cfg, ds.provenance, cfg.keep_checkpoints)
+    return save_checkpoint(run.root, counters.step, learner.model, state, cfg, ds.provenance, cfg.runtime.keep_checkpoints)
 
 
 def diverged(e: NonFiniteStep, counters: Counters, last_ck: Checkpoint | None, lr: float) -> TrainingDiverged:

@@ -22,7 +22,7 @@ import torch
 
 from scalemm.modalities import MODALITIES
 
-from .model import Encoded, ScaleModel, product_embedding, weighted_embedding
+from .model import Encoded, ScaleModel, weighted_embedding
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Variant:
     modalities: tuple[str, ...] | None = None  # keep only these (None: every trained modality)
     drop: float = 0.0  # each present modality of each product is dropped with this probability
     drop_seed: int = 0
-    source: str | None = None  # "encoder" | "fusion"; None: the run's configured embed_from
+    source: str | None = None  # "encoder" | "fusion"; None: the model's embedding source
 
 
 def drop_mask(ids: Sequence[str], modalities: Sequence[str], prob: float, seed: int) -> np.ndarray:
@@ -68,11 +68,6 @@ def _encoder_pooled(model: ScaleModel, enc: Encoded) -> torch.Tensor:
     return torch.where(enc.present[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
 
 
-def _frozen_rows(frozen: Sequence[torch.Tensor | None] | None, sel: torch.Tensor) -> list[torch.Tensor | None] | None:
-    """The samples ``sel`` of a batch's frozen vectors (:meth:`ScaleModel.frozen_vectors`)."""
-    return None if frozen is None else [None if f is None else f[sel] for f in frozen]
-
-
 def _rows_of(enc: Encoded, sel: torch.Tensor) -> Encoded:
     """The samples ``sel`` of an encoded batch."""
     return Encoded(enc.modalities, enc.present[sel], {m: s[sel] for m, s in enc.seqs.items()},
@@ -81,8 +76,7 @@ def _rows_of(enc: Encoded, sel: torch.Tensor) -> Encoded:
 
 @torch.no_grad()
 def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], device: torch.device,
-                   embed_from: str, progress: bool = False, weighting: str | None = None,
-                   rows: np.ndarray | None = None,
+                   progress: bool = False, rows: np.ndarray | None = None,
                    writers: Mapping[str, Callable[[np.ndarray], Any]] | None = None) -> dict[str, Any]:
     """Every variant's product embeddings for the items of ``loader`` (in its order).
 
@@ -96,7 +90,7 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
     every item, batch by batch (e.g. a chunked file writer), whatever ``rows`` keeps.
 
     The encoders run once per batch. Variants embedded from the encoders' pooled outputs (the
-    default ``embed_from``) need no joint transformer: their embedding depends on the fusion
+    default source) need no joint transformer: their embedding depends on the fusion
     side only through the harmonizer, which sees the encoders' outputs (the same numbers as
     :meth:`ScaleModel.fuse` would give). The joint transformer runs once per batch for the
     variants embedded from the fused tokens, on the kept rows only.
@@ -106,7 +100,7 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
     from scalemm.device import to_device
 
     mods = list(model.modalities)
-    weighting = weighting or model.cfg.embed_weighting
+    weighting, embed_from = model.embedding.weighting, model.embedding.source
     writers = writers or {}
     out: dict[str, Any] = {"ids": [], "labels": [], "instances": [], "modalities": mods,
                            "vectors": {v.name: [] for v in variants}, "presence": [], "importances": [],
@@ -127,7 +121,6 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
             sel = torch.from_numpy(keep).to(device)
             batch = to_device(batch, device)
             enc = model.encode(batch)
-            frozen = model.frozen_vectors(batch)  # once per batch, whatever the variants
             present = enc.present
             z = _encoder_pooled(model, enc)
             with torch.autocast(device_type=device.type, enabled=False):
@@ -146,8 +139,7 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
                     zv = torch.where(pv[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
                     with torch.autocast(device_type=device.type, enabled=False):
                         _, iv = model.harmonizer(zv, pv, uniform=not model.cfg.harmonize)
-                        emb = weighted_embedding(zv, pv, iv, weighting, model.cfg.block_weight)
-                        emb = model.with_frozen_blocks(emb, frozen, pv, iv)
+                        emb = weighted_embedding(zv, pv, iv, weighting)
                     whole = True
                 else:  # the joint transformer: once per batch and distinct presence
                     e, k = (enc, vkeep) if whole else (_rows_of(enc, sel), vkeep[sel])
@@ -155,9 +147,7 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
                     if key not in fused:
                         fused[key] = model.fuse(e, None if bool(k.all()) else k)
                     f = fused[key]
-                    emb = product_embedding(f, "fusion", weighting, model.cfg.block_weight)
-                    emb = model.with_frozen_blocks(emb, frozen if whole else _frozen_rows(frozen, sel), f.present,
-                                                   f.importances)
+                    emb = weighted_embedding(f.pooled, f.present, f.importances, weighting)
                 emb = emb.float().cpu()
                 if v.name in writers:
                     writers[v.name](emb.numpy())

@@ -99,17 +99,27 @@ def write_synthetic_store(root: str | Path, n_items: int = 64, shapes: dict[str,
 
 
 def tiny_config(**kw: Any):
-    """A ScaleConfig small enough for unit tests."""
-    from scalemm.fuse.config import ScaleConfig
+    """A ScaleConfig small enough for unit tests. Keys of the ``embedding`` and ``runtime``
+    sections may be given flat here (a test's shorthand; config files nest them)."""
+    import dataclasses
+
+    from scalemm.fuse.config import EmbedSettings, RunSettings, ScaleConfig
     base = dict(d_model=32, heads=4, encoder_layers=1, fusion_layers=1, dropout=0.1, batch_size=16,
-                epochs=2, lr=2e-3, warmup_steps=2, seed=0, tensorboard=False, threads=2,
-                checkpoint_every=1, checkpoint_unit="epoch",
+                epochs=2, lr=2e-3, warmup_steps=2, seed=0,
                 train_split="all",  # the mechanics tests train on every item; splits: test_splits.py
                 # every loss term on (SIMCL, masked modelling), from the tokens alone (no frozen skip):
                 # the mechanics the tests exercise; the default mix is the demo's (CI) and configs/scale.yaml's
-                masked_losses=True, simcl_weight=1.0, subset_weight=0.0, frozen_skip=0.0, importance="agreement")
-    base.update(kw)
-    return ScaleConfig(**base)
+                masked_losses=True, simcl_weight=1.0, subset_weight=0.0, frozen_skip=0.0)
+    runtime = dict(tensorboard=False, threads=2, checkpoint_every=1, checkpoint_unit="epoch")
+    embedding: dict[str, Any] = {}
+    for k, v in kw.items():
+        if k in {f.name for f in dataclasses.fields(RunSettings)}:
+            runtime[k] = v
+        elif k in {f.name for f in dataclasses.fields(EmbedSettings)}:
+            embedding[k] = v
+        else:
+            base[k] = v
+    return ScaleConfig(**base, runtime=RunSettings(**runtime), embedding=EmbedSettings(**embedding))
 
 
 def random_batch(B: int = 4, shapes: dict[str, tuple[int, int]] | None = None,
