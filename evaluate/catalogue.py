@@ -11,10 +11,16 @@ when HNSW does not fit), trained on a sample, filled from the memory-mapped file
 tuned, and its recall@10 against exact search measured on queries it was not tuned on. That
 recall is ``metrics.json``'s ``index.ann_recall@10``. New products are added to it later with
 :func:`evaluate.index.add_to_index` (``pipelines/evaluate.py --out EVAL --add-products EMB``).
+
+Beside the index, ``provenance.json`` records what built its vectors (:func:`catalogue_record`):
+the run, its seed, the checkpoint's step and the sha256 of its weights file, the store (its
+folder, media root, extraction config and backbones). Search embeds queries only with that
+checkpoint (:func:`check_checkpoint`), and a query's media through those backbones.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -23,13 +29,14 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from scalemm.atomic import replace_atomic
+from scalemm.atomic import replace_atomic, write_json_atomic
 
-from .index import ann_recall_at_k, build_index, exact_search, save_index, search
+from .index import IndexFileError, ann_recall_at_k, build_index, exact_search, save_index, search
 
 log = logging.getLogger(__name__)
 
 CATALOGUE_DIR, VECTORS_FILE, CATALOGUE_INDEX = "catalogue", "vectors.npy", "catalogue"
+RECORD_FILE, RECORD_FORMAT = "provenance.json", "scale-catalogue-1"
 T = TypeVar("T")
 
 
@@ -96,9 +103,99 @@ def index_catalogue(vectors: np.ndarray, ids: list[str], out_dir: str | Path | N
 
 
 def build_catalogue_index(vectors_path: str | Path, ids: list[str], out_dir: str | Path, *,
-                          memory_budget_bytes: int | None = None, seed: int = 0) -> dict[str, Any]:
+                          memory_budget_bytes: int | None = None, seed: int = 0,
+                          record: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`index_catalogue` of the catalogue file ``vectors_path`` (a ``.npy`` read through a
-    memory map), saved into ``out_dir``."""
+    memory map), saved into ``out_dir``, with ``record`` (:func:`catalogue_record`) beside it."""
     res = index_catalogue(np.load(vectors_path, mmap_mode="r", allow_pickle=False), ids, out_dir,
                           memory_budget_bytes=memory_budget_bytes, seed=seed)
+    if record is not None:
+        write_json_atomic(Path(out_dir) / RECORD_FILE, record)
     return {**res, "file_gb": round(os.path.getsize(vectors_path) / 1e9, 3), "path": str(out_dir)}
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+class CatalogueRunError(IndexFileError):
+    """A checkpoint that did not build the catalogue's vectors, or a catalogue that does not say which did."""
+
+
+def weights_digest(path: str | Path) -> str:
+    """sha256 of a checkpoint's weights file, hex."""
+    from scalemm.store import file_fingerprint
+
+    return file_fingerprint(path)
+
+
+def catalogue_record(run: str | Path, weights: str | Path, seed: int, features: str | Path,
+                     media_root: str | Path | None = None) -> dict[str, Any]:
+    """What built a catalogue's vectors: the run (directory), its ``seed``, the checkpoint file
+    ``weights`` (its step and sha256), and the store ``features`` it embedded (its folder, the
+    media root, the extraction config and backbones from its manifest): the queries of a search
+    go through the same backbones and the same model."""
+    from safetensors import safe_open
+
+    from scalemm.store import read_manifest
+
+    weights = Path(weights).resolve()
+    with safe_open(str(weights), framework="np") as f:
+        step = int((f.metadata() or {}).get("step", -1))
+    man = read_manifest(features) or {}
+    root = media_root or man.get("media_root") or (Path(man["corpus"]).parent if man.get("corpus") else None)
+    return {"format": RECORD_FORMAT, "run": str(Path(run).resolve()), "seed": int(seed), "weights": str(weights),
+            "step": step, "weights_sha256": weights_digest(weights), "features": str(Path(features).resolve()),
+            "media_root": None if root is None else str(Path(root).resolve()),
+            "extract_config": man.get("config"), "backbones": man.get("backbones")}
+
+
+def read_catalogue_record(index_dir: str | Path) -> dict[str, Any]:
+    """The record beside a catalogue index (:func:`catalogue_record`); raises
+    :class:`CatalogueRunError` when there is none or it cannot be read."""
+    path = Path(index_dir) / RECORD_FILE
+    if not path.is_file():
+        raise CatalogueRunError(f"{path} is missing: the catalogue index does not say which run built it "
+                                f"(built before this version?); rerun pipelines/evaluate.py to rebuild it")
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        if rec.get("format") != RECORD_FORMAT or not rec.get("weights_sha256"):
+            raise ValueError(f"format {rec.get('format')!r}, expected {RECORD_FORMAT!r}")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        raise CatalogueRunError(f"{path} is unreadable ({e}); rerun pipelines/evaluate.py to rebuild the "
+                                f"catalogue index") from None
+    return rec
+
+
+def check_checkpoint(record: dict[str, Any], checkpoint: str | Path) -> Path:
+    """The weights file of ``checkpoint`` (a run directory, a folder of ``seed-*/`` runs, or a
+    ``.safetensors``) that built the catalogue of ``record``, checked by sha256; raises
+    :class:`CatalogueRunError` (one line) for another run's, another seed's or another step's.
+
+    A run directory resumed after the evaluation is fine: its checkpoint of the recorded step is
+    used while it is kept."""
+    from scalemm.fuse.checkpoint import resolve_weights
+    from scalemm.runs import CHECKPOINTS
+
+    p = Path(checkpoint)
+    seeds = p / f"seed-{record['seed']}"
+    if p.is_dir() and not (p / CHECKPOINTS).is_dir() and (seeds / CHECKPOINTS).is_dir():
+        p = seeds  # a folder of seed-*/ runs, as pipelines/evaluate.py takes: the catalogue's seed
+    candidates = [resolve_weights(p)]
+    if p.is_dir():
+        candidates.append(p / CHECKPOINTS / Path(record["weights"]).name)
+    for w in candidates:
+        if w.is_file() and weights_digest(w) == record["weights_sha256"]:
+            return w
+    raise CatalogueRunError(
+        f"the catalogue was built by run {record['run']} (seed {record['seed']}, step {record['step']}), not by "
+        f"{candidates[0]}; pass that run's --checkpoint, or evaluate this run to build its own catalogue")
+
+
+def check_added(record: dict[str, Any], weights_sha256: str | None, where: str) -> None:
+    """Refuse products embedded by another checkpoint than the catalogue's (``weights_sha256``
+    of the model that embedded them; None: not recorded, refused too)."""
+    if weights_sha256 != record["weights_sha256"]:
+        raise CatalogueRunError(
+            f"{where} was embedded by {'an unrecorded checkpoint' if not weights_sha256 else 'another checkpoint'}, "
+            f"not by the catalogue's (run {record['run']}, seed {record['seed']}, step {record['step']}); "
+            f"embed the new products with that run")
