@@ -287,6 +287,7 @@ def plan_corpus(n_items: int, seed: int, categories: Sequence[str] = DEFAULT_CAT
     else None), ``missing``, ``standalone_audio``, ``shop`` (the seller: voice, jingle, table
     template), ``distractors`` (pictures for the video and props for the photo) and
     ``photo_of`` (None, or the first listing's index and props when its photo is reused).
+    The steps draw from one generator, in this order.
     """
     cats = list(categories)
     if not cats:
@@ -295,6 +296,20 @@ def plan_corpus(n_items: int, seed: int, categories: Sequence[str] = DEFAULT_CAT
         raise ClipartCorpusError("a category is given twice")
     pics = scan_pictures(root, cats)
     rng = seeded_rng(seed, 0)
+    sizes = _allocate([len(p) for p in pics], _instance_count(n_items, cats, pics), rng)
+    specs = _plan_listings(n_items, cats, pics, sizes, rng)
+    _plan_missing(specs, rng)
+    _plan_wrong_titles(specs, rng)
+    _plan_audio(specs, rng)
+    _plan_shops(specs, sizes, rng)
+    _plan_distractors(specs, pics, rng)
+    _plan_photo_reuse(specs, rng)
+    return specs
+
+
+def _instance_count(n_items: int, cats: list[str], pics: list[list[str]]) -> int:
+    """How many pictures become products (``LISTED_TWICE`` of them listed twice); an error when
+    the categories hold too few pictures, or the products are too few for the categories."""
     n_inst = int(np.ceil(n_items / (1 + LISTED_TWICE)))
     total = sum(len(p) for p in pics)
     if n_inst > total:
@@ -304,7 +319,13 @@ def plan_corpus(n_items: int, seed: int, categories: Sequence[str] = DEFAULT_CAT
     if n_inst < len(cats):
         raise ClipartCorpusError(f"{n_items} products are too few for {len(cats)} categories "
                                  f"(at least {int(np.ceil(len(cats) * (1 + LISTED_TWICE)))})")
-    sizes = _allocate([len(p) for p in pics], n_inst, rng)
+    return n_inst
+
+
+def _plan_listings(n_items: int, cats: list[str], pics: list[list[str]], sizes: list[int],
+                   rng: np.random.Generator) -> list[dict[str, Any]]:
+    """One blank spec per product: ``sizes[c]`` pictures of category c as instances, some listed
+    twice, the listings shuffled."""
     instances: list[tuple[int, str]] = []
     for c, (files, k) in enumerate(zip(pics, sizes)):
         for j in sorted(rng.choice(len(files), size=k, replace=False)):
@@ -322,18 +343,26 @@ def plan_corpus(n_items: int, seed: int, categories: Sequence[str] = DEFAULT_CAT
                           instance=f"i{int(inst_ids[i]):0{width}d}", listing=listing, source=src,
                           name=clean_name(Path(src).stem), wrong_source=None, wrong_name=None,
                           missing=[], standalone_audio=False, shop=None, distractors=[], photo_of=None))
-    # missing modalities: one (80%) or two, with modality odds; no audio means no video
+    return specs
+
+
+def _plan_missing(specs: list[dict[str, Any]], rng: np.random.Generator) -> None:
+    """Missing modalities: one (80%) or two, with modality odds; no audio means no video."""
     mods = list(DROP_WEIGHTS)
     p = np.array([DROP_WEIGHTS[m] for m in mods])
+    n_items = len(specs)
     for i in sorted(int(x) for x in rng.choice(n_items, size=int(round(MISSING_RATE * n_items)), replace=False)):
         k = 1 if rng.random() < 0.8 else 2
         drop = {str(m) for m in rng.choice(mods, size=k, replace=False, p=p / p.sum())}
         if "audio" in drop:
             drop.add("video")
         specs[i]["missing"] = sorted(drop)
-    # wrong titles: the file name of a product of another category
+
+
+def _plan_wrong_titles(specs: list[dict[str, Any]], rng: np.random.Generator) -> None:
+    """Wrong titles: the file name of a product of another category."""
     titled = [s for s in specs if "text" not in s["missing"]]
-    n_wrong = min(len(titled), int(round(WRONG_TITLE_RATE * n_items)))
+    n_wrong = min(len(titled), int(round(WRONG_TITLE_RATE * len(specs))))
     for t in sorted(int(x) for x in rng.choice(len(titled), size=n_wrong, replace=False)):
         s = titled[t]
         others = [o for o in specs if o["category"] != s["category"]]
@@ -341,13 +370,19 @@ def plan_corpus(n_items: int, seed: int, categories: Sequence[str] = DEFAULT_CAT
             continue
         o = others[int(rng.integers(len(others)))]
         s["wrong_source"], s["wrong_name"] = o["source"], o["name"]
-    # audio: a standalone WAV, or the video's sound track
+
+
+def _plan_audio(specs: list[dict[str, Any]], rng: np.random.Generator) -> None:
+    """Audio: a standalone WAV, or the video's sound track."""
     for s in specs:
         if "audio" in s["missing"]:
             continue
         s["standalone_audio"] = "video" in s["missing"] or bool(rng.random() < STANDALONE_AUDIO_RATE)
-    # the sellers: specialist shops per category and general shops, each with its own voice,
-    # jingle and table template; the two listings of an instance come from different shops
+
+
+def _plan_shops(specs: list[dict[str, Any]], sizes: list[int], rng: np.random.Generator) -> None:
+    """The sellers: specialist shops per category and general shops, each with its own voice,
+    jingle and table template; the two listings of an instance come from different shops."""
     shops = [_shop(rng, f"s{j:02d}") for j in range(GENERAL_SHOPS)]
     specialists: list[list[dict[str, Any]]] = []
     for c, k in enumerate(sizes):
@@ -363,18 +398,23 @@ def plan_corpus(n_items: int, seed: int, categories: Sequence[str] = DEFAULT_CAT
                 break
         s["shop"] = shop
         first_shop.setdefault(s["instance"], shop["id"])
-    # the shop's other stock, shown around the product in its video
+
+
+def _plan_distractors(specs: list[dict[str, Any]], pics: list[list[str]], rng: np.random.Generator) -> None:
+    """The shop's other stock, shown around the product in its video."""
     every = [f for files in pics for f in files]
     pool = [every[int(j)] for j in rng.choice(len(every), size=min(DISTRACTOR_POOL, len(every)), replace=False)]
     for s in specs:
         cand = [f for f in pool if f != s["source"]]
         s["distractors"] = [cand[int(j)] for j in rng.choice(len(cand), size=min(7, len(cand)), replace=False)]
-    # some second listings reuse the first listing's photo (the same shot, another upload)
+
+
+def _plan_photo_reuse(specs: list[dict[str, Any]], rng: np.random.Generator) -> None:
+    """Some second listings reuse the first listing's photo (the same shot, another upload)."""
     first = {s["instance"]: s for s in specs if s["listing"] == 1}
     for s in specs:
         if s["listing"] == 2 and rng.random() < PHOTO_REUSE:
             s["photo_of"] = {"index": first[s["instance"]]["index"], "props": first[s["instance"]]["distractors"][-2:]}
-    return specs
 
 
 # --------------------------------------------------------------------------- pictures

@@ -318,9 +318,21 @@ def plan_corpus(n_items: int, seed: int) -> list[dict[str, Any]]:
     (number), ``missing`` (modalities left out), ``corrupt`` (None, "image", "video" or
     "audio"), ``standalone_audio``, ``empty_wav``, ``title_mode`` ("ok", "mismatched",
     "noisy") and ``table_string``. Cheap: this is how category sizes, instance listings and
-    defect counts are decided, before any media is made.
+    defect counts are decided, before any media is made. The steps draw from one generator,
+    in this order.
     """
     rng = seeded_rng(seed, 0)
+    specs = _plan_catalogue(n_items, rng)
+    intact = _plan_corrupt_media(specs, rng)
+    _plan_standalone_audio(specs, rng)
+    _plan_missing_among(specs, intact, rng)
+    _plan_title_and_table_form(specs, rng)
+    return specs
+
+
+def _plan_catalogue(n_items: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """One blank spec per product: categories of Zipf-like sizes, each instance listed 1 to 3
+    times, the listings shuffled."""
     sizes = _category_sizes(n_items, rng)
     listings: list[tuple[int, int]] = []  # (category, local instance number)
     groups: list[tuple[int, int]] = []  # (category, n listings) per instance
@@ -339,8 +351,13 @@ def plan_corpus(n_items: int, seed: int) -> list[dict[str, Any]]:
         c, inst = listings[int(order[idx])]
         specs.append(dict(index=idx, id=f"p{idx:06d}", category=c, instance=inst, missing=[], corrupt=None,
                           standalone_audio=False, empty_wav="", title_mode="ok", table_string=False))
+    return specs
 
-    # corrupt media (disjoint from products with missing modalities)
+
+def _plan_corrupt_media(specs: list[dict[str, Any]], rng: np.random.Generator) -> np.ndarray:
+    """Mark the products with a corrupt video, image or audio file (in turn); returns the other
+    products' indices, shuffled (missing modalities are drawn from them: the two are disjoint)."""
+    n_items = len(specs)
     n_corrupt = min(n_items, max(MIN_CORRUPT, int(round(CORRUPT_RATE * n_items))))
     perm = rng.permutation(n_items)
     corrupt_idx, rest = perm[:n_corrupt], perm[n_corrupt:]
@@ -350,7 +367,12 @@ def plan_corpus(n_items: int, seed: int) -> list[dict[str, Any]]:
         specs[i]["corrupt"] = kind
         if kind == "audio":
             specs[i]["empty_wav"] = "zero-bytes" if (j // 3) % 2 == 0 else "header-only"
-    # standalone audio files
+    return rest
+
+
+def _plan_standalone_audio(specs: list[dict[str, Any]], rng: np.random.Generator) -> None:
+    """Which products have a WAV of their own (a corrupt audio is one; the first corrupt video is
+    also its product's audio source)."""
     for s in specs:
         s["standalone_audio"] = bool(rng.random() < STANDALONE_AUDIO_RATE)
         if s["corrupt"] == "audio":
@@ -358,14 +380,21 @@ def plan_corpus(n_items: int, seed: int) -> list[dict[str, Any]]:
     first_bad_video = next((s for s in specs if s["corrupt"] == "video"), None)
     if first_bad_video is not None:  # a corrupt video that is also the audio source
         first_bad_video["standalone_audio"] = False
-    # missing modalities
-    n_missing = min(len(rest), int(round(MISSING_RATE * n_items)))
+
+
+def _plan_missing_among(specs: list[dict[str, Any]], intact: np.ndarray, rng: np.random.Generator) -> None:
+    """One (80%) or two modalities left out of ``MISSING_RATE`` of the products, among ``intact``."""
+    n_missing = min(len(intact), int(round(MISSING_RATE * len(specs))))
     droppable = ["image", "text", "table", "video"]
     p_drop = np.array([0.2, 0.12, 0.33, 0.35])
-    for i in sorted(int(x) for x in rest[:n_missing]):
+    for i in sorted(int(x) for x in intact[:n_missing]):
         k = 1 if rng.random() < 0.8 else 2
         specs[i]["missing"] = sorted(str(m) for m in rng.choice(droppable, size=k, replace=False, p=p_drop))
-    # title and table form
+
+
+def _plan_title_and_table_form(specs: list[dict[str, Any]], rng: np.random.Generator) -> None:
+    """Mismatched and noisy titles among the titled products; tables in string form."""
+    n_items = len(specs)
     titled = [s for s in specs if "text" not in s["missing"]]
     tperm = rng.permutation(len(titled))
     n_mis = int(round(MISMATCHED_TITLE_RATE * n_items))
@@ -375,7 +404,6 @@ def plan_corpus(n_items: int, seed: int) -> list[dict[str, Any]]:
     for s in specs:
         if "table" not in s["missing"]:
             s["table_string"] = bool(rng.random() < TABLE_STRING_RATE)
-    return specs
 
 
 def _instance(seed: int, category: int, inst: int) -> dict[str, Any]:
@@ -624,77 +652,89 @@ def _make_product(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, 
     """Write one product's media; return (index, JSONL record, status per modality)."""
     seed, spec, out = job
     root = Path(out)
-    rng = seeded_rng(seed, 1, spec["index"])
     cat = CATEGORIES[spec["category"]]
     inst = _instance(seed, spec["category"], spec["instance"])
-    pid, missing, corrupt = spec["id"], set(spec["missing"]), spec["corrupt"]
-    rec: dict[str, Any] = {"id": pid, "label": cat["name"], "instance": f"i{spec['instance']:05d}"}
-    status: dict[str, str] = {}
+    missing = set(spec["missing"])
     # one child generator per modality: a modality's nuisance does not shift another's
-    r_title, r_table, r_img, r_vid, r_aud, r_vaud, r_bad = rng.spawn(7)
-
-    if "text" in missing:
-        status["text"] = "absent"
-    else:
-        title = _title(cat, inst, r_title)
-        if spec["title_mode"] == "mismatched":
-            other = int((spec["category"] + r_title.integers(1, len(CATEGORIES))) % len(CATEGORIES))
-            fake = _instance(seed, other, 1_000_000 + spec["index"])
-            title = _title(CATEGORIES[other], fake, r_title)
-        elif spec["title_mode"] == "noisy":
-            title = _noisy_title(title, inst, r_title)
-        rec["title"] = title
-        status["text"] = "ok"
-
-    if "table" in missing:
-        status["table"] = "absent"
-    else:
-        pairs = _table_pairs(cat, inst, r_table)
-        rec["table"] = ("#;#".join(f"{k}#:#{v}" for k, v in pairs) if spec["table_string"]
-                        else {k: v for k, v in pairs})
-        status["table"] = "ok"
-
-    if "image" in missing:
-        status["image"] = "absent"
-    else:
-        rel = f"images/{pid}.jpg"
-        if corrupt == "image":
-            data, status["image"] = garbage_jpg(r_bad), "failure"
-        else:
-            data, status["image"] = _image_bytes(cat, inst, r_img), "ok"
-        (root / rel).write_bytes(data)
-        rec["image"] = rel
-
-    video_ok = None
-    if "video" in missing:
-        status["video"] = "absent"
-    else:
-        rel = f"videos/{pid}.mp4"
-        n = int(round(r_vid.uniform(*VIDEO_SECONDS) * FPS))
-        sound = _sound(cat, inst, r_vaud, n / FPS)
-        write_video(root / rel, _frames(cat, inst, r_vid, n), sound)
-        if corrupt == "video":
-            truncate_file(root / rel, keep=0.3)
-        video_ok = corrupt != "video"
-        status["video"] = "ok" if video_ok else "failure"
-        rec["video"] = rel
-
+    r_title, r_table, r_img, r_vid, r_aud, r_vaud, r_bad = seeded_rng(seed, 1, spec["index"]).spawn(7)
+    rec: dict[str, Any] = {"id": spec["id"], "label": cat["name"], "instance": f"i{spec['instance']:05d}"}
+    if "text" not in missing:
+        rec["title"] = _product_title(seed, spec, cat, inst, r_title)
+    if "table" not in missing:
+        rec["table"] = _product_table(spec, cat, inst, r_table)
+    if "image" not in missing:
+        rec["image"] = _write_product_image(root, spec, cat, inst, r_img, r_bad)
+    if "video" not in missing:
+        rec["video"] = _write_product_video(root, spec, cat, inst, r_vid, r_vaud)
     if spec["standalone_audio"]:
-        rel = f"audio/{pid}.wav"
-        if corrupt == "audio":
-            data = b"" if spec["empty_wav"] == "zero-bytes" else wav_bytes(None)
-            status["audio"] = "failure"
-        else:
-            data = wav_bytes(_sound(cat, inst, r_aud, float(r_aud.uniform(*WAV_SECONDS))))
-            status["audio"] = "ok"
-        (root / rel).write_bytes(data)
-        rec["audio"] = rel
-    elif video_ok is None:
-        status["audio"] = "absent"
+        rec["audio"] = _write_product_wav(root, spec, cat, inst, r_aud)
+    return spec["index"], rec, _statuses(spec)
+
+
+def _statuses(spec: dict[str, Any]) -> dict[str, str]:
+    """What extraction should find per modality: ok, failure (corrupt media) or absent. Audio
+    without a WAV of its own is the video's sound track."""
+    missing, corrupt = set(spec["missing"]), spec["corrupt"]
+    status = {m: "absent" if m in missing else ("failure" if corrupt == m else "ok")
+              for m in ("text", "table", "image", "video")}
+    if spec["standalone_audio"]:
+        status["audio"] = "failure" if corrupt == "audio" else "ok"
     else:
-        status["audio"] = "ok" if video_ok else "failure"
-    order = ("id", "label", "instance", "title", "table", "image", "video", "audio")
-    return spec["index"], {k: rec[k] for k in order if k in rec}, status
+        status["audio"] = status["video"]
+    return status
+
+
+def _product_title(seed: int, spec: dict[str, Any], cat: dict[str, Any], inst: dict[str, Any],
+                   rng: np.random.Generator) -> str:
+    """The seller's title; a mismatched one describes another category's product."""
+    title = _title(cat, inst, rng)
+    if spec["title_mode"] == "mismatched":
+        other = int((spec["category"] + rng.integers(1, len(CATEGORIES))) % len(CATEGORIES))
+        fake = _instance(seed, other, 1_000_000 + spec["index"])
+        title = _title(CATEGORIES[other], fake, rng)
+    elif spec["title_mode"] == "noisy":
+        title = _noisy_title(title, inst, rng)
+    return title
+
+
+def _product_table(spec: dict[str, Any], cat: dict[str, Any], inst: dict[str, Any],
+                   rng: np.random.Generator) -> dict[str, str] | str:
+    """The table as an object, or in the ``key#:#value#;#...`` string form."""
+    pairs = _table_pairs(cat, inst, rng)
+    return "#;#".join(f"{k}#:#{v}" for k, v in pairs) if spec["table_string"] else {k: v for k, v in pairs}
+
+
+def _write_product_image(root: Path, spec: dict[str, Any], cat: dict[str, Any], inst: dict[str, Any],
+                 rng: np.random.Generator, r_bad: np.random.Generator) -> str:
+    """The product photo (garbage bytes when the image is the corrupt medium); its path."""
+    rel = f"images/{spec['id']}.jpg"
+    data = garbage_jpg(r_bad) if spec["corrupt"] == "image" else _image_bytes(cat, inst, rng)
+    (root / rel).write_bytes(data)
+    return rel
+
+
+def _write_product_video(root: Path, spec: dict[str, Any], cat: dict[str, Any], inst: dict[str, Any],
+                 r_vid: np.random.Generator, r_vaud: np.random.Generator) -> str:
+    """The product video with its sound track (truncated when it is the corrupt medium); its path."""
+    rel = f"videos/{spec['id']}.mp4"
+    n = int(round(r_vid.uniform(*VIDEO_SECONDS) * FPS))
+    sound = _sound(cat, inst, r_vaud, n / FPS)
+    write_video(root / rel, _frames(cat, inst, r_vid, n), sound)
+    if spec["corrupt"] == "video":
+        truncate_file(root / rel, keep=0.3)
+    return rel
+
+
+def _write_product_wav(root: Path, spec: dict[str, Any], cat: dict[str, Any], inst: dict[str, Any],
+               rng: np.random.Generator) -> str:
+    """The standalone recording (empty when audio is the corrupt medium); its path."""
+    rel = f"audio/{spec['id']}.wav"
+    if spec["corrupt"] == "audio":
+        data = b"" if spec["empty_wav"] == "zero-bytes" else wav_bytes(None)
+    else:
+        data = wav_bytes(_sound(cat, inst, rng, float(rng.uniform(*WAV_SECONDS))))
+    (root / rel).write_bytes(data)
+    return rel
 
 
 # --------------------------------------------------------------------------- the corpus
