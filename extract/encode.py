@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from scalemm.extract.config import ExtractConfig
 from scalemm.device import pick_device
+from scalemm.extract.config import ExtractConfig
 
 
 class Backbones:
@@ -58,69 +58,78 @@ class Backbones:
         ``cfg.batch_size``, see :meth:`ImageBackbone.encode`), so an item's features do not
         depend on which other items share its shard: re-extracting a product, or extracting it
         into a grown catalogue, gives the same bits."""
-        c = self.cfg
-        n = len(rows)
-        feats: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
+        feats: list[dict[str, np.ndarray]] = [{} for _ in rows]
         errors: list[dict[str, str]] = [dict(r["errors"]) for r in rows]
-
-        def put(modality: str, idx: list[int], enc: Any) -> None:
-            for j, i in enumerate(idx):
-                feats[i][f"{modality}.tokens"] = enc.tokens[j].astype(np.float16)
-                feats[i][f"{modality}.count"] = np.int32(enc.counts[j])
-                feats[i][f"{modality}.pooled"] = enc.pooled[j].astype(np.float32)
-                if getattr(enc, "entities", None) is not None:
-                    feats[i][f"{modality}.entities"] = enc.entities[j]
-
-        def guarded(modality: str, idx: list[int], run: Callable[[list[int]], Any]) -> None:
-            """Encode a batch; if it fails, retry item by item so one bad input costs one record."""
-            if not idx:
-                return
-            try:
-                put(modality, idx, run(idx))
-            except Exception:
-                for i in idx:
-                    try:
-                        put(modality, [i], run([i]))
-                    except Exception as e:
-                        errors[i][modality] = f"encoder failed: {type(e).__name__}: {e}"
-
-        # images and video frames go through the image backbone in one call
-        img_idx = [i for i in range(n) if "image" in rows[i]["media"]]
-        vid_idx = [i for i in range(n) if "video" in rows[i]["media"]]
-
-        def run_images(idx: list[int]) -> Any:
-            return self.image.encode(np.stack([rows[i]["media"]["image"] for i in idx]), c.batch_size)
-
-        def run_videos(idx: list[int]) -> Any:
-            from scalemm.extract.backbones import EncodedBatch
-            frames = [rows[i]["media"]["video"] for i in idx]
-            enc = self.image.encode(np.concatenate(frames), c.batch_size)
-            T, D = c.video_max_frames, self.image.info.pooled_dim
-            tok = np.zeros((len(idx), T, D), np.float32)
-            cnt = np.zeros(len(idx), np.int32)
-            pooled = np.zeros((len(idx), D), np.float32)
-            o = 0
-            for j, f in enumerate(frames):
-                k = min(len(f), T)
-                tok[j, :k] = enc.pooled[o:o + k]
-                cnt[j] = k
-                pooled[j] = enc.pooled[o:o + len(f)].mean(0)
-                o += len(f)
-            return EncodedBatch(tok, cnt, pooled)
-
-        guarded("image", img_idx, run_images)
-        guarded("video", vid_idx, run_videos)
-
-        txt_idx = [i for i in range(n) if rows[i]["title"]]
-        guarded("text", txt_idx, lambda idx: self.text.encode_texts([rows[i]["title"] for i in idx], c.text_max_tokens,
-                                                                    c.batch_size))
-        tab_idx = [i for i in range(n) if rows[i]["table"]]
-        guarded("table", tab_idx, lambda idx: self.text.encode_tables(
-            [[tuple(kv) for kv in rows[i]["table"]] for i in idx], c.table_max_tokens, c.batch_size))
-        aud_idx = [i for i in range(n) if "audio" in rows[i]["media"]]
-        guarded("audio", aud_idx, lambda idx: self.audio.encode([rows[i]["media"]["audio"] for i in idx]))
+        for modality, has, run in self._routes(rows):
+            idx = [i for i, r in enumerate(rows) if has(r)]
+            _encode_guarded(modality, idx, run, feats, errors)
         return list(zip(feats, errors))
 
+    def _routes(self, rows: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str, Any]], bool],
+                                                               Callable[[list[int]], Any]]]:
+        """Per modality, in encoding order: which rows have it, and how the rows at some indices
+        are encoded (images and video frames by the image backbone, titles and tables by the
+        text backbone, sound tracks by the audio backbone)."""
+        c = self.cfg
+
+        def media(m: str, idx: list[int]) -> list[np.ndarray]:
+            return [rows[i]["media"][m] for i in idx]
+
+        return [
+            ("image", lambda r: "image" in r["media"],
+             lambda idx: self.image.encode(np.stack(media("image", idx)), c.batch_size)),
+            ("video", lambda r: "video" in r["media"], lambda idx: self._encode_videos(media("video", idx))),
+            ("text", lambda r: bool(r["title"]),
+             lambda idx: self.text.encode_texts([rows[i]["title"] for i in idx], c.text_max_tokens, c.batch_size)),
+            ("table", lambda r: bool(r["table"]), lambda idx: self.text.encode_tables(
+                [[tuple(kv) for kv in rows[i]["table"]] for i in idx], c.table_max_tokens, c.batch_size)),
+            ("audio", lambda r: "audio" in r["media"], lambda idx: self.audio.encode(media("audio", idx))),
+        ]
+
+    def _encode_videos(self, frames: list[np.ndarray]) -> Any:
+        """Videos as sequences of pooled frame vectors (at most ``video_max_frames``); a video's
+        pooled vector is the mean over all its frames."""
+        from scalemm.extract.backbones import EncodedBatch
+
+        c = self.cfg
+        enc = self.image.encode(np.concatenate(frames), c.batch_size)
+        T, D = c.video_max_frames, self.image.info.pooled_dim
+        tok = np.zeros((len(frames), T, D), np.float32)
+        cnt = np.zeros(len(frames), np.int32)
+        pooled = np.zeros((len(frames), D), np.float32)
+        o = 0
+        for j, f in enumerate(frames):
+            k = min(len(f), T)
+            tok[j, :k] = enc.pooled[o:o + k]
+            cnt[j] = k
+            pooled[j] = enc.pooled[o:o + len(f)].mean(0)
+            o += len(f)
+        return EncodedBatch(tok, cnt, pooled)
+
+
+def _put(feats: list[dict[str, np.ndarray]], modality: str, idx: list[int], enc: Any) -> None:
+    """Row ``idx[j]``'s features of ``modality`` from item j of ``enc``."""
+    for j, i in enumerate(idx):
+        feats[i][f"{modality}.tokens"] = enc.tokens[j].astype(np.float16)
+        feats[i][f"{modality}.count"] = np.int32(enc.counts[j])
+        feats[i][f"{modality}.pooled"] = enc.pooled[j].astype(np.float32)
+        if getattr(enc, "entities", None) is not None:
+            feats[i][f"{modality}.entities"] = enc.entities[j]
+
+
+def _encode_guarded(modality: str, idx: list[int], run: Callable[[list[int]], Any],
+                    feats: list[dict[str, np.ndarray]], errors: list[dict[str, str]]) -> None:
+    """Encode a batch; if it fails, retry item by item so one bad input costs one record."""
+    if not idx:
+        return
+    try:
+        _put(feats, modality, idx, run(idx))
+    except Exception:
+        for i in idx:
+            try:
+                _put(feats, modality, [i], run([i]))
+            except Exception as e:
+                errors[i][modality] = f"encoder failed: {type(e).__name__}: {e}"
 
 
 def describe_backbones(cfg_dict: dict[str, Any]) -> dict[str, dict[str, Any]]:

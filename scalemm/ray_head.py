@@ -260,14 +260,36 @@ def start_head(folder: str | Path, num_cpus: int | None = None, extra_args: list
     exits during start-up or does not answer within ``timeout`` s (then it is stopped)."""
     folder = Path(folder).absolute()
     folder.mkdir(parents=True, exist_ok=True)
-    old = _read_state(folder)
-    if old is not None and _is_our_head(old) and _state_letter(old.pid) not in (None, "Z"):
-        raise UserError(f"a Ray head started for {folder} is still running (pid {old.pid}); stop it first with "
-                        f"`python pipelines/ray_head.py stop {folder}`")
+    _refuse_a_running_head(folder)
     ray = ray_executable()
     token_path = write_token(folder / TOKEN)
     temp_dir = tempfile.mkdtemp(prefix="scalemm-ray-")
     gcs, dash, agent = free_port(), free_port(), free_port()
+    log_path = folder / LOG
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(_head_command(ray, temp_dir, gcs, dash, agent, num_cpus, extra_args), stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_head_env(ray, token_path),
+                                start_new_session=True)
+    _children[proc.pid] = proc
+    head = Head(dir=str(folder), pid=proc.pid, gcs_address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}",
+                agent_port=agent, token_path=str(token_path), temp_dir=temp_dir, log=str(log_path))
+    write_json_atomic(folder / STATE, asdict(head))
+    _wait_until_it_answers(head, proc, token_path.read_text(), timeout)
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in head.env().items())
+    write_text_atomic(folder / ENV, f"# source this file to use the Ray head of {folder}\nunset RAY_AUTH_TOKEN\n{exports}")
+    return head
+
+
+def _refuse_a_running_head(folder: Path) -> None:
+    old = _read_state(folder)
+    if old is not None and _is_our_head(old) and _state_letter(old.pid) not in (None, "Z"):
+        raise UserError(f"a Ray head started for {folder} is still running (pid {old.pid}); stop it first with "
+                        f"`python pipelines/ray_head.py stop {folder}`")
+
+
+def _head_command(ray: str, temp_dir: str, gcs: int, dash: int, agent: int, num_cpus: int | None,
+                  extra_args: list[str] | tuple[str, ...]) -> list[str]:
+    """``ray start --head`` on free local ports, in the foreground (``--block``)."""
     cmd = [ray, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs}",
            f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={agent}",
@@ -275,19 +297,21 @@ def start_head(folder: str | Path, num_cpus: int | None = None, extra_args: list
            f"--metrics-export-port={free_port()}", "--disable-usage-stats"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
-    cmd += list(extra_args)
+    return cmd + list(extra_args)
+
+
+def _head_env(ray: str, token_path: Path) -> dict[str, str]:
+    """This process's environment without another cluster's settings, with the head's token."""
     env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), RAY_USAGE_STATS_ENABLED="0",
                PYTHONUNBUFFERED="1", PATH=str(Path(ray).parent) + os.pathsep + env.get("PATH", ""))
-    log_path = folder / LOG
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
-    _children[proc.pid] = proc
-    head = Head(dir=str(folder), pid=proc.pid, gcs_address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}",
-                agent_port=agent, token_path=str(token_path), temp_dir=temp_dir, log=str(log_path))
-    write_json_atomic(folder / STATE, asdict(head))
-    token = token_path.read_text()
+    return env
+
+
+def _wait_until_it_answers(head: Head, proc: subprocess.Popen, token: str, timeout: float) -> None:
+    """Poll the head until it answers; stop it and raise :class:`ClusterError` when it exits or
+    ``timeout`` s pass (and on an interrupt)."""
+    log_path = Path(head.log)
     t0 = time.monotonic()
     said = 0.0
     try:
@@ -310,9 +334,6 @@ def start_head(folder: str | Path, num_cpus: int | None = None, extra_args: list
         _terminate(head)
         _cleanup(head)
         raise
-    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in head.env().items())
-    write_text_atomic(folder / ENV, f"# source this file to use the Ray head of {folder}\nunset RAY_AUTH_TOKEN\n{exports}")
-    return head
 
 
 def kill_session(sid: int) -> None:
