@@ -34,9 +34,9 @@ demo: setup
 	SEEDS=$(SEEDS) bash pipelines/demo.sh $(DEMO_OUT) $(DEMO_ITEMS)
 
 # the full reproduction of docs/results.md: the real-media development corpus (1,200 products),
-# 3 seeds, SCALE and the uniform-weight ablation, test split
+# 3 seeds, SCALE, the uniform-weight ablation and the paper's SCALE, test split
 dev: setup media-packages
-	CORPUS=clipart SEEDS=$(DEV_SEEDS) UNIFORM=1 bash pipelines/demo.sh $(DEV_OUT) 1200
+	CORPUS=clipart SEEDS=$(DEV_SEEDS) UNIFORM=1 PAPER=1 bash pipelines/demo.sh $(DEV_OUT) 1200
 
 test: setup
 	$(PY) -m pytest -q tests

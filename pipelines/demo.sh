@@ -12,6 +12,7 @@ SEED=${SEED:-0}
 CORPUS=${CORPUS:-demo}  # demo (synthetic) | clipart (real media; Debian's openclipart-png, espeak-ng)
 SEEDS=${SEEDS:-0}       # training seeds (e.g. 0,1,2): the evaluation reports mean +- std over them
 UNIFORM=${UNIFORM:-0}   # 1: also train scale_uniform (uniform pair weights) and compare
+PAPER=${PAPER:-0}       # 1: also train the paper's SCALE (configs/scale_paper.yaml) and compare
 cd "$(dirname "$0")/.."
 export RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -52,7 +53,7 @@ print("store:", info["items"], "items,", info["failures"], "failures;",
       ", ".join(f"{m} {v['present']}x{v['dim']}" for m, v in info["modalities"].items()), file=sys.stderr)
 PY
 
-step "4/5 training SCALE$([ "$UNIFORM" = 1 ] && echo " and SCALE with uniform pair weights"), seeds $SEEDS, on the train split"
+step "4/5 training SCALE$([ "$UNIFORM" = 1 ] && echo ", SCALE with uniform pair weights")$([ "$PAPER" = 1 ] && echo ", the paper's SCALE"), seeds $SEEDS, on the train split"
 train() {  # RUN [args]: one run per seed in RUN/seed-<s>/; a rerun of the demo resumes them
   local run=$1; shift
   if [ -d "$run/seed-${SEEDS%%,*}/checkpoints" ]; then
@@ -66,6 +67,10 @@ UNIFORM_ARGS=()
 if [ "$UNIFORM" = 1 ]; then
   train "$OUT/run_uniform" --config configs/scale_uniform.yaml
   UNIFORM_ARGS=(--uniform-checkpoint "$OUT/run_uniform")
+fi
+if [ "$PAPER" = 1 ]; then
+  train "$OUT/run_paper" --config configs/scale_paper.yaml
+  UNIFORM_ARGS+=(--model "scale_paper=$OUT/run_paper")
 fi
 
 step "5/5 evaluation on the test split (mean +- std over the seeds) -> $OUT/eval"
