@@ -40,7 +40,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from scalemm import store
 from scalemm.ray_head import private_token
@@ -231,34 +231,16 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
     Starts (and shuts down) a local Ray with ``num_cpus`` CPUs unless Ray is initialised.
     Leaves the corpus and the ``scale * n`` store under ``work`` (``work/feats_big``).
     """
-    import ray
-
-    from scalemm.corpora.demo import make_corpus
-    from scalemm.extract.job import cluster_plan
     from scalemm.device import cpu_threads
+    from scalemm.extract.job import cluster_plan
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    corpus_dir = work / "corpus"
-    t = time.perf_counter()
-    make_corpus(corpus_dir, scale * n, seed=seed)
-    corpus_s = time.perf_counter() - t
+    corpus_dir, corpus_s = _demo_corpus(work / "corpus", scale * n, seed)
     big = corpus_dir / "corpus.jsonl"
     small = _subset_corpus(big, work / f"corpus_{n}.jsonl", n)
-
     cores = int(num_cpus or cpu_threads())
-    started = False
-    token = contextlib.ExitStack()
-    if not ray.is_initialized():
-        token.enter_context(private_token(work))  # its own token: nothing written to ~/.ray
-        t = time.perf_counter()
-        ray.init(address="local", num_cpus=cores, include_dashboard=False,
-                 logging_level=logging.ERROR, log_to_driver=False)
-        ray_init_s = time.perf_counter() - t
-        started = True
-    else:
-        ray_init_s = 0.0
-    try:
+    with _local_ray(work, cores) as ray_init_s:
         plan = cluster_plan(cfg)
         # a first job on a few items starts Ray's worker processes (imports of torch & co.);
         # the timed jobs after it pay only the per-job start-up (backbone loads, actor start)
@@ -267,20 +249,12 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
         shutil.rmtree(work / "feats_warm", ignore_errors=True)
         job_n = _run_job(small, corpus_dir, work / "feats_small", cfg)
         job_big = _run_job(big, corpus_dir, work / "feats_big", cfg)
-    finally:
-        if started:
-            ray.shutdown()
-        token.close()
     log.info("bare pipeline: the same %d items decoded and encoded by %d plain processes", job_big["items"], cores)
     pipe = bare_pipeline(big, corpus_dir, cfg, processes=cores)
     bare = bare_rates(small, corpus_dir, cfg, n, threads=1)
     write = write_rate(work / "feats_big", work / "rewrite")
     ratios, not_measured = job_ratios(job_n, job_big, pipe["items_per_s"], scale)
-    if pipe["failures"] != job_big["failures"]:  # then the two did not do the same work
-        for key in ("extract_efficiency", "extract_efficiency_n", "extract_efficiency_steady"):
-            ratios[key] = None
-            not_measured[key] = (f"the bare pipeline recorded {pipe['failures']} failed item x modality, the job "
-                                 f"{job_big['failures']}: not the same work")
+    _drop_efficiency_unless_same_work(ratios, not_measured, pipe, job_big)
     manifest = store.read_manifest(work / "feats_big") or {}
     return {
         "config": {k: getattr(cfg, k) for k in ("image", "text", "audio", "batch_size", "decode_batch_size",
@@ -300,6 +274,47 @@ def extraction_benchmark(cfg: ExtractConfig, n: int, work: str | Path, scale: in
         "max_tokens": {m: int(i.get("max_tokens", 0)) for m, i in manifest.get("backbones", {}).items()},
         "features_dir": str(work / "feats_big"),
     }
+
+
+def _demo_corpus(out: Path, n_items: int, seed: int) -> tuple[Path, float]:
+    """A demo corpus of ``n_items`` products in ``out``, and the seconds it took."""
+    from scalemm.corpora.demo import make_corpus
+
+    t = time.perf_counter()
+    make_corpus(out, n_items, seed=seed)
+    return out, time.perf_counter() - t
+
+
+@contextlib.contextmanager
+def _local_ray(work: Path, cores: int) -> Iterator[float]:
+    """A local Ray with ``cores`` CPUs and its own token for the block (nothing written to
+    ~/.ray), unless Ray is initialised; yields the seconds ``ray.init`` took (0 when it was not
+    called)."""
+    import ray
+
+    if ray.is_initialized():
+        yield 0.0
+        return
+    with private_token(work):
+        t = time.perf_counter()
+        ray.init(address="local", num_cpus=cores, include_dashboard=False,
+                 logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            yield time.perf_counter() - t
+        finally:
+            ray.shutdown()
+
+
+def _drop_efficiency_unless_same_work(ratios: dict[str, float | None], not_measured: dict[str, str],
+                                      pipe: dict[str, Any], job_big: dict[str, Any]) -> None:
+    """The efficiencies compare the job with the bare pipeline: not measured when the two
+    recorded different failures (then they did not do the same work)."""
+    if pipe["failures"] == job_big["failures"]:
+        return
+    for key in ("extract_efficiency", "extract_efficiency_n", "extract_efficiency_steady"):
+        ratios[key] = None
+        not_measured[key] = (f"the bare pipeline recorded {pipe['failures']} failed item x modality, the job "
+                             f"{job_big['failures']}: not the same work")
 
 
 def job_ratios(job_n: dict[str, Any], job_big: dict[str, Any], bare_items_per_s: float,

@@ -194,68 +194,79 @@ def attention_op_benchmark(batch: int = 64, length: int = 213, heads: int = 4, h
     and, on CPU, the naive path's best case with a warm heap (``naive_over_sdpa_warm_heap``; on
     CUDA the caching allocator makes this moot). With ``memory`` also the peak memory of one
     call of each (as :func:`attention_memory`)."""
-    import torch.nn.functional as F
+    op = _AttentionOp(batch, length, heads, head_dim, device, dropout, seed)
+    out: dict[str, Any] = {"device": str(op.dev), "dtype": str(op.dtype).replace("torch.", ""), "batch": batch,
+                           "length": length, "heads": heads, "head_dim": head_dim, "backward": backward,
+                           "dropout": dropout}
+    med, faults = op.medians(backward, repeats)
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    out.update(sdpa_s=med["sdpa"], naive_s=med["naive"], naive_over_sdpa=med["naive"] / med["sdpa"],
+               regime="CUDA caching allocator" if op.cuda else "as this process has it",
+               **{f"{k}_faults_mb_per_call": sorted(v)[len(v) // 2] * page / 2**20 for k, v in faults.items()})
+    if regimes and backward:
+        fwd, _ = op.medians(False, repeats)
+        out.update(forward_sdpa_s=fwd["sdpa"], forward_naive_s=fwd["naive"],
+                   forward_naive_over_sdpa=fwd["naive"] / fwd["sdpa"])
+    if regimes and not op.cuda:
+        with warm_heap() as name:
+            warm, _ = op.medians(backward, repeats)
+        out.update(warm_heap_sdpa_s=warm["sdpa"], warm_heap_naive_s=warm["naive"],
+                   naive_over_sdpa_warm_heap=warm["naive"] / warm["sdpa"], warm_regime=name)
+    peaks = {impl: _peak(lambda impl=impl: op.run(impl, backward), op.dev) if memory else 0
+             for impl in ("sdpa", "naive")}
+    out.update(sdpa_peak_mb=peaks["sdpa"] / 1e6, naive_peak_mb=peaks["naive"] / 1e6,
+               peak_naive_over_sdpa=peaks["naive"] / max(peaks["sdpa"], 1),
+               score_matrix_mb_analytic=attention_matrix_bytes(batch, length, heads, 1, 2 if op.cuda else 4) / 1e6,
+               memory_method=_MEM_METHOD[op.cuda])
+    return out
 
-    from scalemm.fuse.attention import naive_attention
 
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    g = torch.Generator().manual_seed(seed)
-    qkv = [torch.randn(batch, heads, length, head_dim, generator=g).to(dev) for _ in range(3)]
-    mask = _padded_key(batch, length, g).to(dev)[:, None, None, :]
-    dtype = torch.bfloat16 if cuda else torch.float32
-    grad_out = torch.randn(batch, heads, length, head_dim, generator=g).to(dev, dtype)
-    fns = {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout),
-           "naive": lambda q, k, v: naive_attention(q, k, v, mask, dropout)}
+class _AttentionOp:
+    """SDPA and :func:`naive_attention` on the same seeded q, k, v [B, H, L, dh], boolean
+    key-padding mask and upstream gradient (bf16 on CUDA, float32 on CPU)."""
 
-    def run(impl: str, bw: bool) -> float:
-        q, k, v = (t.detach().to(dtype).requires_grad_(bw) for t in qkv)
-        if cuda:
-            torch.cuda.synchronize(dev)
+    def __init__(self, batch: int, length: int, heads: int, head_dim: int, device: str, dropout: float,
+                 seed: int) -> None:
+        import torch.nn.functional as F
+
+        from scalemm.fuse.attention import naive_attention
+
+        self.dev = torch.device(device)
+        self.cuda = self.dev.type == "cuda"
+        g = torch.Generator().manual_seed(seed)
+        self.qkv = [torch.randn(batch, heads, length, head_dim, generator=g).to(self.dev) for _ in range(3)]
+        mask = _padded_key(batch, length, g).to(self.dev)[:, None, None, :]
+        self.dtype = torch.bfloat16 if self.cuda else torch.float32
+        self.grad_out = torch.randn(batch, heads, length, head_dim, generator=g).to(self.dev, self.dtype)
+        self.fns = {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout),
+                    "naive": lambda q, k, v: naive_attention(q, k, v, mask, dropout)}
+
+    def run(self, impl: str, bw: bool) -> float:
+        """Seconds of one call of ``impl`` (forward, and backward if ``bw``)."""
+        q, k, v = (t.detach().to(self.dtype).requires_grad_(bw) for t in self.qkv)
+        if self.cuda:
+            torch.cuda.synchronize(self.dev)
         t = time.perf_counter()
-        o = fns[impl](q, k, v)
+        o = self.fns[impl](q, k, v)
         if bw:  # a dense upstream gradient (sum().backward() would hand the matmuls a stride-0 one)
-            o.backward(grad_out)
-        if cuda:
-            torch.cuda.synchronize(dev)
+            o.backward(self.grad_out)
+        if self.cuda:
+            torch.cuda.synchronize(self.dev)
         return time.perf_counter() - t
 
-    faults: dict[str, list[int]] = {"sdpa": [], "naive": []}
-
-    def medians(bw: bool) -> dict[str, float]:
+    def medians(self, bw: bool, repeats: int) -> tuple[dict[str, float], dict[str, list[int]]]:
+        """Median seconds per call of each, the two interleaved after a warm-up call; and the
+        minor page faults of every timed call."""
         times: dict[str, list[float]] = {"sdpa": [], "naive": []}
+        faults: dict[str, list[int]] = {"sdpa": [], "naive": []}
         for impl in ("sdpa", "naive"):  # warm-up
-            run(impl, bw)
+            self.run(impl, bw)
         for _ in range(repeats):
             for impl in ("sdpa", "naive"):
                 f0 = _minor_faults()
-                times[impl].append(run(impl, bw))
+                times[impl].append(self.run(impl, bw))
                 faults[impl].append(_minor_faults() - f0)
-        return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-
-    out: dict[str, Any] = {"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "batch": batch,
-                           "length": length, "heads": heads, "head_dim": head_dim, "backward": backward,
-                           "dropout": dropout}
-    med = medians(backward)
-    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-    out.update(sdpa_s=med["sdpa"], naive_s=med["naive"], naive_over_sdpa=med["naive"] / med["sdpa"],
-               regime="CUDA caching allocator" if cuda else "as this process has it",
-               **{f"{k}_faults_mb_per_call": sorted(v)[len(v) // 2] * page / 2**20 for k, v in faults.items()})
-    if regimes and backward:
-        fwd = medians(False)
-        out.update(forward_sdpa_s=fwd["sdpa"], forward_naive_s=fwd["naive"],
-                   forward_naive_over_sdpa=fwd["naive"] / fwd["sdpa"])
-    if regimes and not cuda:
-        with warm_heap() as name:
-            warm = medians(backward)
-        out.update(warm_heap_sdpa_s=warm["sdpa"], warm_heap_naive_s=warm["naive"],
-                   naive_over_sdpa_warm_heap=warm["naive"] / warm["sdpa"], warm_regime=name)
-    peaks = {impl: _peak(lambda impl=impl: run(impl, backward), dev) if memory else 0 for impl in ("sdpa", "naive")}
-    out.update(sdpa_peak_mb=peaks["sdpa"] / 1e6, naive_peak_mb=peaks["naive"] / 1e6,
-               peak_naive_over_sdpa=peaks["naive"] / max(peaks["sdpa"], 1),
-               score_matrix_mb_analytic=attention_matrix_bytes(batch, length, heads, 1, 2 if cuda else 4) / 1e6,
-               memory_method=_MEM_METHOD[cuda])
-    return out
+        return {k: sorted(v)[len(v) // 2] for k, v in times.items()}, faults
 
 
 _MEM_METHOD = {False: "torch.profiler profile_memory: peak of torch's CPU allocator above the start level",

@@ -41,7 +41,7 @@ from typing import Any
 log = logging.getLogger("bench")
 
 # (key, comparison, threshold, description)
-TARGETS = [
+HEADLINE_TARGETS = [
     ("extract_efficiency", ">=", 0.8, "job items/s (4N items, start-up incl.) / the same work without Ray"),
     ("driver_rss_ratio", "<=", 1.2, "extraction driver's peak RSS, 4N items / N items"),
     ("driver_cpu_ratio", "<=", 1.2, "extraction driver's CPU s per 1,000 items, 4N / N"),
@@ -140,127 +140,175 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-def table(r: dict[str, Any]) -> str:
-    """The Markdown table of the headline figures with their targets."""
+def markdown_table(r: dict[str, Any]) -> str:
+    """The Markdown table of the headline figures with their targets, then what was not
+    measured and the machine."""
+    targets = {t["key"]: t for t in r["targets"]}
+    out = ["| stage | metric | measured | target |", "|---|---|---|---|"]
+    for section, rows in (("extract", _extract_rows(r)), ("store", _store_rows(r)), ("fusion", _fusion_rows(r)),
+                          ("index", _index_rows(r)), ("gpu", _gpu_rows(r))):
+        for label, value, *key in rows:
+            t = targets.get(key[0] if key and key[0] else "")
+            target = f"{t['op']} {fmt(t['threshold'])} {t['status']}" if t else ""
+            out.append(f"| {section} | {label} | {fmt(value)} | {target} |")
+    return "\n".join(out + [""] + _footer(r))
+
+
+Row = tuple  # (label, value) or (label, value, target key or None)
+
+
+def _extract_rows(r: dict[str, Any]) -> list[Row]:
     from scalemm.bench.extract_scale import scale_rows
 
-    h = r["headline"]
-    ex, st, fu = r["extract"], r["store"], r["fusion"]
-    targets = {t["key"]: t for t in r["targets"]}
-    rows: list[tuple[str, str, Any, str]] = []
-
-    def add(section: str, label: str, value: Any, key: str | None = None) -> None:
-        t = targets.get(key or "")
-        rows.append((section, label, value, f"{t['op']} {fmt(t['threshold'])} {t['status']}" if t else ""))
-
+    h, ex = r["headline"], r["extract"]
     n, big = ex["n"], ex["n"] * ex["scale"]
-    bp = ex["bare_pipeline"]
-    add("extract", f"job items/s ({big} items, start-up incl.)", ex["job_items_per_s"])
-    add("extract", "job items/s, steady (4N-N)/(t4N-tN)", ex["job_steady_items_per_s"])
-    add("extract", f"bare pipeline items/s (the same {bp['items']} items decoded + encoded, no Ray: "
-        f"{bp['processes']} processes x {bp['torch_threads']} thread)", ex["bare_pipeline_items_per_s"])
-    add("extract", "extract_efficiency (job / bare pipeline)", h["extract_efficiency"], "extract_efficiency")
-    add("extract", f"extract_efficiency of the N={n} job (start-up weighs more)", ex["extract_efficiency_n"])
-    add("extract", "extract_efficiency, steady (steady job / bare pipeline)", ex["extract_efficiency_steady"])
-    pool = ex["actor_pool"]
-    add("extract", "model actor pool (actors x torch threads, CPUs each)",
-        f"{pool['actors']} x {pool['threads']}, {pool['cpus']:g}")
-    add("extract", f"decode items/s per core (1 process, {n} items)", ex["decode_items_per_s"])
-    add("extract", f"model items/s per core (backbones alone, {n} pre-decoded, batch {ex['bare']['batch_size']}, "
-        f"{ex['bare']['torch_threads']} thread)", ex["model_items_per_s"])
-    add("extract", "shard write MB/s (write_shard, fsync)", ex["write_mb_per_s"])
-    add("extract", f"job seconds N={n} / 4N={big}", f"{ex['job_n']['seconds']:.1f} / {ex['job_scaled']['seconds']:.1f}")
-    add("extract", "extract_scaling time(4N)/time(N)", h["extract_scaling"], "extract_scaling")
-    add("extract", "per-job start-up s (intercept of the two jobs)", ex["startup_s"])
-    add("extract", f"cold start s: ray.init + first job ({ex['job_warmup']['items']} items)",
-        f"{ex['ray_init_s']:.1f} + {ex['job_warmup']['seconds']:.1f}")
-    for label, value, key in scale_rows(r["extract_scale"]):
-        add("extract", label, value, key)
-    add("store", "loader samples/s (batch 64)", st["loader"]["samples_per_s"])
-    add("store", "train-step samples/s (fwd+bwd+AdamW)", st["train"]["samples_per_s"])
-    add("store", "loader_headroom", h["loader_headroom"], "loader_headroom")
+    bp, pool = ex["bare_pipeline"], ex["actor_pool"]
+    return [
+        (f"job items/s ({big} items, start-up incl.)", ex["job_items_per_s"]),
+        ("job items/s, steady (4N-N)/(t4N-tN)", ex["job_steady_items_per_s"]),
+        (f"bare pipeline items/s (the same {bp['items']} items decoded + encoded, no Ray: "
+         f"{bp['processes']} processes x {bp['torch_threads']} thread)", ex["bare_pipeline_items_per_s"]),
+        ("extract_efficiency (job / bare pipeline)", h["extract_efficiency"], "extract_efficiency"),
+        (f"extract_efficiency of the N={n} job (start-up weighs more)", ex["extract_efficiency_n"]),
+        ("extract_efficiency, steady (steady job / bare pipeline)", ex["extract_efficiency_steady"]),
+        ("model actor pool (actors x torch threads, CPUs each)", f"{pool['actors']} x {pool['threads']}, {pool['cpus']:g}"),
+        (f"decode items/s per core (1 process, {n} items)", ex["decode_items_per_s"]),
+        (f"model items/s per core (backbones alone, {n} pre-decoded, batch {ex['bare']['batch_size']}, "
+         f"{ex['bare']['torch_threads']} thread)", ex["model_items_per_s"]),
+        ("shard write MB/s (write_shard, fsync)", ex["write_mb_per_s"]),
+        (f"job seconds N={n} / 4N={big}", f"{ex['job_n']['seconds']:.1f} / {ex['job_scaled']['seconds']:.1f}"),
+        ("extract_scaling time(4N)/time(N)", h["extract_scaling"], "extract_scaling"),
+        ("per-job start-up s (intercept of the two jobs)", ex["startup_s"]),
+        (f"cold start s: ray.init + first job ({ex['job_warmup']['items']} items)",
+         f"{ex['ray_init_s']:.1f} + {ex['job_warmup']['seconds']:.1f}"),
+        *scale_rows(r["extract_scale"]),
+    ]
+
+
+def _store_rows(r: dict[str, Any]) -> list[Row]:
+    h, st = r["headline"], r["store"]
     rd = st["read"]
-    add("store", f"HDF5 read MB/s (read_shard, warm; {rd['shards']} files, {rd['mean_file_kb']:,.0f} KB each)",
-        rd["hdf5_mb_per_s"])
-    add("store", "raw read MB/s of the same files (warm)", rd["raw_mb_per_s"])
-    add("store", "store_read_efficiency (HDF5 / raw)", h["store_read_efficiency"])
+    return [
+        ("loader samples/s (batch 64)", st["loader"]["samples_per_s"]),
+        ("train-step samples/s (fwd+bwd+AdamW)", st["train"]["samples_per_s"]),
+        ("loader_headroom", h["loader_headroom"], "loader_headroom"),
+        (f"HDF5 read MB/s (read_shard, warm; {rd['shards']} files, {rd['mean_file_kb']:,.0f} KB each)",
+         rd["hdf5_mb_per_s"]),
+        ("raw read MB/s of the same files (warm)", rd["raw_mb_per_s"]),
+        ("store_read_efficiency (HDF5 / raw)", h["store_read_efficiency"]),
+    ]
+
+
+def _fusion_rows(r: dict[str, Any]) -> list[Row]:
+    h, fu = r["headline"], r["fusion"]
     a = fu["attention_op"]
-    add("fusion", f"attention op fwd+bwd ms, SDPA / naive (B={a['batch']}, L={a['length']}, H={a['heads']}, "
-        f"dh={a['head_dim']}, padding mask, malloc {a['regime']}, after the train steps)", f"{a['sdpa_s'] * 1e3:.0f} / {a['naive_s'] * 1e3:.0f}")
-    add("fusion", "sdpa_speedup (attention op, fwd+bwd)", h["sdpa_speedup"], "sdpa_speedup")
+    rows: list[Row] = [
+        (f"attention op fwd+bwd ms, SDPA / naive (B={a['batch']}, L={a['length']}, H={a['heads']}, "
+         f"dh={a['head_dim']}, padding mask, malloc {a['regime']}, after the train steps)",
+         f"{a['sdpa_s'] * 1e3:.0f} / {a['naive_s'] * 1e3:.0f}"),
+        ("sdpa_speedup (attention op, fwd+bwd)", h["sdpa_speedup"], "sdpa_speedup"),
+    ]
     if "naive_faults_mb_per_call" in a:
-        add("fusion", "page faults per call MB, SDPA / naive (score matrices > glibc's 32 MiB mmap cap)",
-            f"{a['sdpa_faults_mb_per_call']:.0f} / {a['naive_faults_mb_per_call']:.0f}")
+        rows.append(("page faults per call MB, SDPA / naive (score matrices > glibc's 32 MiB mmap cap)",
+                     f"{a['sdpa_faults_mb_per_call']:.0f} / {a['naive_faults_mb_per_call']:.0f}"))
     if "forward_naive_over_sdpa" in a:
-        add("fusion", "sdpa speedup, forward only (inference)", a["forward_naive_over_sdpa"])
+        rows.append(("sdpa speedup, forward only (inference)", a["forward_naive_over_sdpa"]))
     if "naive_over_sdpa_warm_heap" in a:
-        add("fusion", "sdpa speedup fwd+bwd, warm heap (malloc tuned: the naive path's best case)",
-            a["naive_over_sdpa_warm_heap"])
+        rows.append(("sdpa speedup fwd+bwd, warm heap (malloc tuned: the naive path's best case)",
+                     a["naive_over_sdpa_warm_heap"]))
     if fu.get("attention_op_attn_dropout"):
         ad = fu["attention_op_attn_dropout"]
-        add("fusion", f"sdpa speedup fwd+bwd with attention dropout {ad['dropout']} (CPU: math kernel)",
-            ad["naive_over_sdpa"])
-    add("fusion", "peak MB SDPA / naive (op, fwd+bwd, profiler)", f"{a['sdpa_peak_mb']:.0f} / {a['naive_peak_mb']:.0f}")
-    add("fusion", "peak-memory ratio naive/SDPA (op)", a["peak_naive_over_sdpa"])
+        rows.append((f"sdpa speedup fwd+bwd with attention dropout {ad['dropout']} (CPU: math kernel)",
+                     ad["naive_over_sdpa"]))
+    rows += [("peak MB SDPA / naive (op, fwd+bwd, profiler)", f"{a['sdpa_peak_mb']:.0f} / {a['naive_peak_mb']:.0f}"),
+             ("peak-memory ratio naive/SDPA (op)", a["peak_naive_over_sdpa"])]
     if fu.get("attention_model"):
         am, amt, mm = fu["attention_model"], fu["attention_model_train"], fu["memory_model"]
-        add("fusion", f"fusion transformer ({am['layers']} layers) fwd+bwd speedup, eval / train mode",
-            f"{am['naive_over_sdpa']:.2f} / {amt['naive_over_sdpa']:.2f}")
-        add("fusion", "fusion transformer peak MB SDPA / naive", f"{mm['sdpa_peak_mb']:.0f} / {mm['naive_peak_mb']:.0f}")
+        rows += [(f"fusion transformer ({am['layers']} layers) fwd+bwd speedup, eval / train mode",
+                  f"{am['naive_over_sdpa']:.2f} / {amt['naive_over_sdpa']:.2f}"),
+                 ("fusion transformer peak MB SDPA / naive", f"{mm['sdpa_peak_mb']:.0f} / {mm['naive_peak_mb']:.0f}")]
     if fu.get("train_step"):
         ts = fu["train_step"]
-        add("fusion", "train step s, SDPA / naive attention (ScaleModel, batch 64)",
-            f"{ts['sdpa']['step_s']:.2f} / {ts['naive']['step_s']:.2f}")
-        add("fusion", "train-step speedup from SDPA", ts["naive_over_sdpa"])
-    add("fusion", "training samples/s (ScaleModel, batch 64)", h["train_samples_per_s"])
+        rows += [("train step s, SDPA / naive attention (ScaleModel, batch 64)",
+                  f"{ts['sdpa']['step_s']:.2f} / {ts['naive']['step_s']:.2f}"),
+                 ("train-step speedup from SDPA", ts["naive_over_sdpa"])]
+    return rows + [("training samples/s (ScaleModel, batch 64)", h["train_samples_per_s"])]
+
+
+def _index_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     for ix in r["index"]:
         last = ix is r["index"][-1]
         tag = f"{ix['n']:,}"
-        add("index", f"{tag}: {ix['index']} build s", ix["build_s"])
-        add("index", f"{tag}: NumPy / FAISS query s (1k q)", f"{ix['numpy_query_s']:.3f} / {ix['faiss_query_s']:.4f}")
-        add("index", f"{tag}: faiss_speedup", ix["faiss_speedup"], "faiss_speedup" if last else None)
-        add("index", f"{tag}: ann_recall@10", ix["ann_recall@10"], "ann_recall@10" if last else None)
+        rows += [(f"{tag}: {ix['index']} build s", ix["build_s"]),
+                 (f"{tag}: NumPy / FAISS query s (1k q)", f"{ix['numpy_query_s']:.3f} / {ix['faiss_query_s']:.4f}"),
+                 (f"{tag}: faiss_speedup", ix["faiss_speedup"], "faiss_speedup" if last else None),
+                 (f"{tag}: ann_recall@10", ix["ann_recall@10"], "ann_recall@10" if last else None)]
+    return rows
+
+
+def _gpu_rows(r: dict[str, Any]) -> list[Row]:
     g = r.get("gpu") or {}
+    rows: list[Row] = []
     if g.get("vit_b32", {}).get("images_per_s"):
-        add("gpu", "ViT-B-32 images/s (bf16, batch 256)", g["vit_b32"]["images_per_s"])
+        rows.append(("ViT-B-32 images/s (bf16, batch 256)", g["vit_b32"]["images_per_s"]))
     if g.get("attention_op"):
-        add("gpu", "sdpa_speedup on GPU (bf16, op / fusion transformer)",
-            f"{g['attention_op']['naive_over_sdpa']:.2f} / {g['attention_model']['naive_over_sdpa']:.2f}")
-    out = ["| stage | metric | measured | target |", "|---|---|---|---|"]
-    out += [f"| {s} | {lab} | {fmt(v)} | {t} |" for s, lab, v, t in rows]
+        rows.append(("sdpa_speedup on GPU (bf16, op / fusion transformer)",
+                     f"{g['attention_op']['naive_over_sdpa']:.2f} / {g['attention_model']['naive_over_sdpa']:.2f}"))
+    return rows
+
+
+def _footer(r: dict[str, Any]) -> list[str]:
     mi = r["machine"]
-    out.append("")
-    for key, reason in r.get("not_measured", {}).items():
-        out.append(f"- {key} not measured: {reason}")
+    out = [f"- {key} not measured: {reason}" for key, reason in r.get("not_measured", {}).items()]
     out.append(f"Machine: {mi['cpu']}, {mi['cores']} cores, {mi['ram_gb']} GB RAM, GPU: {mi['gpu'] or 'none'}; "
                f"torch {mi['torch']}, faiss {mi['faiss']}, ray {mi['ray']}, python {mi['python']}. "
                f"Mode: {r['mode']}, total {r['seconds']:.0f} s; CPUs busy with other processes just before / "
                f"after the run: {100 * mi['cpu_busy_by_others_start_end'][0]:.0f}% / "
                f"{100 * mi['cpu_busy_by_others_start_end'][1]:.0f}%.")
-    return "\n".join(out)
+    return out
 
 
 def run_bench(a: argparse.Namespace, configs: Path) -> dict[str, Any]:
     """The whole benchmark for the parsed command line ``a`` (see pipelines/bench.py);
-    ``configs`` is the folder of the extraction configs."""
+    ``configs`` is the folder of the extraction configs: measure each stage, put the headline
+    figures against their targets, print the table and write the JSON (and Markdown)."""
     for noisy in ("ray", "scalemm", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not a.verbose else logging.INFO)
-
-    import torch
-
-    from scalemm.bench.evaluate import index_benchmark
-    from scalemm.bench.extract import extraction_benchmark, vit_b32_throughput
-    from scalemm.bench.extract_scale import HEADLINE, scale_benchmark
-    from scalemm.extract.config import load_config
-    from scalemm.bench.fuse import (attention_benchmark, attention_memory, attention_op_benchmark, fusion_length,
-                            loader_benchmark, sdpa_kernels, store_read_benchmark,
-                            train_step_benchmark)
-
+    _import_benchmarks()
     t_all = time.perf_counter()
     busy0 = cpu_busy()
     if busy0 > 0.25:
         log.warning("%.0f%% of the CPUs are busy before the run: other processes share them, timings will "
                     "suffer", 100 * busy0)
+    r = measure(a, configs)
+    add_headline(r)
+    r["seconds"] = time.perf_counter() - t_all
+    r["machine"]["cpu_busy_by_others_start_end"] = [busy0, cpu_busy()]
+    return report(r, a)
+
+
+def _import_benchmarks() -> None:
+    """torch and the benchmark modules, loaded before the clock of the run starts."""
+    import torch  # noqa: F401
+
+    import scalemm.bench.evaluate  # noqa: F401
+    import scalemm.bench.extract  # noqa: F401
+    import scalemm.bench.extract_scale  # noqa: F401
+    import scalemm.bench.fuse  # noqa: F401
+    import scalemm.extract.config  # noqa: F401
+
+
+def measure(a: argparse.Namespace, configs: Path) -> dict[str, Any]:
+    """Every benchmark of the run, in a work folder (a temporary one is removed afterwards)."""
+    import torch
+
+    from scalemm.bench.evaluate import index_benchmark
+    from scalemm.bench.extract import extraction_benchmark, vit_b32_throughput
+    from scalemm.bench.extract_scale import scale_benchmark
+    from scalemm.bench.fuse import attention_benchmark, attention_op_benchmark
+    from scalemm.extract.config import load_config
+
     quick = a.quick
     n = a.items or (32 if quick else 256)
     cfg = load_config(a.config or configs / ("tiny.yaml" if quick else "offline.yaml"))
@@ -275,64 +323,85 @@ def run_bench(a: argparse.Namespace, configs: Path) -> dict[str, Any]:
         log.info("extract at scale: the driver at N and 4N, a store grown by 20%, two nodes")
         r["extract_scale"] = scale_benchmark(configs.parent, a.config or configs / ("tiny.yaml" if quick else "offline.yaml"),
                                              16 if quick else 150, work / "extract_scale", cpus=a.cpus)
-
-        log.info("store: loader, train step, reads on %s", feats)
-        r["store"] = {"features_dir": str(feats), "loader": loader_benchmark(feats, 64, 1.0 if quick else 3.0),
-                      "train": train_step_benchmark(feats, steps=2 if quick else 8, batch_size=64),
-                      "read": store_read_benchmark(feats)}
-
-        # the fusion length of the real (offline) backbones, whatever store the quick run made
-        if quick:
-            from scalemm.extract.encode import Backbones
-            offline = load_config(configs / "offline.yaml")
-            mt = {m: i["max_tokens"] for m, i in Backbones(offline, device="cpu").infos().items()}
-            src = "configs/offline.yaml backbones"
-        else:
-            mt, src = r["extract"]["max_tokens"], "the extracted store"
-        L = fusion_length(mt)
-        log.info("fusion: SDPA vs naive at L=%d (%s), batch 64", L, src)
-        drop, attn_drop = r["store"]["train"]["dropout"], r["store"]["train"]["attn_dropout"]
-        rep = 3 if quick else 7
-        r["fusion"] = {
-            "length": L, "length_from": src, "max_tokens": mt, "train_dropout": drop, "train_attn_dropout": attn_drop,
-            # the attention op alone (q, k, v -> o), the model's boolean padding mask, fwd+bwd, with
-            # malloc as this process has it after the train steps; also forward only, warm heap
-            "attention_op": attention_op_benchmark(64, L, 4, 64, repeats=rep),
-            # which aten kernels SDPA runs: eval, training as configured, with attention dropout
-            "kernels_eval": sdpa_kernels(length=L),
-            "kernels_train": sdpa_kernels(length=L, attn_dropout=attn_drop, train=True),
-            "kernels_attn_dropout": sdpa_kernels(length=L, attn_dropout=0.1),
-            "train_samples_per_s": r["store"]["train"]["samples_per_s"],
-        }
-        if not quick:
-            # what attention dropout would cost: on CPU it sends SDPA to the math kernel
-            r["fusion"]["attention_op_attn_dropout"] = attention_op_benchmark(
-                64, L, 4, 64, repeats=5, dropout=0.1, memory=False, regimes=False)
-            # the whole 2-layer fusion transformer (MLPs, projections, norms included)
-            r["fusion"]["attention_model"] = attention_benchmark(64, L, 256, 4, 2, repeats=5)
-            r["fusion"]["attention_model_train"] = attention_benchmark(64, L, 256, 4, 2, repeats=3, dropout=drop,
-                                                                       attn_dropout=attn_drop)
-            r["fusion"]["memory_model"] = attention_memory(64, L, 256, 4, 2)
-            # the real training step (ScaleModel, default config), SDPA vs naive, one after the other
-            steps = {impl: train_step_benchmark(feats, steps=8, batch_size=64, attention=impl)
-                     for impl in ("sdpa", "naive")}
-            r["fusion"]["train_step"] = {**steps, "naive_over_sdpa": steps["naive"]["step_s"] / steps["sdpa"]["step_s"]}
-
+        r["store"] = store_benchmarks(feats, quick)
+        r["fusion"] = fusion_benchmarks(r, feats, configs, quick)
         r["index"] = []
         for size in sizes:
             log.info("index: %d clustered vectors", size)
             r["index"].append(index_benchmark(size))
-
         if torch.cuda.is_available():
             log.info("gpu: ViT-B-32 bf16 and SDPA on CUDA")
+            L = r["fusion"]["length"]
             r["gpu"] = {"vit_b32": vit_b32_throughput(),
                         "attention_op": attention_op_benchmark(64, L, 4, 64, repeats=10, device="cuda"),
                         "attention_model": attention_benchmark(64, L, 256, 4, 2, repeats=10, device="cuda")}
     finally:
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    return r
 
-    ex, st, last = r["extract"], r["store"], r["index"][-1]
+
+def store_benchmarks(feats: Path, quick: bool) -> dict[str, Any]:
+    """The training loader, the train step and the HDF5 reads on the extracted store."""
+    from scalemm.bench.fuse import loader_benchmark, store_read_benchmark, train_step_benchmark
+
+    log.info("store: loader, train step, reads on %s", feats)
+    return {"features_dir": str(feats), "loader": loader_benchmark(feats, 64, 1.0 if quick else 3.0),
+            "train": train_step_benchmark(feats, steps=2 if quick else 8, batch_size=64),
+            "read": store_read_benchmark(feats)}
+
+
+def fusion_benchmarks(r: dict[str, Any], feats: Path, configs: Path, quick: bool) -> dict[str, Any]:
+    """SDPA against naive attention at the fusion length of the real (offline) backbones,
+    whatever store the quick run made; the full run adds the whole model and the train step."""
+    from scalemm.bench.fuse import (attention_benchmark, attention_memory, attention_op_benchmark, fusion_length,
+                                    sdpa_kernels, train_step_benchmark)
+    from scalemm.extract.config import load_config
+
+    if quick:
+        from scalemm.extract.encode import Backbones
+        offline = load_config(configs / "offline.yaml")
+        mt = {m: i["max_tokens"] for m, i in Backbones(offline, device="cpu").infos().items()}
+        src = "configs/offline.yaml backbones"
+    else:
+        mt, src = r["extract"]["max_tokens"], "the extracted store"
+    L = fusion_length(mt)
+    log.info("fusion: SDPA vs naive at L=%d (%s), batch 64", L, src)
+    drop, attn_drop = r["store"]["train"]["dropout"], r["store"]["train"]["attn_dropout"]
+    rep = 3 if quick else 7
+    fu = {
+        "length": L, "length_from": src, "max_tokens": mt, "train_dropout": drop, "train_attn_dropout": attn_drop,
+        # the attention op alone (q, k, v -> o), the model's boolean padding mask, fwd+bwd, with
+        # malloc as this process has it after the train steps; also forward only, warm heap
+        "attention_op": attention_op_benchmark(64, L, 4, 64, repeats=rep),
+        # which aten kernels SDPA runs: eval, training as configured, with attention dropout
+        "kernels_eval": sdpa_kernels(length=L),
+        "kernels_train": sdpa_kernels(length=L, attn_dropout=attn_drop, train=True),
+        "kernels_attn_dropout": sdpa_kernels(length=L, attn_dropout=0.1),
+        "train_samples_per_s": r["store"]["train"]["samples_per_s"],
+    }
+    if quick:
+        return fu
+    # what attention dropout would cost: on CPU it sends SDPA to the math kernel
+    fu["attention_op_attn_dropout"] = attention_op_benchmark(64, L, 4, 64, repeats=5, dropout=0.1, memory=False,
+                                                             regimes=False)
+    # the whole 2-layer fusion transformer (MLPs, projections, norms included)
+    fu["attention_model"] = attention_benchmark(64, L, 256, 4, 2, repeats=5)
+    fu["attention_model_train"] = attention_benchmark(64, L, 256, 4, 2, repeats=3, dropout=drop,
+                                                      attn_dropout=attn_drop)
+    fu["memory_model"] = attention_memory(64, L, 256, 4, 2)
+    # the real training step (ScaleModel, default config), SDPA vs naive, one after the other
+    steps = {impl: train_step_benchmark(feats, steps=8, batch_size=64, attention=impl) for impl in ("sdpa", "naive")}
+    fu["train_step"] = {**steps, "naive_over_sdpa": steps["naive"]["step_s"] / steps["sdpa"]["step_s"]}
+    return fu
+
+
+def add_headline(r: dict[str, Any]) -> None:
+    """``r["headline"]``: the figures the targets and docs quote, each ratio within its physical
+    bound or None with the reason in ``r["not_measured"]``; ``r["targets"]``: each target's status."""
+    from scalemm.bench.extract_scale import HEADLINE
+
+    ex, st, fu, last = r["extract"], r["store"], r["fusion"], r["index"][-1]
     r["headline"] = {
         "extract_job_items_per_s": ex["job_items_per_s"], "extract_bare_items_per_s": ex["bare_pipeline_items_per_s"],
         "extract_efficiency": ex["extract_efficiency"], "extract_efficiency_steady": ex["extract_efficiency_steady"],
@@ -343,11 +412,11 @@ def run_bench(a: argparse.Namespace, configs: Path) -> dict[str, Any]:
         "loader_headroom": st["loader"]["samples_per_s"] / st["train"]["samples_per_s"],
         "hdf5_read_mb_per_s": st["read"]["hdf5_mb_per_s"], "raw_read_mb_per_s": st["read"]["raw_mb_per_s"],
         "store_read_efficiency": st["read"]["store_read_efficiency"],
-        "sdpa_speedup": r["fusion"]["attention_op"]["naive_over_sdpa"],
-        "sdpa_speedup_forward": r["fusion"]["attention_op"].get("forward_naive_over_sdpa"),
-        "sdpa_speedup_warm_heap": r["fusion"]["attention_op"].get("naive_over_sdpa_warm_heap"),
-        "sdpa_speedup_train_step": r["fusion"].get("train_step", {}).get("naive_over_sdpa"),
-        "attention_peak_memory_ratio": r["fusion"]["attention_op"]["peak_naive_over_sdpa"],
+        "sdpa_speedup": fu["attention_op"]["naive_over_sdpa"],
+        "sdpa_speedup_forward": fu["attention_op"].get("forward_naive_over_sdpa"),
+        "sdpa_speedup_warm_heap": fu["attention_op"].get("naive_over_sdpa_warm_heap"),
+        "sdpa_speedup_train_step": fu.get("train_step", {}).get("naive_over_sdpa"),
+        "attention_peak_memory_ratio": fu["attention_op"]["peak_naive_over_sdpa"],
         "faiss_speedup": last["faiss_speedup"], "ann_recall@10": last["ann_recall@10"],
         "faiss_n": last["n"], "faiss_build_s": last["build_s"],
     }
@@ -359,12 +428,15 @@ def run_bench(a: argparse.Namespace, configs: Path) -> dict[str, Any]:
     within_bounds(r["headline"], r["not_measured"])
     for k in ("sdpa_speedup_train_step", "sdpa_speedup_warm_heap", "sdpa_speedup_forward"):
         if r["headline"][k] is None:
-            r["not_measured"].setdefault(k, "measured in full mode only" if quick else "not run on this device")
+            r["not_measured"].setdefault(k, "measured in full mode only" if r["mode"] == "quick"
+                                         else "not run on this device")
     r["targets"] = [{"key": k, "op": op, "threshold": th, "what": what, "value": r["headline"][k],
-                     "status": check(r["headline"][k], op, th)} for k, op, th, what in TARGETS]
-    r["seconds"] = time.perf_counter() - t_all
-    r["machine"]["cpu_busy_by_others_start_end"] = [busy0, cpu_busy()]
-    text = table(r)
+                     "status": check(r["headline"][k], op, th)} for k, op, th, what in HEADLINE_TARGETS]
+
+
+def report(r: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
+    """Print the table, write the JSON (and the Markdown table with ``--md``); the summary."""
+    text = markdown_table(r)
     print(text, flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(r, indent=2, default=str))
@@ -375,4 +447,3 @@ def run_bench(a: argparse.Namespace, configs: Path) -> dict[str, Any]:
     return {"out": str(a.out), "mode": r["mode"], "seconds": round(r["seconds"], 1),
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r["headline"].items()},
             "targets": {t["key"]: t["status"] for t in r["targets"]}}
-
