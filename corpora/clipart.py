@@ -484,7 +484,7 @@ def _badge(img: Image.Image, rng: np.random.Generator) -> None:
     d.text((x - r * 0.6, y - r * 0.3), str(rng.choice(["SALE", "NEW", "-30%", "HOT", "TOP"])), fill=(255, 255, 255))
 
 
-def _image_bytes(pic: Image.Image, props: list[Image.Image], rng: np.random.Generator) -> bytes:
+def _new_shot(pic: Image.Image, props: list[Image.Image], rng: np.random.Generator) -> bytes:
     """The picture as a seller's product photo: background, props, placement (sometimes cut by
     the frame), light, a badge, a low-resolution upload, JPEG."""
     W = int(rng.choice([192, 224, 256, 288, 320]))
@@ -539,9 +539,9 @@ def _reupload(jpeg: bytes, rng: np.random.Generator) -> bytes:
 def _photo(spec: dict[str, Any], pic: Image.Image, root: str, seed: int, rng: np.random.Generator) -> bytes:
     """The product photo of a listing: a new shot, or the first listing's shot uploaded again."""
     if spec["photo_of"] is None:
-        return _image_bytes(pic, [_picture(root, d) for d in spec["distractors"][-2:]], rng)
+        return _new_shot(pic, [_picture(root, d) for d in spec["distractors"][-2:]], rng)
     r_first = seeded_rng(seed, 1, spec["photo_of"]["index"]).spawn(6)[2]  # the first listing's r_img
-    shot = _image_bytes(pic, [_picture(root, d) for d in spec["photo_of"]["props"]], r_first)
+    shot = _new_shot(pic, [_picture(root, d) for d in spec["photo_of"]["props"]], r_first)
     return _reupload(shot, rng)
 
 
@@ -769,7 +769,8 @@ def _spoken(name: str, rng: np.random.Generator) -> str:
 # --------------------------------------------------------------------------- one product
 
 
-def _make_product(job: tuple[int, dict[str, Any], str, str, list[str]]) -> tuple[int, dict[str, Any], dict[str, Any]]:
+def _make_clipart_product(job: tuple[int, dict[str, Any], str, str, list[str]]
+                          ) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """Write one product's media; return (index, JSONL record, provenance)."""
     seed, spec, out, root, depts = job
     out_p = Path(out)
@@ -822,7 +823,7 @@ def _make_product(job: tuple[int, dict[str, Any], str, str, list[str]]) -> tuple
 # --------------------------------------------------------------------------- the corpus
 
 
-def _stats(seed: int, categories: list[str], root: str, specs: list[dict[str, Any]],
+def _clipart_stats(seed: int, categories: list[str], root: str, specs: list[dict[str, Any]],
            records: list[dict[str, Any]]) -> dict[str, Any]:
     field = {"image": "image", "text": "title", "table": "table", "video": "video", "audio": None}
     mods: dict[str, dict[str, int]] = {}
@@ -882,7 +883,7 @@ def make_corpus(out_dir: str | Path, n_items: int = DEFAULT_ITEMS, seed: int = 0
     out = Path(out_dir)
     depts = sorted({department(c) for c in DEFAULT_CATEGORIES} | {department(c) for c in cats})
     jobs = [(seed, s, str(out), root_s, depts) for s in specs]
-    results = make_products(CLIPART, out, _make_product, jobs, workers=workers, progress=progress, on_item=on_item,
-                            chunksize=4)
+    results = make_products(CLIPART, out, _make_clipart_product, jobs, workers=workers, progress=progress,
+                            on_item=on_item, chunksize=4)
     write_jsonl(out / SOURCES_FILE, [prov for _, _, prov in results])
-    return finish(CLIPART, out, _stats(seed, cats, root_s, specs, [rec for _, rec, _ in results]))
+    return finish(CLIPART, out, _clipart_stats(seed, cats, root_s, specs, [rec for _, rec, _ in results]))

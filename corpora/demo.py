@@ -235,7 +235,7 @@ SOUND_F0 = [150.0 * (10.0 ** (s / (N_SOUNDS - 1))) for s in range(N_SOUNDS)]  # 
 VIBRATO = [(0.0, 0.0), (5.0, 0.012), (0.0, 0.0)]  # sound s uses VIBRATO[s % 3]
 
 # glyphs in unit coordinates ([-1, 1], y down); ops are drawn in order, fill 0 cuts out
-SHAPES: dict[str, list[tuple]] = {
+GLYPHS: dict[str, list[tuple]] = {
     "disk": [("ellipse", (-1, -1, 1, 1), 1)],
     "ring": [("ellipse", (-1, -1, 1, 1), 1), ("ellipse", (-0.48, -0.48, 0.48, 0.48), 0)],
     "triangle": [("poly", [(0, -1), (1, 0.85), (-1, 0.85)], 1)],
@@ -275,7 +275,7 @@ def _canon_mask(shape: str) -> Image.Image:
         def px(x: float) -> float:
             return (x * 0.92 + 1) / 2 * big
 
-        for op in SHAPES[shape]:
+        for op in GLYPHS[shape]:
             kind, fill = op[0], 255 * op[-1]
             if kind == "poly":
                 d.polygon([(px(x), px(y)) for x, y in op[1]], fill=fill)
@@ -541,7 +541,7 @@ def _sprite(inst: dict[str, Any], shape: str, size: float, rng: np.random.Genera
     return Image.fromarray(rgba, "RGBA")
 
 
-def _image_bytes(cat: dict[str, Any], inst: dict[str, Any], rng: np.random.Generator) -> bytes:
+def _product_photo(cat: dict[str, Any], inst: dict[str, Any], rng: np.random.Generator) -> bytes:
     W = IMAGE_SIZE
     obj = [np.array(COLOURS[inst["colour"]][1], np.float32), np.array(COLOURS[inst["colour2"]][1], np.float32)]
     bg = Image.fromarray(np.clip(background(rng, W, W, obj), 0, 255).astype(np.uint8))
@@ -648,7 +648,7 @@ def _sound(cat: dict[str, Any], inst: dict[str, Any], rng: np.random.Generator, 
 # --------------------------------------------------------------------------- one product
 
 
-def _make_product(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, Any], dict[str, str]]:
+def _make_demo_product(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Write one product's media; return (index, JSONL record, status per modality)."""
     seed, spec, out = job
     root = Path(out)
@@ -708,7 +708,7 @@ def _write_product_image(root: Path, spec: dict[str, Any], cat: dict[str, Any], 
                  rng: np.random.Generator, r_bad: np.random.Generator) -> str:
     """The product photo (garbage bytes when the image is the corrupt medium); its path."""
     rel = f"images/{spec['id']}.jpg"
-    data = garbage_jpg(r_bad) if spec["corrupt"] == "image" else _image_bytes(cat, inst, rng)
+    data = garbage_jpg(r_bad) if spec["corrupt"] == "image" else _product_photo(cat, inst, rng)
     (root / rel).write_bytes(data)
     return rel
 
@@ -740,7 +740,7 @@ def _write_product_wav(root: Path, spec: dict[str, Any], cat: dict[str, Any], in
 # --------------------------------------------------------------------------- the corpus
 
 
-def _stats(seed: int, specs: list[dict[str, Any]], records: list[dict[str, Any]],
+def _demo_stats(seed: int, specs: list[dict[str, Any]], records: list[dict[str, Any]],
            statuses: list[dict[str, str]]) -> dict[str, Any]:
     mods = {m: {"expected_ok": 0, "expected_failures": 0, "absent": 0} for m in MODALITIES}
     fail_ids: dict[str, list[str]] = {m: [] for m in MODALITIES}
@@ -799,7 +799,8 @@ def make_corpus(out_dir: str | Path, n_items: int, seed: int = 0, *, workers: in
     n_items, seed = check_request(DEMO, n_items, seed)
     out = Path(out_dir)
     specs = plan_corpus(n_items, seed)
-    results = make_products(DEMO, out, _make_product, [(seed, s, str(out)) for s in specs], workers=workers,
-                            progress=progress, on_item=on_item, chunksize=2)
+    jobs = [(seed, s, str(out)) for s in specs]
+    results = make_products(DEMO, out, _make_demo_product, jobs, workers=workers, progress=progress, on_item=on_item,
+                            chunksize=2)
     records, statuses = [rec for _, rec, _ in results], [st for _, _, st in results]
-    return finish(DEMO, out, _stats(seed, specs, records, statuses))
+    return finish(DEMO, out, _demo_stats(seed, specs, records, statuses))

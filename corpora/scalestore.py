@@ -175,7 +175,7 @@ def _shard(spec: ScaleStoreSpec, plan: _Plan, k: int, a: int, b: int
     return ids, labels, instances, out, failures
 
 
-def provenances(spec: ScaleStoreSpec) -> dict[str, Provenance]:
+def synthetic_provenances(spec: ScaleStoreSpec) -> dict[str, Provenance]:
     code = sources_version([Path(__file__)])
     fp = spec.fingerprint()
     return {m: Provenance(modality=m, backbone=f"synthetic:scale-{m}", weights_hash="0" * 16, pretrained=False,
@@ -193,7 +193,7 @@ def write_scale_store(out: str | Path, spec: ScaleStoreSpec, progress: bool = Tr
         raise StoreExists(f"{out} already exists and is not an empty folder; choose another --out or remove it")
     t0 = time.perf_counter()
     plan = _Plan(spec)
-    provs = provenances(spec)
+    provs = synthetic_provenances(spec)
     first = provs[spec.modalities[0]]
     bounds = list(range(0, spec.n_items, spec.shard_size)) + [spec.n_items]
     n_shards = len(bounds) - 1

@@ -4,7 +4,7 @@ A corpus maker plans its products (one spec each, cheap), then writes::
 
     out_dir/corpus.jsonl        one product per line (format: scalemm/corpus.py)
     out_dir/images/ videos/ audio/   the media, named by product id
-    out_dir/corpus_stats.json   the maker's counts (see its ``_stats``)
+    out_dir/corpus_stats.json   the maker's counts per modality, category sizes and more
     out_dir/.<kind>_corpus      a marker: the folder holds this maker's output
 
 through :func:`make_products`: the folder is prepared (an earlier corpus of the same kind is

@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 
 STATE = "head.json"
 TOKEN = "auth_token"
-LOG = "ray-head.log"
+HEAD_LOG = "ray-head.log"
 ENV = "env.sh"
 # variables of the caller that would point the head or its clients elsewhere
 _DROP_ENV = ("RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
@@ -265,7 +265,7 @@ def start_head(folder: str | Path, num_cpus: int | None = None, extra_args: list
     token_path = write_token(folder / TOKEN)
     temp_dir = tempfile.mkdtemp(prefix="scalemm-ray-")
     gcs, dash, agent = free_port(), free_port(), free_port()
-    log_path = folder / LOG
+    log_path = folder / HEAD_LOG
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(_head_command(ray, temp_dir, gcs, dash, agent, num_cpus, extra_args), stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_head_env(ray, token_path),

@@ -79,7 +79,7 @@ def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "?"
 
 
-def describe(rec: dict[str, Any]) -> str:
+def describe_writer(rec: dict[str, Any]) -> str:
     """The writer of a lock record, for a message: host, pid, Ray job, start time."""
     job = rec.get("ray_job_id") or "?"
     sub = f", submission {rec['submission_id']}" if rec.get("submission_id") else ""
@@ -132,7 +132,7 @@ class StoreLock:
             why = stale_reason(rec, self.path)
             if why is None:
                 raise StoreLockedError(
-                    f"{self.folder} is being written by another extraction ({describe(rec)}); wait for it to "
+                    f"{self.folder} is being written by another extraction ({describe_writer(rec)}); wait for it to "
                     f"finish or choose another --out (a writer that died gives up the store when its lease "
                     f"of {float(rec.get('lease_s', LEASE_S)):.0f} s runs out)")
             if self._take_over(rec, why):
@@ -196,7 +196,7 @@ class StoreLock:
             self._tmp().unlink(missing_ok=True)
             guard.unlink(missing_ok=True)
         log.warning("took over the writer lock of %s from %s: %s", self.folder,
-                    describe(stale) if stale else "an unknown writer", why)
+                    describe_writer(stale) if stale else "an unknown writer", why)
         return True
 
     def release(self) -> None:
@@ -224,7 +224,7 @@ class StoreLock:
                 return
             if not self._mine():
                 rec = read_lock(self.path) or {}
-                self.lost = describe(rec) if rec else "nobody (the lock file was removed)"
+                self.lost = describe_writer(rec) if rec else "nobody (the lock file was removed)"
                 log.error("the writer lock %s was taken over by %s; this job stops", self.path, self.lost)
                 return
             self.record["refreshed"] = time.time()
