@@ -188,20 +188,3 @@ def test_sampled_evaluation_records_its_samples_and_new_products_join_the_catalo
     rc, _, err, _ = run_cli("evaluate.py", "--out", str(out), "--add-products", str(tmp_path / "new.npz"))
     assert rc == 2 and "already in the index" in err.strip().splitlines()[-1]
 
-
-def test_side_by_side_embeddings_are_catalogued_at_their_width(runs, run_cli, tmp_path) -> None:
-    """``embed_weighting: importance_concat`` puts one block per modality side by side: the
-    evaluation writes its catalogue at that width (it used to assume d_model and fail)."""
-    import numpy as np
-    from scalemm.fuse.train import train
-
-    cfg = tiny_config(epochs=1, batch_size=32, train_split="train", embed_weighting="importance_concat",
-                      block_weight=0.0, frozen_blocks=0.1)  # the wide named option, not the default
-    train(runs["feats"], tmp_path / "blocks" / "seed-0", cfg, progress=False)
-    m = _evaluate(run_cli, runs, tmp_path / "blocks", tmp_path / "eval")
-    assert 0.0 <= m["methods"]["scale"]["coarse"]["mAP@1"]["mean"] <= 1.0
-    vectors = np.load(tmp_path / "eval" / "catalogue" / "vectors.npy", mmap_mode="r", allow_pickle=False)
-    from scalemm.fuse.embed import load_model
-    width = load_model(tmp_path / "blocks" / "seed-0")[0].embedding_dim
-    assert width > cfg.d_model * 5 and vectors.shape[1] == width  # the blocks, then the frozen vectors
-    assert np.allclose(np.linalg.norm(vectors[:8], axis=1), 1.0, atol=1e-4)

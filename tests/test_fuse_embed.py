@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from scalemm.store import MODALITIES, StoreError
+from scalemm.store import StoreError
+from scalemm.fuse.config import EmbedSettings
 from scalemm.fuse.embed import embed_store, load_model
 from scalemm.fuse.model import product_embedding
 from scalemm.fuse.reader import FeatureDataset
@@ -27,32 +29,31 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("embed")
     feats = base / "feats"
     write_synthetic_store(feats, n_items=24, missing=0.2, seed=2)
-    # the wide named variant (the sum, each modality's block beside it, the frozen vectors): it
-    # exercises every part of the embedding; the compact default is the sum alone (below)
-    train(feats, base / "run", tiny_config(epochs=1, block_weight=0.35, frozen_blocks=0.1), progress=False)
+    train(feats, base / "run", tiny_config(epochs=1), progress=False)
     return feats, base / "run"
 
 
-def test_the_default_embedding_is_the_compact_sum(trained) -> None:
-    """The default product embedding is d_model wide (at most 512 floats at the default width): the
-    importance-weighted sum alone, equal to the wide variant's first d_model columns re-normalised."""
+def test_the_embedding_is_d_model_wide_under_the_checkpoint_settings(trained) -> None:
+    """The product embedding is d_model wide (at most 512 floats at the default width), made under
+    the embedding settings the checkpoint records (the defaults here); other settings give
+    another embedding of the same width."""
     from scalemm.fuse.config import ScaleConfig
 
-    assert ScaleConfig().block_weight == 0 and ScaleConfig().frozen_blocks == 0 and ScaleConfig().d_model <= 512
+    assert ScaleConfig().d_model <= 512
     feats, run = trained
-    wide = embed_store(run, feats, batch_size=7)
+    res = embed_store(run, feats, batch_size=7)
     model, info = load_model(run)
-    model.cfg.block_weight, model.cfg.frozen_blocks = 0.0, 0.0
+    assert model.embedding == info["config"].embedding == EmbedSettings()
     assert model.embedding_dim == model.cfg.d_model == 32
     ds = FeatureDataset(feats)
     batch = ds.get_batch(np.arange(len(ds)))
     with torch.no_grad():
         out = model(batch)
-        compact = product_embedding(out, "encoder", "importance", 0.0).numpy()
-    assert compact.shape == (len(ds), 32)
-    head = wide["vectors"][:, :32]
-    head = head / np.maximum(np.linalg.norm(head, axis=1, keepdims=True), 1e-12)
-    assert np.allclose(compact, head, atol=1e-5)
+        ref = product_embedding(out, model.embedding).numpy()
+        plain = product_embedding(out, EmbedSettings(weighting="sum")).numpy()
+    assert res["vectors"].shape == ref.shape == plain.shape == (len(ds), 32)
+    assert np.allclose(res["vectors"], ref, atol=1e-5)
+    assert not np.allclose(plain, ref, atol=1e-3)
 
 
 def test_embed_store_outputs(trained) -> None:
@@ -62,11 +63,8 @@ def test_embed_store_outputs(trained) -> None:
     n, M = len(ds), 5
     assert res["ids"] == ds.ids and res["labels"] == ds.labels and res["instances"] == ds.instances
     cfg = load_model(run)[1]["config"]
-    a, fw = cfg.block_weight, cfg.frozen_blocks
-    assert a > 0 and fw > 0  # the wide variant: the sum, each modality's block beside it, the frozen vectors
-    batch = ds.get_batch(np.arange(n))
-    widths = [batch["tokens"][m].shape[2] for m in res["modalities"]]
-    assert res["vectors"].shape == (n, 32 * (1 + M) + sum(widths)) and res["vectors"].dtype == np.float32
+    assert (cfg.embedding.source, cfg.embedding.weighting) == ("encoder", "importance")
+    assert res["vectors"].shape == (n, 32) and res["vectors"].dtype == np.float32
     assert res["pooled"].shape == (n, M, 32) and res["presence"].shape == (n, M)
     assert res["importances"].shape == (n, M)
     pres = np.stack([ds.counts[m] > 0 for m in res["modalities"]], 1)
@@ -74,8 +72,7 @@ def test_embed_store_outputs(trained) -> None:
     norms = np.linalg.norm(res["vectors"], axis=1)
     assert np.allclose(norms[pres.any(1)], 1.0, atol=1e-5)
     # the vector is the importance-weighted sum of the L2-normalised pooled outputs of the
-    # configured source (default embed_from: encoder), or of the fused ones with source="fusion",
-    # followed by the same outputs side by side, each scaled by sqrt(its weight), at weight a
+    # configured source (default embedding.source: encoder), or of the fused ones with source="fusion"
     assert res["enc_pooled"].shape == (n, M, 32)
     w = np.where(pres, res["importances"], 0.0)
     w = w / np.maximum(w.sum(1, keepdims=True), 1e-6)
@@ -83,21 +80,7 @@ def test_embed_store_outputs(trained) -> None:
     def expected(z):
         zn = z / np.maximum(np.linalg.norm(z, axis=2, keepdims=True), 1e-12)
         s = (zn * w[..., None]).sum(1)
-        blocks = (zn * np.sqrt(w)[..., None]).reshape(n, -1)
-        both = np.concatenate([s / np.linalg.norm(s, axis=1, keepdims=True),
-                               a * blocks / np.linalg.norm(blocks, axis=1, keepdims=True)], 1)
-        both = both / np.linalg.norm(both, axis=1, keepdims=True)
-        # then each modality's frozen vector (the mean of its valid tokens), normalised and scaled
-        # by sqrt(its weight), zero where absent, all of them at weight fw
-        frozen = []
-        for j, m in enumerate(res["modalities"]):
-            tok, valid = batch["tokens"][m].numpy(), batch["mask"][m].numpy()
-            mean = (tok * valid[..., None]).sum(1) / np.maximum(valid.sum(1, keepdims=True), 1)
-            frozen.append(mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
-                          * (np.sqrt(w[:, j]) * pres[:, j])[:, None])
-        frozen = np.concatenate(frozen, 1)
-        out = np.concatenate([both, fw * frozen / np.linalg.norm(frozen, axis=1, keepdims=True)], 1)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
+        return s / np.linalg.norm(s, axis=1, keepdims=True)
     assert np.allclose(res["vectors"], expected(res["enc_pooled"]), atol=1e-5)
     fused = embed_store(run, feats, batch_size=7, source="fusion")
     assert np.allclose(fused["vectors"], expected(fused["pooled"]), atol=1e-5)
@@ -115,8 +98,7 @@ def test_modality_subset_is_the_model_with_the_others_absent(trained) -> None:
         batch["present"][m][:] = False
     with torch.no_grad():
         out = model(batch)
-        ref = product_embedding(out, "encoder", model.cfg.embed_weighting, model.cfg.block_weight)
-        ref = model.with_frozen_blocks(ref, model.frozen_vectors(batch), out.present, out.importances).numpy()
+        ref = product_embedding(out, model.embedding).numpy()
     assert np.allclose(sub["vectors"], ref, atol=1e-5)
     full = embed_store(run, feats)
     assert not np.allclose(sub["vectors"], full["vectors"], atol=1e-3)
@@ -134,9 +116,7 @@ def test_embed_cli_writes_npz_without_pickle(trained, tmp_path, run_cli) -> None
     with np.load(out_path, allow_pickle=False) as z:
         for k in ("ids", "labels", "instances", "vectors", "presence", "importances", "modalities"):
             assert k in z.files, k
-        frozen = sum(FeatureDataset(feats).get_batch([0])["tokens"][m].shape[2] for m in MODALITIES)
-        # the sum, 5 blocks and the frozen vectors (those of absent modalities zero)
-        assert z["ids"].dtype.kind == "U" and z["vectors"].shape == (24, 32 * 6 + frozen)
+        assert z["ids"].dtype.kind == "U" and z["vectors"].shape == (24, 32)
         ref = embed_store(run, feats, modalities=["image", "text"])
         assert np.allclose(z["vectors"], ref["vectors"]) and z["ids"].tolist() == ref["ids"]
 
@@ -179,7 +159,7 @@ def test_train_cli_last_line_is_json(tmp_path) -> None:
     write_synthetic_store(feats, n_items=16, shards=1, seed=4)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("d_model: 16\nheads: 2\nencoder_layers: 1\nfusion_layers: 1\nbatch_size: 8\n"
-                   "threads: 1\ntensorboard: true\ntrain_split: all\n")
+                   "train_split: all\nruntime:\n  threads: 1\n  tensorboard: true\n")
     proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train.py"), "--features", str(feats),
                            "--out", str(tmp_path / "run"), "--config", str(cfg), "--epochs", "1"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -192,39 +172,42 @@ def test_train_cli_last_line_is_json(tmp_path) -> None:
     assert (tmp_path / "run" / "training.png").stat().st_size > 1000
 
 
-def test_a_checkpoint_from_before_the_agreement_setting_loads_as_trained(trained, tmp_path) -> None:
-    """Checkpoints saved before ``agreement`` existed were trained with the mean agreement, and
-    before ``importance_shrink`` kept no running mean importance; they must load as they were
-    trained, not with today's defaults."""
+def test_an_old_checkpoint_from_before_the_corrections_loads_as_trained(trained, tmp_path) -> None:
+    """A scale-fuse-1 checkpoint saved before ``importance_shrink`` and ``identification_power``
+    existed kept no running statistics and embedded without the corrections; it must load as it
+    was trained (both off, the statistics zero), not with today's defaults."""
     import json
     import shutil
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
-    from scalemm.fuse.checkpoint import load_weights, resolve_weights
+    from scalemm.fuse.checkpoint import FORMAT, load_weights, resolve_weights
 
     _, run = trained
-    assert load_weights(run)[1].agreement == "corroborated"
+    today = load_weights(run)[1].embedding
+    assert today.importance_shrink > 0 and today.identification_power > 0
     old = tmp_path / "old"
     shutil.copytree(run, old)
     w = resolve_weights(old)
     with safe_open(w, "pt") as f:
         meta = dict(f.metadata())
+    assert meta["format"] == FORMAT
     cfg = json.loads(meta["config"])
-    assert cfg["frozen_blocks"] > 0
-    del cfg["agreement"], cfg["importance_shrink"], cfg["identification_power"], cfg["frozen_blocks"]
-    meta["config"] = json.dumps(cfg)
+    emb = cfg.pop("embedding")  # the old flat layout, without the two corrections' keys
+    cfg.update(embed_from=emb["source"], embed_weighting=emb["weighting"], agreement="corroborated")
+    meta.update(format="scale-fuse-1", config=json.dumps(cfg))
     tensors = load_file(w)
     assert tensors["harmonizer.importance_updates"].min() > 0  # kept in training
     assert tensors["harmonizer.identification_updates"].min() > 0
     save_file({k: v for k, v in tensors.items() if ".importance_" not in k and ".identification_" not in k},
               w, metadata=meta)
     cfg = load_weights(old)[1]
-    assert (cfg.agreement, cfg.importance_shrink, cfg.identification_power) == ("mean", 0.0, 0.0)
-    assert cfg.frozen_blocks == 0.0  # their embedding carried no frozen vector
+    assert (cfg.embedding.importance_shrink, cfg.embedding.identification_power) == (0.0, 0.0)
+    assert (cfg.embedding.source, cfg.embedding.weighting) == (emb["source"], emb["weighting"])
     model, _ = load_model(old)
-    assert model.embedding_dim == cfg.d_model * (1 + len(model.modalities))
-    assert model.harmonizer.agreement == "mean" and model.harmonizer.shrink == 0
-    assert model.harmonizer.identification == 0
+    assert model.embedding_dim == cfg.d_model
+    assert model.harmonizer.shrink == 0 and model.harmonizer.identification == 0
+    assert float(model.harmonizer.importance_updates.sum()) == 0  # missing: left zero
+    assert float(model.harmonizer.identification_updates.sum()) == 0
 
 
 def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(trained) -> None:
@@ -240,7 +223,7 @@ def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(train
     loader = make_loader(ds, EpochBatchSampler(ds, 10, seed=0, shuffle=False, drop_last=False))
     variants = [Variant("scale"), Variant("fused", source="fusion"), Variant("t+i", ("text", "image")),
                 Variant("drop", drop=0.4, drop_seed=3), Variant("fused_drop", drop=0.4, drop_seed=3, source="fusion")]
-    res = embed_variants(model, loader, variants, torch.device("cpu"), "encoder")
+    res = embed_variants(model, loader, variants, torch.device("cpu"))
     batch = ds.get_batch(np.arange(len(ds)))
     with torch.no_grad():
         enc = model.encode(batch)
@@ -250,14 +233,13 @@ def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(train
         for v in variants:
             keep = torch.from_numpy(variant_presence(v, model.modalities, ds.ids))
             out = model.fuse(enc, keep)
-            ref = product_embedding(out, v.source or "encoder", info["config"].embed_weighting,
-                                    info["config"].block_weight)
-            ref = model.with_frozen_blocks(ref, model.frozen_vectors(batch), out.present, out.importances)
+            ref = product_embedding(out, dataclasses.replace(info["config"].embedding,
+                                                             source=v.source or model.embedding.source))
             assert np.allclose(res["vectors"][v.name], ref.numpy(), atol=1e-5), v.name
     # at scale: only some rows kept in memory, a writer gets every row of its variant
     rows = np.array([0, 3, 9, 10, 11, 23])
     chunks: list[np.ndarray] = []
-    part = embed_variants(model, loader, variants, torch.device("cpu"), "encoder", rows=rows,
+    part = embed_variants(model, loader, variants, torch.device("cpu"), rows=rows,
                           writers={"scale": chunks.append})
     assert part["ids"] == [ds.ids[i] for i in rows] and part["presence"].shape == (6, 5)
     for v in variants:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from scalemm.fuse.attention import Block, Transformer, naive_attention
+from scalemm.fuse.config import EmbedSettings
 from scalemm.fuse.model import ScaleModel, SelfHarmonizer, product_embedding
 from fuse_helpers import SMALL_SHAPES, random_batch, tiny_config
 
@@ -20,10 +21,14 @@ def _model(**kw) -> ScaleModel:
     return m.eval()
 
 
+# the paper's embedding: the plain sum of the fused pooled outputs (every part of the model shows in it)
+FUSED_SUM = EmbedSettings(source="fusion", weighting="sum")
+
+
 def _outputs(model: ScaleModel, batch, masks=None) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         out = model(batch, masks)
-    res = {"pooled": out.pooled, "enc": out.enc_pooled, "W": out.weights, "emb": product_embedding(out)}
+    res = {"pooled": out.pooled, "enc": out.enc_pooled, "W": out.weights, "emb": product_embedding(out, FUSED_SUM)}
     for m, (pred, rows, cols) in out.masked.items():
         res[f"pred_{m}"] = pred
     return res
@@ -100,7 +105,7 @@ def test_harmonized_weights_properties() -> None:
     assert ((imp >= 0) & (imp <= 1 + 1e-6)).all()
     assert (imp[~P] == 0).all()
     assert torch.allclose(imp[2, 1], torch.tensor(1.0))  # a lone modality is all of its row
-    assert (W[3] == 0).all() and (product_embedding(out)[3] == 0).all()
+    assert (W[3] == 0).all() and (product_embedding(out, FUSED_SUM)[3] == 0).all()
     # uniform mode: W = 1 on present pairs
     uni = _model(harmonize=False)
     with torch.no_grad():
@@ -110,7 +115,7 @@ def test_harmonized_weights_properties() -> None:
 
 def test_harmonizer_matches_definition_and_gradients_are_finite() -> None:
     torch.manual_seed(0)
-    h = SelfHarmonizer(8)
+    h = SelfHarmonizer(8, n_modalities=4)
     pooled = torch.randn(3, 4, 8, requires_grad=True)
     present = torch.tensor([[1, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
     W, imp = h(pooled, present)
@@ -126,36 +131,48 @@ def test_harmonizer_matches_definition_and_gradients_are_finite() -> None:
     assert torch.isfinite(pooled.grad).all()
 
 
-def _identity_harmonizer(agreement: str) -> SelfHarmonizer:
-    h = SelfHarmonizer(4, importance="agreement", n_modalities=4, agreement=agreement)
+def _identity_harmonizer(**kw) -> SelfHarmonizer:
+    h = SelfHarmonizer(4, importance="gated", n_modalities=4, **kw)
     with torch.no_grad():  # f = ReLU(x): S is the cosine of the (non-negative) inputs themselves
         h.proj.weight.copy_(torch.eye(4))
         h.proj.bias.zero_()
     return h
 
 
+def _gate(h: SelfHarmonizer, m: int, agreement: torch.Tensor) -> torch.Tensor:
+    """The gated importance of modality m for an agreement: sigmoid(a softplus(s_m) + b_m)."""
+    return torch.sigmoid(agreement * torch.nn.functional.softplus(h.gate_scale[m]) + h.gate_bias[m])
+
+
 def test_corroborated_agreement_leaves_out_the_closest_modality() -> None:
     """A picture and its near-copy (the video) agree with each other best; a title agrees less
-    with each, more evenly. The mean agreement ranks the near-copies above the title; leaving each
-    modality's closest other modality out ranks the title first."""
+    with each, more evenly. The mean agreement ranks the near-copies above the title; the gated
+    importance rests on each modality's agreement with its closest other modality left out, which
+    ranks the title first."""
     image, title, table, video = [1, 0, 0, .3], [.7, .2, .7, .1], [0, 1, 0, .3], [1, .05, 0, .3]
     x = torch.tensor([[image, title, table, video]])
     full = torch.ones(1, 4, dtype=torch.bool)
     fn = torch.nn.functional.normalize(x[0], dim=-1)
     S = fn @ fn.T
-    _, mean = _identity_harmonizer("mean")(x, full)
-    _, corr = _identity_harmonizer("corroborated")(x, full)
-    for m in range(4):
-        others = [S[m, n] for n in range(4) if n != m]
-        assert torch.isclose(mean[0, m], sum(others) / 3, atol=1e-5)
-        assert torch.isclose(corr[0, m], (sum(others) - max(others)) / 2, atol=1e-5)
-    assert mean[0, 0] > mean[0, 1] and mean[0, 3] > mean[0, 1]  # the near-copies first
-    assert corr[0, 1] > corr[0, 0] and corr[0, 1] > corr[0, 3]  # the title first
+    h = _identity_harmonizer()
+    with torch.no_grad():
+        _, imp = h(x, full)
+        mean, corr = torch.zeros(4), torch.zeros(4)
+        for m in range(4):
+            others = [S[m, n] for n in range(4) if n != m]
+            mean[m], corr[m] = sum(others) / 3, (sum(others) - max(others)) / 2
+            assert torch.isclose(imp[0, m], _gate(h, m, corr[m]), atol=1e-5)
+            assert not torch.isclose(imp[0, m], _gate(h, m, mean[m]), atol=1e-4)  # not the plain mean
+    assert mean[0] > mean[1] and mean[3] > mean[1]  # the plain mean: the near-copies first
+    assert imp[0, 1] > imp[0, 0] and imp[0, 1] > imp[0, 3]  # corroborated: the title first
     # with one other modality present nothing is left out; a lone modality weighs 1
     two = torch.tensor([[True, True, False, False]])
     one = torch.tensor([[False, False, True, False]])
-    assert torch.allclose(_identity_harmonizer("corroborated")(x, two)[1], _identity_harmonizer("mean")(x, two)[1])
-    assert torch.equal(_identity_harmonizer("corroborated")(x, one)[1], one.float())
+    with torch.no_grad():
+        pair = h(x, two)[1]
+        assert torch.allclose(pair[0, :2], torch.stack([_gate(h, 0, S[0, 1]), _gate(h, 1, S[0, 1])]), atol=1e-5)
+        assert (pair[0, 2:] == 0).all()
+        assert torch.equal(h(x, one)[1], one.float())
 
 
 def test_running_mean_importance_and_shrinkage_outside_training() -> None:
@@ -164,15 +181,15 @@ def test_running_mean_importance_and_shrinkage_outside_training() -> None:
     moves towards that mean by n / (n + k), n = the modalities its agreement rests on."""
     torch.manual_seed(0)
     k = 3.0
-    h = SelfHarmonizer(4, importance="agreement", n_modalities=4, agreement="corroborated", shrink=k)
-    plain = SelfHarmonizer(4, importance="agreement", n_modalities=4, agreement="corroborated")
-    plain.load_state_dict({n: v for n, v in h.state_dict().items() if not n.startswith("importance_")})
+    h = SelfHarmonizer(4, importance="gated", n_modalities=4, shrink=k)
+    plain = SelfHarmonizer(4, importance="gated", n_modalities=4)  # the same weights, no shrinkage
+    plain.load_state_dict(h.state_dict())
     x1, x2 = torch.rand(6, 4, 4), torch.rand(6, 4, 4)
     p1 = torch.ones(6, 4, dtype=torch.bool)
     p2 = p1.clone()
     p2[:, 3] = False  # modality 3 absent from the whole second batch
     p2[0, 2] = False
-    assert "importance_mean" not in plain.state_dict() and "importance_mean" in h.state_dict()
+    assert "importance_mean" in plain.state_dict() and "importance_mean" in h.state_dict()  # always kept
     with torch.no_grad():
         _, before = h.eval()(x1, p1)  # no mean kept yet: nothing to shrink towards
         assert torch.equal(before, plain.eval()(x1, p1)[1])
@@ -190,6 +207,7 @@ def test_running_mean_importance_and_shrinkage_outside_training() -> None:
 
     h.eval()
     mean = h.importance_mean
+    plain.load_state_dict(h.state_dict())  # the same running mean: shrink 0 leaves it unused
     x = torch.rand(3, 4, 4)
     pres = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
     with torch.no_grad():
@@ -210,7 +228,7 @@ def test_identification_rate_finds_the_modality_that_tells_products_apart() -> N
     modality that is the same for every product (a template) identifies almost none, and outside
     training importances are scaled by (rate / best rate) ** p."""
     B, p = 8, 0.5
-    h = SelfHarmonizer(10, importance="agreement", n_modalities=3, identification=p)
+    h = SelfHarmonizer(10, importance="gated", n_modalities=3, identification=p)
     eye = torch.eye(10)
     pooled = torch.stack([eye[:B], eye[:B], eye[9].expand(B, 10)], 1)  # two telling modalities, one template
     present = torch.ones(B, 3, dtype=torch.bool)
@@ -226,8 +244,8 @@ def test_identification_rate_finds_the_modality_that_tells_products_apart() -> N
     assert torch.allclose(h.identification_rate, torch.tensor([1.0, 1.0, 0.9 / B + 0.1]))
     assert h.identification_updates.tolist() == [2, 2, 2]
     x = torch.rand(4, 3, 10)
-    plain = SelfHarmonizer(10, importance="agreement", n_modalities=3)
-    plain.load_state_dict({n: v for n, v in h.state_dict().items() if not n.startswith("identification_")})
+    plain = SelfHarmonizer(10, importance="gated", n_modalities=3)
+    plain.load_state_dict(h.state_dict())  # the same weights and rates: power 0 leaves the rates unused
     with torch.no_grad():
         _, raw = plain.eval()(x, torch.ones(4, 3, dtype=torch.bool))
         _, scaled = h.eval()(x, torch.ones(4, 3, dtype=torch.bool))
@@ -241,7 +259,8 @@ def test_identification_rate_finds_the_modality_that_tells_products_apart() -> N
 
 def test_only_full_training_passes_update_the_running_statistics() -> None:
     """The model folds the full products of a training batch into the running mean; evaluation
-    passes and subset passes (ablations) leave it alone, and uniform weights keep none."""
+    passes and subset passes (ablations) leave it alone, and uniform weights (harmonize: false)
+    and the diagonal importance update nothing."""
     batch = random_batch(present=PRESENCE)
     model = _model()
     assert model.harmonizer.shrink > 0
@@ -258,94 +277,37 @@ def test_only_full_training_passes_update_the_running_statistics() -> None:
     assert torch.allclose(model.harmonizer.importance_mean, (out.importances * present).sum(0) / present.sum(0))
     assert model.harmonizer.identification_updates.tolist() == [1.0] * 5  # the same passes only
     assert 0 <= model.harmonizer.identification_rate.min() and model.harmonizer.identification_rate.max() <= 1
-    uniform = _model(harmonize=False).state_dict()
-    assert "harmonizer.importance_mean" not in uniform and "harmonizer.identification_rate" not in uniform
-
-
-def test_embedding_width_follows_the_weighting() -> None:
-    batch = random_batch(4, present=PRESENCE, seed=2)
-    frozen = sum(d for _, d in SMALL_SHAPES.values())  # the token widths
-    for weighting, bw, fw, blocks in (("importance", 0.0, 0.0, 1), ("sum", 0.0, 0.0, 1),
-                                      ("importance_concat", 0.0, 0.0, 5), ("importance", 0.35, 0.0, 6),
-                                      ("importance", 0.35, 0.1, 6), ("sum", 0.0, 0.1, 1)):
-        model = _model(embed_weighting=weighting, block_weight=bw, frozen_blocks=fw)
+    for kw in ({"harmonize": False}, {"importance": "diagonal"}):
+        other = _model(**kw).train()
         with torch.no_grad():
-            out = model(batch)
-            emb = model.with_frozen_blocks(product_embedding(out, "encoder", weighting, bw),
-                                           model.frozen_vectors(batch), out.present, out.importances)
-        assert model.embedding_dim == model.cfg.d_model * blocks + (frozen if fw else 0) == emb.shape[1]
-        assert torch.allclose(emb.norm(dim=1), torch.ones(len(emb)), atol=1e-5)
+            other(batch)
+        for name in SelfHarmonizer.RUNNING:  # registered (a checkpoint has them), never updated
+            assert (getattr(other.harmonizer, name) == 0).all(), (kw, name)
 
 
-def test_frozen_blocks_carry_the_token_means_weighed_by_importance() -> None:
-    """With ``frozen_blocks`` f the learned embedding is followed by each modality's frozen vector
-    (the mean of its valid tokens), normalised and scaled by sqrt(its importance share): the
-    cosine of two products is (cos_learned + f^2 cos_frozen) / (1 + f^2); an absent modality's
-    block is zero, and a modality with the larger importance has the longer block."""
-    batch = random_batch(4, present=PRESENCE, seed=3)
-    model = _model(frozen_blocks=0.5)
-    with torch.no_grad():
-        out = model(batch)
-        learned = product_embedding(out, "encoder", "importance", model.cfg.block_weight)
-        emb = model.with_frozen_blocks(learned, model.frozen_vectors(batch), out.present, out.importances)
-    width = learned.shape[1]
-    assert torch.allclose(emb[:, :width] * (1 + 0.25) ** 0.5, learned, atol=1e-5)
-    frozen = emb[:, width:] * (1 + 0.25) ** 0.5 / 0.5
-    assert torch.allclose(frozen.norm(dim=1), torch.ones(len(emb)), atol=1e-5)
-    w = torch.where(out.present, out.importances, torch.zeros(()))
-    w = w / w.sum(1, keepdim=True)
-    start = 0
-    for j, m in enumerate(model.modalities):
-        d = SMALL_SHAPES[m][1]
-        block = frozen[:, start:start + d]
-        start += d
-        valid = batch["mask"][m]
-        mean = (batch["tokens"][m] * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp_min(1)
-        for i in range(len(emb)):
-            if not out.present[i, j]:
-                assert (block[i] == 0).all()
-                continue
-            # the shares w sum to 1, so block m's length is sqrt(w_m) and the blocks' total is 1
-            assert torch.allclose(block[i].norm(), torch.sqrt(w[i, j]), atol=1e-5)
-            assert torch.allclose(block[i] / block[i].norm(), mean[i] / mean[i].norm(), atol=1e-4)
-    assert start == frozen.shape[1]
-    # the cosines mix by the weight
-    assert torch.allclose(emb @ emb.T, (learned @ learned.T + 0.25 * (frozen @ frozen.T)) / 1.25, atol=1e-5)
-    # weight 0 is the learned embedding itself
-    plain = _model(frozen_blocks=0.0)
-    assert plain.frozen_vectors(batch) is None
-    assert plain.with_frozen_blocks(learned, model.frozen_vectors(batch), out.present, out.importances) is learned
-
-
-def test_blocks_beside_the_sum_mix_the_two_cosines_by_their_weight() -> None:
-    """The embedding with ``block_weight`` a: its first d_model columns are the summed embedding, the
-    rest the side-by-side one, and the cosine of two products is (cos_sum + a^2 cos_blocks) / (1 + a^2)."""
+def test_embedding_is_d_model_wide_under_every_setting() -> None:
+    """The product embedding is d_model wide and unit length whatever its source and weighting,
+    and the model embeds with the settings it was given (set_embedding changes them)."""
     batch = random_batch(4, present=PRESENCE, seed=2)
-    model = _model(block_weight=0.5)
-    with torch.no_grad():
-        out = model(batch)
-        both = product_embedding(out, "encoder", "importance", 0.5)
-        s = product_embedding(out, "encoder", "importance")
-        b = product_embedding(out, "encoder", "importance_concat")
-    d = model.cfg.d_model
-    assert torch.allclose(both[:, :d] * (1 + 0.25) ** 0.5, s, atol=1e-5)
-    assert torch.allclose(both[:, d:] * (1 + 0.25) ** 0.5, b * 0.5, atol=1e-5)
-    assert torch.allclose(both @ both.T, (s @ s.T + 0.25 * (b @ b.T)) / 1.25, atol=1e-5)
-    # a modality the product lacks has a zero block
-    absent = ~out.present
-    blocks = both[:, d:].reshape(len(both), len(model.modalities), d)
-    assert (blocks[absent] == 0).all() and (blocks[out.present].norm(dim=-1) > 0).all()
-
-
-@pytest.mark.parametrize("kw, match", [({"frozen_blocks": -0.1}, "frozen_blocks must be"),
-                                       ({"frozen_blocks": float("inf")}, "frozen_blocks must be"),
-                                       ({"block_weight": -0.1}, "block_weight must be"),
-                                       ({"block_weight": float("nan")}, "block_weight must be"),
-                                       ({"embed_weighting": "sum"}, "needs embed_weighting 'importance'")])
-def test_block_weight_is_checked(kw, match) -> None:
-    from scalemm.fuse.config import ConfigError, ScaleConfig
-    with pytest.raises(ConfigError, match=match):
-        ScaleConfig(**{"block_weight": 0.35, **kw})
+    embs = {}
+    for source in ("encoder", "fusion"):
+        for weighting in ("importance", "sum"):
+            model = _model(source=source, weighting=weighting)
+            assert model.embedding == EmbedSettings(source=source, weighting=weighting)
+            with torch.no_grad():
+                out = model(batch)
+                emb = product_embedding(out, model.embedding)
+            assert model.embedding_dim == model.cfg.d_model == emb.shape[1]
+            assert torch.allclose(emb.norm(dim=1), torch.ones(len(emb)), atol=1e-5)
+            embs[source, weighting] = emb
+    for a in embs:  # every setting gives another embedding
+        for b in embs:
+            assert a == b or not torch.allclose(embs[a], embs[b], atol=1e-4), (a, b)
+    model = _model()
+    model.set_embedding(EmbedSettings(importance_shrink=0.0, identification_power=0.5))
+    assert model.harmonizer.shrink == 0.0 and model.harmonizer.identification == 0.5
+    uniform = _model(harmonize=False)  # no harmonizing: no importance corrections
+    assert uniform.harmonizer.shrink == 0.0 and uniform.harmonizer.identification == 0.0
 
 
 def test_block_sdpa_equals_naive_reference() -> None:
@@ -365,9 +327,13 @@ def test_block_sdpa_equals_naive_reference() -> None:
 
 
 def test_training_mode_keeps_the_fused_cpu_kernel_and_attn_dropout_drops() -> None:
-    """The default (attn_dropout 0) trains through SDPA's fused kernel, not the math fallback;
-    attn_dropout > 0 really drops attention probabilities in training, and only there."""
+    """The model's blocks (ATTN_DROPOUT 0) train through SDPA's fused kernel, not the math fallback;
+    a block's attn_dropout > 0 really drops attention probabilities in training, and only there."""
     from scalemm.bench.fuse import sdpa_kernels
+    from scalemm.fuse.model import ATTN_DROPOUT
+
+    assert ATTN_DROPOUT == 0
+    assert all(b.attn_dropout == ATTN_DROPOUT for b in _model().modules() if isinstance(b, Block))
 
     kernels = sdpa_kernels(batch=2, length=24, d_model=32, heads=4, train=True)
     assert any("flash_attention" in k for k in kernels), kernels

@@ -65,7 +65,7 @@ def test_training_learns_planted_cross_modal_structure(planted, tmp_path) -> Non
     model = ScaleModel(cfg, {m: (s.max_tokens, s.dim) for m, s in ds.shapes.items()}).eval()
     with torch.no_grad():
         out = model(ds.get_batch(np.arange(len(ds))))
-    before = _retrieval(product_embedding(out).numpy(), out.pooled.numpy(), out.present.numpy(),
+    before = _retrieval(product_embedding(out, model.embedding).numpy(), out.pooled.numpy(), out.present.numpy(),
                         ds.labels, ds.instances)
     res = train(planted, tmp_path / "run", cfg, progress=False)
     emb = embed_store(tmp_path / "run", planted)
@@ -171,7 +171,7 @@ def test_stores_that_do_not_fit_are_refused(small, tmp_path) -> None:
     moved = tmp_path / "moved"  # same backbones, another corpus: fine to embed, not to resume on
     write_synthetic_store(moved, n_items=12, seed=6, prov_overrides={
         m: {"corpus_fingerprint": "corpus-2"} for m in ("image", "text", "table", "video", "audio")})
-    # the sum, five modality blocks and the frozen vectors
+    # the product embedding, d_model wide
     assert embed_store(run, moved)["vectors"].shape == (12, load_model(run)[0].embedding_dim)
     with pytest.raises(StoreError, match="corpus_fingerprint"):
         train(moved, run, None, resume=True, epochs=2, progress=False)
@@ -200,24 +200,20 @@ def test_two_ray_train_workers_train_like_one_process_with_their_combined_batch(
             a, b = torch.cat([a[:d], a[2 * d:]]), torch.cat([b[:d], b[2 * d:]])
         assert float((a - b).abs().max()) < 2e-5, k
 
-def test_gate_lr_gives_the_importance_gate_its_own_rate_and_it_moves(small, tmp_path) -> None:
-    """At the network's lr the gate's ten scalars stay near their start (Adam moves a parameter by
-    about lr per step); with ``gate_lr`` they are one param group of their own and move."""
-    moved = {}
-    for gate_lr in (0.0, 0.2):
-        cfg = tiny_config(epochs=2, importance="gated", subset_weight=1.0, simcl_weight=0.0,
-                          masked_losses=False, gate_lr=gate_lr)
-        learner = fuse_step.build_learner(cfg, SMALL_SHAPES, torch.device("cpu"))
-        groups = [g for g in learner.optimizer.param_groups
-                  if any(p is learner.model.harmonizer.gate_bias for p in g["params"])]
-        assert len(groups) == 1
-        assert groups[0]["initial_lr"] == (gate_lr or cfg.lr)  # before the warm-up factor
-        assert (len(groups[0]["params"]) == 2) == (gate_lr > 0)  # scale and offset alone
-        run = train(small, tmp_path / f"g{gate_lr}", cfg, progress=False)
-        ck = latest_checkpoint(Path(run.run_dir))
-        w = load_file(str(ck.weights))
-        start = torch.full_like(w["harmonizer.gate_bias"], -2.0)
-        moved[gate_lr] = float((w["harmonizer.gate_bias"] - start).abs().max())
+def test_the_importance_gate_trains_at_the_network_lr_and_stays_near_its_start(small, tmp_path) -> None:
+    """The gate's ten scalars are ordinary parameters at the network's lr (no group of their own,
+    no weight decay); Adam moves a parameter by about lr per step, so over a short run they stay
+    near their start and the gate is in effect a fixed sharpening of the agreement."""
+    cfg = tiny_config(epochs=2, importance="gated", subset_weight=1.0, simcl_weight=0.0, masked_losses=False)
+    learner = fuse_step.build_learner(cfg, SMALL_SHAPES, torch.device("cpu"))
+    assert len(learner.optimizer.param_groups) == 2
+    groups = [g for g in learner.optimizer.param_groups
+              if any(p is learner.model.harmonizer.gate_bias for p in g["params"])]
+    assert len(groups) == 1
+    assert groups[0]["initial_lr"] == cfg.lr and groups[0]["weight_decay"] == 0.0  # before the warm-up factor
+    run = train(small, tmp_path / "g", cfg, progress=False)
+    w = load_file(str(latest_checkpoint(Path(run.run_dir)).weights))
+    start = torch.full_like(w["harmonizer.gate_bias"], -2.0)
+    moved = float((w["harmonizer.gate_bias"] - start).abs().max())
     steps = 2 * 3  # 2 epochs of 3 batches
-    assert moved[0.0] <= 2 * steps * 2e-3 + 1e-6
-    assert moved[0.2] > 5 * moved[0.0]
+    assert 0 < moved <= 2 * steps * cfg.lr + 1e-6

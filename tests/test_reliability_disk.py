@@ -121,10 +121,11 @@ fusion_layers: 1
 batch_size: 6
 epochs: 1
 train_split: train
-checkpoint_unit: step
-checkpoint_every: 1
-tensorboard: false
-threads: 1
+runtime:
+  checkpoint_unit: step
+  checkpoint_every: 1
+  tensorboard: false
+  threads: 1
 """
 
 

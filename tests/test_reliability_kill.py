@@ -180,11 +180,12 @@ epochs: 10
 lr: 2.0e-3
 warmup_steps: 2
 seed: 0
-tensorboard: false
-threads: 1
-checkpoint_unit: step
-checkpoint_every: 1
-keep_checkpoints: 2
+runtime:
+  tensorboard: false
+  threads: 1
+  checkpoint_unit: step
+  checkpoint_every: 1
+  keep_checkpoints: 2
 """
 
 
