@@ -14,9 +14,10 @@ SEEDS      ?= 0
 DEMO_OUT   ?= demo-output
 DEV_OUT    ?= dev-output
 DEV_SEEDS  ?= 0,1,2
-# Debian packages of the real-media corpus (clip art images, speech synthesis); the tests that
-# need them are skipped without them, or fail with SCALE_REQUIRE_MEDIA_PACKAGES=1 (CI)
-MEDIA_PACKAGES := openclipart-png espeak-ng
+# Debian packages of the real-media corpus (clip art images, speech synthesis) and of the search
+# page's browser test (chromium and its driver, through selenium); the tests that need them are
+# skipped without them, or fail with SCALE_REQUIRE_MEDIA_PACKAGES=1 (CI)
+MEDIA_PACKAGES := openclipart-png espeak-ng chromium chromium-driver
 
 .PHONY: setup demo dev test test-fast bench media-packages clean
 

@@ -1,0 +1,179 @@
+"""pipelines/search.py on a small catalogue (search_helpers: real media, the real extraction job
+with the offline backbones, SCALE trained, the catalogue index and its record): a catalogue
+product found from its own picture and title, a new product's neighbours in its category, the
+refusals (another checkpoint, a missing index, an unreadable record); and the pieces that need
+no catalogue."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import search_helpers
+from cli_output import last_json
+
+
+@pytest.fixture(scope="module")
+def cat(tmp_path_factory) -> dict:
+    return search_helpers.build(tmp_path_factory.getbasetemp() / "search-catalogue")
+
+
+@pytest.fixture(scope="module")
+def searcher(cat):
+    from scalemm.search.engine import Searcher
+
+    return Searcher(cat["eval"], cat["run"])
+
+
+# ---------------------------------------------------------------------------- no catalogue needed
+
+def test_parse_and_format_table() -> None:
+    from scalemm.search.engine import Hit, QueryError, format_table, parse_table
+
+    assert parse_table(["brand=Acme", "capacity = 1.7 L"]) == [("brand", "Acme"), ("capacity", "1.7 L")]
+    with pytest.raises(QueryError, match="key=value"):
+        parse_table(["brand"])
+    text = format_table([Hit(1, "p1", "Acme kettle " * 10, "kettle", 0.98765)])
+    assert text.splitlines()[0].split() == ["rank", "id", "title", "label", "score"]
+    assert "p1" in text and "kettle" in text and "0.9877" in text and "…" in text
+
+
+def test_locate_refuses_a_folder_without_index(tmp_path) -> None:
+    from scalemm.evaluate.catalogue import CatalogueRunError
+    from scalemm.search.engine import locate
+
+    with pytest.raises(CatalogueRunError, match="no catalogue index"):
+        locate(tmp_path)
+
+
+def test_single_product_rows_are_the_store_rows(demo_corpus, tiny_config) -> None:
+    """A product featurized alone, from loose files, has the rows a store holds: the same
+    shapes, counts and bits whatever else is encoded beside it."""
+    from scalemm.corpus import read_corpus
+    from scalemm.extract.single import SingleExtractor, product
+
+    ex = SingleExtractor(tiny_config, "cpu")
+    ps = [p for p in read_corpus(demo_corpus / "corpus.jsonl").products if p.image and p.title][:3]
+    rows, _ = ex.rows(ps, demo_corpus)
+    alone, failures = ex.rows([product("q", ps[1].title, None, demo_corpus / ps[1].image)])
+    for m, d in rows.items():
+        assert d.tokens.shape[1:] == (ex.provenance[m].max_tokens, ex.provenance[m].dim) and d.tokens.dtype == np.float16
+    for m in ("image", "text"):
+        assert alone[m].counts[0] == rows[m].counts[1] > 0
+        np.testing.assert_array_equal(alone[m].tokens[0], rows[m].tokens[1])
+        np.testing.assert_array_equal(alone[m].pooled[0], rows[m].pooled[1])
+    assert all(alone[m].counts[0] == 0 for m in ("table", "video", "audio")) and failures == []
+
+
+# ---------------------------------------------------------------------------- on the catalogue
+
+@pytest.mark.slow
+def test_own_picture_and_title_find_the_product(cat, searcher) -> None:
+    from scalemm.extract.single import product
+
+    ps = search_helpers.queryable(cat)
+    assert len(ps) >= 40
+    found, failures = searcher.by_media([product(p.id, p.title, None, cat["corpus"] / p.image) for p in ps], 5)
+    assert failures == []
+    first = [hits[0].id == p.id for hits, p in zip(found, ps)]
+    assert np.mean(first) >= 0.99, [(p.id, [h.id for h in hits]) for hits, p, ok in zip(found, ps, first) if not ok]
+    assert all(0.0 < hits[0].score <= 1.0001 for hits in found)
+
+
+@pytest.mark.slow
+def test_new_product_neighbours_share_its_category(cat, searcher) -> None:
+    """Products held out of the catalogue, given by a picture and a title only: the neighbours
+    of each are mostly of its category (it has at least 5 products in the catalogue)."""
+    from scalemm.corpus import read_corpus
+    from scalemm.extract.single import product
+
+    every = {p.id: p for p in read_corpus(cat["corpus"] / "corpus.jsonl").products}
+    held = [every[i] for i in cat["held"]]
+    assert len(held) >= 3 and all(cat["label_counts"][p.label] >= 5 for p in held)
+    assert not set(cat["held"]) & set(searcher.catalogue.ids)
+    found, _ = searcher.by_media([product(p.id, p.title, None, cat["corpus"] / p.image) for p in held], 5)
+    same = [sum(h.label == p.label for h in hits) for hits, p in zip(found, held)]
+    # measured: 5, 4 and 3 of 5 (speaker, desk lamp, sunglasses: its title says "EYEWEAR"); one
+    # product may fall short on another machine's kernels, the mean may not
+    assert sum(s >= 3 for s in same) >= len(same) - 1 and np.mean(same) >= 3.5, same
+
+
+@pytest.mark.slow
+def test_cli_by_id_and_by_media(cat, run_cli) -> None:
+    from scalemm.corpus import read_corpus
+
+    p = search_helpers.queryable(cat)[0]
+    rc, out, err, _ = run_cli("search.py", "--index", str(cat["eval"]), "--checkpoint", str(cat["run"]),
+                              "--id", p.id, "--k", "3", "--json")
+    assert rc == 0, err
+    res = last_json(out)
+    assert res["query"] == {"id": p.id} and len(res["results"]) == 3
+    assert p.id not in [r["id"] for r in res["results"]] and [r["rank"] for r in res["results"]] == [1, 2, 3]
+    corpus = {q.id: q for q in read_corpus(cat["corpus"] / "corpus.jsonl").products}
+    assert all(r["label"] == corpus[r["id"]].label and r["title"] == (corpus[r["id"]].title or "")
+               for r in res["results"])
+    # a new product's picture and title, as a table; the index given as EVAL/index/catalogue
+    rc, out, err, _ = run_cli("search.py", "--index", str(cat["eval"] / "index" / "catalogue"), "--checkpoint",
+                              str(cat["run"]), "--image", str(cat["corpus"] / p.image), "--title", p.title,
+                              "--table", "brand=Acme", "--k", "4")
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["rank", "id", "title", "label", "score"] and len(lines) == 5
+    assert lines[1].split()[:2] == ["1", p.id]
+
+
+@pytest.mark.slow
+def test_refusals(cat, run_cli, tmp_path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from scalemm.fuse.checkpoint import resolve_weights
+
+    def search(index: Path, ckpt: Path, *extra: str) -> tuple[int, str]:
+        rc, _, err, _ = run_cli("search.py", "--index", str(index), "--checkpoint", str(ckpt), *extra)
+        return rc, err
+
+    # another checkpoint: the same model with one weight changed
+    w = resolve_weights(cat["run"])
+    with safe_open(str(w), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(w))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, str(tmp_path / "other.safetensors"), metadata=meta)
+    rc, err = search(cat["eval"], tmp_path / "other.safetensors", "--title", "kettle")
+    assert rc != 0 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: the catalogue was built by run") and "seed 0" in err
+    # a missing index
+    rc, err = search(tmp_path / "nothing", cat["run"], "--id", "p000001")
+    assert rc != 0 and err.startswith("error: no catalogue index under") and len(err.strip().splitlines()) == 1
+    # an unreadable record
+    shutil.copytree(cat["eval"], tmp_path / "eval")
+    (tmp_path / "eval" / "index" / "catalogue" / "provenance.json").write_text("{not json")
+    rc, err = search(tmp_path / "eval", cat["run"], "--id", "p000001")
+    assert rc != 0 and "provenance.json is unreadable" in err and len(err.strip().splitlines()) == 1
+    # an index without a record (built before search existed)
+    (tmp_path / "eval" / "index" / "catalogue" / "provenance.json").unlink()
+    rc, err = search(tmp_path / "eval", cat["run"], "--id", "p000001")
+    assert rc != 0 and "does not say which run built it" in err
+    # an unknown id, a missing picture, no query at all
+    rc, err = search(cat["eval"], cat["run"], "--id", "nope")
+    assert rc != 0 and "'nope' is not in the catalogue" in err
+    rc, err = search(cat["eval"], cat["run"], "--image", str(tmp_path / "none.jpg"))
+    assert rc != 0 and "is not a file" in err
+    rc, err = search(cat["eval"], cat["run"])
+    assert rc == 2 and "give --id PID" in err
+    # a picture that does not decode and nothing else: nothing to search with
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    rc, err = search(cat["eval"], cat["run"], "--image", str(tmp_path / "bad.jpg"))
+    assert rc != 0 and "nothing of the query" in err and "not a decodable image" in err
+
+
+def test_help_says_what_it_does(run_cli) -> None:
+    for script in ("search.py", "serve.py"):
+        rc, out, _, _ = run_cli(script, "--help")
+        assert rc == 0 and "--index EVAL --checkpoint RUN" in out and "python pipelines/" + script in out
