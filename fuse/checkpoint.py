@@ -48,8 +48,9 @@ REMOVED = {"mlp_ratio": 4.0, "attn_dropout": 0.0, "harmonizer_dim": 0, "mask_los
 TRAINED_BEFORE = {"agreement": "mean", "block_weight": 0.0, "frozen_blocks": 0.0,
                   "importance_shrink": 0.0, "identification_power": 0.0, "instance_positives": False}
 # moved into the embedding section (new name), and the runtime settings a checkpoint no longer keeps
-MOVED = {"embed_from": "source", "embed_weighting": "weighting", "importance_shrink": "importance_shrink",
-         "identification_power": "identification_power"}
+MOVED = {"embed_from": "source", "embed_weighting": "weighting", "identification_power": "identification_power"}
+# embedding-time settings removed: the weights never depended on them, so any value loads
+DROPPED = ("importance_shrink",)
 RUNTIME = ("memory_budget_gb", "loader_workers", "max_steps", "checkpoint_every", "checkpoint_unit",
            "keep_checkpoints", "tensorboard", "device", "threads", "gather_negatives")
 LATEST = "latest.json"
@@ -207,7 +208,7 @@ def migrate(saved: dict[str, Any], fmt: str, where: str) -> dict[str, Any]:
     if embedding.get("weighting") == "importance_concat":
         raise CheckpointError(f"{where} embeds with embed_weighting: 'importance_concat', an option this "
                               f"version removed; train again")
-    for key in RUNTIME:
+    for key in RUNTIME + DROPPED:
         saved.pop(key, None)
     saved["embedding"] = embedding
     return saved

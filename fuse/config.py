@@ -5,7 +5,7 @@ Three small dataclasses, each setting in one place:
 * :class:`ScaleConfig`, the training config (at most 25 keys: data split, model, losses,
   optimisation). A run directory's ``config.yaml`` and every checkpoint record it.
 * :class:`EmbedSettings` (the ``embedding:`` section): what acts only when products are
-  embedded (which pooled outputs, how they are weighed, the two importance corrections). A
+  embedded (which pooled outputs, how they are weighed, the importance correction). A
   checkpoint records the values it was trained beside; embedding may override them.
 * :class:`RunSettings` (the ``runtime:`` section): where and how a run executes (device,
   threads, memory, checkpoint cadence, logs). It never changes what is learned on one process,
@@ -41,8 +41,6 @@ class EmbedSettings:
 
     source: str = "encoder"  # the modality encoders' pooled outputs | "fusion": the fused first tokens
     weighting: str = "importance"  # each modality's normalised output x its importance | "sum" (the paper)
-    # a product's importances lean towards each modality's mean by n / (n + k), this k (0: none)
-    importance_shrink: float = 3.0
     # importances x (the modality's identification rate / the best rate) ** p, this p (0: none)
     identification_power: float = 2.0
 
@@ -51,10 +49,9 @@ class EmbedSettings:
             raise ConfigError(f"embedding.source must be 'encoder' or 'fusion', got {self.source!r}")
         if self.weighting not in ("importance", "sum"):
             raise ConfigError(f"embedding.weighting must be 'importance' or 'sum', got {self.weighting!r}")
-        for name in ("importance_shrink", "identification_power"):
-            v = getattr(self, name)
-            if not (v >= 0 and np.isfinite(v)):
-                raise ConfigError(f"embedding.{name} must be a finite number >= 0 (0: none), got {v}")
+        v = self.identification_power
+        if not (v >= 0 and np.isfinite(v)):
+            raise ConfigError(f"embedding.identification_power must be a finite number >= 0 (0: none), got {v}")
 
 
 @dataclass

@@ -98,13 +98,8 @@ class SelfHarmonizer(nn.Module):
     second photo) agree with each other best, and with the plain mean each vouched for the other,
     ranking both above the title on the development corpus (docs/decisions.md).
 
-    In training the harmonizer keeps each modality's running mean importance over the full
-    products of the batches (:meth:`update_mean`) and its identification rate
-    (:meth:`update_identification`). ``shrink`` = k > 0 (the embedding's ``importance_shrink``)
-    moves a product's importance, outside training, towards that mean:
-    mean + n / (n + k) * (importance - mean), n = the other modalities its agreement rests on. One
-    product's agreement is a noisy estimate, noisiest when it rests on one or two modalities (a
-    listing with some missing); the losses in training still see the product's own agreement.
+    In training the harmonizer keeps each modality's running identification rate over the full
+    products of the batches (:meth:`update_identification`).
 
     ``identification`` = p > 0 (the embedding's ``identification_power``): the identification
     rate is how often a modality's output alone finds its own product among the batch by the
@@ -117,17 +112,20 @@ class SelfHarmonizer(nn.Module):
     """
 
     # running statistics a checkpoint may lack (written before they were always kept): they load
-    # as zeros, which leaves the corrections that need them off
-    RUNNING = ("importance_mean", "importance_updates", "identification_rate", "identification_updates")
+    # as zeros, which leaves the correction that needs them off
+    RUNNING = ("identification_rate", "identification_updates")
+    # running statistics older checkpoints carry for a correction since removed (the importance
+    # shrinkage, which did not earn its place: docs/decisions.md); loading ignores them
+    RETIRED = ("importance_mean", "importance_updates")
 
     def __init__(self, d_model: int, importance: str = "gated", n_modalities: int = 5,
-                 shrink: float = 0.0, identification: float = 0.0, momentum: float = 0.1) -> None:
+                 identification: float = 0.0, momentum: float = 0.1) -> None:
         super().__init__()
         self.proj = nn.Linear(d_model, d_model)
         self.importance = importance
-        self.shrink, self.momentum = float(shrink), float(momentum)
+        self.momentum = float(momentum)
         self.identification = float(identification)
-        # each modality's running mean importance and identification rate (updated in training)
+        # each modality's running identification rate (updated in training) and its updates
         for name in self.RUNNING:
             self.register_buffer(name, torch.zeros(n_modalities))
         if importance == "gated":  # sigmoid(4 a - 2) at the start: 0.5 for an agreement of 0.5
@@ -162,26 +160,11 @@ class SelfHarmonizer(nn.Module):
         if self.importance == "gated":
             agree = torch.sigmoid(agree * F.softplus(self.gate_scale) + self.gate_bias)
         imp = torch.where(n > 0, agree, torch.ones_like(agree))
-        if self.shrink > 0 and not self.training:
-            # towards the modality's mean, the more the fewer modalities the agreement rests on
-            mean, evidence = self.importance_mean.to(imp.dtype), n.to(imp.dtype)
-            shrunk = mean + evidence / (evidence + self.shrink) * (imp - mean)
-            imp = torch.where(self.importance_updates > 0, shrunk, imp)
         if self.identification > 0 and not self.training:
             rate = self.identification_rate.to(imp.dtype).clamp_min(1e-3)
             factor = (rate / rate.max()) ** self.identification
             imp = imp * torch.where(self.identification_updates > 0, factor, torch.ones_like(factor))
         return W, torch.where(present, imp, torch.zeros_like(imp))
-
-    @torch.no_grad()
-    def update_mean(self, importances: Tensor, present: Tensor) -> None:
-        """Fold a training batch's importances (full products, per modality over the products that
-        have it) into the running means (exponential, ``momentum``; the first batch sets them).
-        Under a process group the batch is every rank's rows together, as one process would see it."""
-        if self.importance == "diagonal":
-            return
-        p = present.to(importances.dtype)
-        self._fold(self.importance_mean, self.importance_updates, (importances * p).sum(0), p.sum(0))
 
     @torch.no_grad()
     def update_identification(self, pooled: Tensor, importances: Tensor, present: Tensor) -> None:
@@ -304,7 +287,6 @@ class ScaleModel(nn.Module):
         """Embed with ``settings`` from now on (the checkpoint's by default): they act only outside
         training, so any trained model embeds under any of them."""
         self.embedding = settings
-        self.harmonizer.shrink = settings.importance_shrink if self.cfg.harmonize else 0.0
         self.harmonizer.identification = settings.identification_power if self.cfg.harmonize else 0.0
 
     @property
@@ -316,7 +298,9 @@ class ScaleModel(nn.Module):
         """Load a checkpoint's weights, strictly, except that the harmonizer's running statistics
         may be missing (checkpoints from before they were always kept): those stay zero."""
         running = {f"harmonizer.{name}" for name in SelfHarmonizer.RUNNING}
-        missing, unexpected = self.load_state_dict(tensors, strict=False)
+        retired = {f"harmonizer.{name}" for name in SelfHarmonizer.RETIRED}
+        missing, unexpected = self.load_state_dict({k: v for k, v in tensors.items() if k not in retired},
+                                                   strict=False)
         bad = [k for k in missing if k not in running]
         if bad or unexpected:
             raise RuntimeError(f"weights do not fit the model: missing {bad[:5]}, unexpected {list(unexpected)[:5]}")
@@ -382,7 +366,6 @@ class ScaleModel(nn.Module):
         with torch.autocast(device_type=dev.type, enabled=False):
             W, imp = self.harmonizer(enc_pooled.float(), present, uniform=not self.cfg.harmonize)
             if self.training and self.cfg.harmonize and torch.equal(present, enc.present):  # full products only
-                self.harmonizer.update_mean(imp, present)
                 self.harmonizer.update_identification(enc_pooled, imp, present)
 
         masked: dict[str, tuple[Tensor, Tensor, Tensor]] = {}

@@ -37,7 +37,7 @@ def _rewrite(src: Path, dst: Path, change) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("name", ["gated", "plain"])
+@pytest.mark.parametrize("name", ["gated", "plain", "shrunk"])
 def test_an_old_checkpoint_loads_and_embeds_as_it_did(name) -> None:
     w = DATA / f"{name}.safetensors"
     with safe_open(str(w), framework="pt") as f:
@@ -48,7 +48,7 @@ def test_an_old_checkpoint_loads_and_embeds_as_it_did(name) -> None:
     old = json.loads(safe_open(str(w), framework="pt").metadata()["config"])
     # the moved settings kept their values
     assert cfg.embedding.source == old["embed_from"] and cfg.embedding.weighting == old["embed_weighting"]
-    assert cfg.embedding.importance_shrink == old["importance_shrink"]
+    assert not hasattr(cfg.embedding, "importance_shrink")  # removed; the weights never depended on it
     assert cfg.embedding.identification_power == old["identification_power"]
     with torch.no_grad():
         emb = product_embedding(model(random_batch(B=6, seed=1)), model.embedding).numpy()
@@ -56,10 +56,11 @@ def test_an_old_checkpoint_loads_and_embeds_as_it_did(name) -> None:
 
 
 def test_running_statistics_a_checkpoint_lacks_stay_zero() -> None:
-    model, _ = load_model(DATA / "plain.safetensors")  # trained without the corrections
-    assert float(model.harmonizer.importance_updates.sum()) == 0.0
+    model, _ = load_model(DATA / "plain.safetensors")  # trained without the correction
+    assert float(model.harmonizer.identification_updates.sum()) == 0.0
     trained, _ = load_model(DATA / "gated.safetensors")
-    assert float(trained.harmonizer.importance_updates.min()) > 0  # kept in training, loaded
+    assert float(trained.harmonizer.identification_updates.min()) > 0  # kept in training, loaded
+    assert "importance_mean" not in dict(trained.harmonizer.named_buffers())  # the retired one is dropped
 
 
 @pytest.mark.parametrize("key, value", [("block_weight", 0.35), ("frozen_blocks", 0.1), ("gate_lr", 0.05),

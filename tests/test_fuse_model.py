@@ -175,53 +175,6 @@ def test_corroborated_agreement_leaves_out_the_closest_modality() -> None:
         assert torch.equal(h(x, one)[1], one.float())
 
 
-def test_running_mean_importance_and_shrinkage_outside_training() -> None:
-    """In training the harmonizer keeps each modality's running mean importance (first batch sets
-    it, then exponential, absent modalities untouched); outside training a product's importance
-    moves towards that mean by n / (n + k), n = the modalities its agreement rests on."""
-    torch.manual_seed(0)
-    k = 3.0
-    h = SelfHarmonizer(4, importance="gated", n_modalities=4, shrink=k)
-    plain = SelfHarmonizer(4, importance="gated", n_modalities=4)  # the same weights, no shrinkage
-    plain.load_state_dict(h.state_dict())
-    x1, x2 = torch.rand(6, 4, 4), torch.rand(6, 4, 4)
-    p1 = torch.ones(6, 4, dtype=torch.bool)
-    p2 = p1.clone()
-    p2[:, 3] = False  # modality 3 absent from the whole second batch
-    p2[0, 2] = False
-    assert "importance_mean" in plain.state_dict() and "importance_mean" in h.state_dict()  # always kept
-    with torch.no_grad():
-        _, before = h.eval()(x1, p1)  # no mean kept yet: nothing to shrink towards
-        assert torch.equal(before, plain.eval()(x1, p1)[1])
-        h.train()
-        _, i1 = h(x1, p1)
-        h.update_mean(i1, p1)
-        assert torch.allclose(h.importance_mean, i1.mean(0))
-        _, i2 = h(x2, p2)
-        h.update_mean(i2, p2)
-    m2 = torch.stack([i2[p2[:, j], j].mean() if p2[:, j].any() else torch.tensor(0.) for j in range(4)])
-    expect = 0.9 * i1.mean(0) + 0.1 * m2
-    expect[3] = i1.mean(0)[3]
-    assert torch.allclose(h.importance_mean, expect, atol=1e-6)
-    assert h.importance_updates.tolist() == [2, 2, 2, 1]
-
-    h.eval()
-    mean = h.importance_mean
-    plain.load_state_dict(h.state_dict())  # the same running mean: shrink 0 leaves it unused
-    x = torch.rand(3, 4, 4)
-    pres = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
-    with torch.no_grad():
-        _, raw = plain(x, pres)
-        _, shrunk = h(x, pres)
-    n = torch.tensor([[2.0], [1.0], [0.0]])  # corroborated: 3 others -> 2; 1 other -> 1; alone -> 0
-    assert torch.allclose(shrunk, torch.where(pres, mean + n / (n + k) * (raw - mean), torch.zeros(())), atol=1e-6)
-    # the fewer modalities an agreement rests on, the closer to the mean
-    assert ((shrunk[1, :2] - mean[:2]).abs() <= (raw[1, :2] - mean[:2]).abs() * (1 / (1 + k)) + 1e-6).all()
-    # training-time importances are never shrunk (the losses see the product's own agreement)
-    with torch.no_grad():
-        assert torch.equal(h.train()(x, pres)[1], plain.train()(x, pres)[1])
-
-
 def test_identification_rate_finds_the_modality_that_tells_products_apart() -> None:
     """Over a training batch each modality's rate is the share of products whose output of it is
     closest to their own rest (the weighted sum of their other modalities) among the batch's; a
@@ -258,24 +211,21 @@ def test_identification_rate_finds_the_modality_that_tells_products_apart() -> N
 
 
 def test_only_full_training_passes_update_the_running_statistics() -> None:
-    """The model folds the full products of a training batch into the running mean; evaluation
-    passes and subset passes (ablations) leave it alone, and uniform weights (harmonize: false)
-    and the diagonal importance update nothing."""
+    """The model folds the full products of a training batch into the running identification
+    rates; evaluation passes and subset passes (ablations) leave them alone, and uniform weights
+    (harmonize: false) and the diagonal importance update nothing."""
     batch = random_batch(present=PRESENCE)
     model = _model()
-    assert model.harmonizer.shrink > 0
+    assert model.harmonizer.identification > 0
     with torch.no_grad():
         model(batch)  # eval mode
-        assert model.harmonizer.importance_updates.sum() == 0
+        assert model.harmonizer.identification_updates.sum() == 0
         model.train()
         enc = model.encode(batch)
         model.fuse(enc, enc.present & torch.tensor([True, True, False, False, False]))  # a subset
-        assert model.harmonizer.importance_updates.sum() == 0
-        out = model.fuse(enc)
-    assert model.harmonizer.importance_updates.tolist() == [1.0] * 5
-    present = out.present.float()
-    assert torch.allclose(model.harmonizer.importance_mean, (out.importances * present).sum(0) / present.sum(0))
-    assert model.harmonizer.identification_updates.tolist() == [1.0] * 5  # the same passes only
+        assert model.harmonizer.identification_updates.sum() == 0
+        model.fuse(enc)
+    assert model.harmonizer.identification_updates.tolist() == [1.0] * 5  # the full pass only
     assert 0 <= model.harmonizer.identification_rate.min() and model.harmonizer.identification_rate.max() <= 1
     for kw in ({"harmonize": False}, {"importance": "diagonal"}):
         other = _model(**kw).train()
@@ -304,10 +254,10 @@ def test_embedding_is_d_model_wide_under_every_setting() -> None:
         for b in embs:
             assert a == b or not torch.allclose(embs[a], embs[b], atol=1e-4), (a, b)
     model = _model()
-    model.set_embedding(EmbedSettings(importance_shrink=0.0, identification_power=0.5))
-    assert model.harmonizer.shrink == 0.0 and model.harmonizer.identification == 0.5
-    uniform = _model(harmonize=False)  # no harmonizing: no importance corrections
-    assert uniform.harmonizer.shrink == 0.0 and uniform.harmonizer.identification == 0.0
+    model.set_embedding(EmbedSettings(identification_power=0.5))
+    assert model.harmonizer.identification == 0.5
+    uniform = _model(harmonize=False)  # no harmonizing: no importance correction
+    assert uniform.harmonizer.identification == 0.0
 
 
 def test_block_sdpa_equals_naive_reference() -> None:
