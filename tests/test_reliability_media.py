@@ -94,7 +94,16 @@ def build_hostile_corpus(demo: Path, root: Path) -> tuple[Path, dict[tuple[str, 
 
     Returns the corpus path, the expected failures {(id, modality): words in the reason}
     and, per id, the modalities that must be extracted (count > 0)."""
-    good = _good_media(demo)
+    media = _write_hostile_media(_good_media(demo), root)
+    lines, expect = _hostile_records(root)
+    corpus = media / "corpus.jsonl"
+    corpus.write_bytes(b"\n".join(lines) + b"\n")
+    return corpus, expect, _present_modalities(lines, expect)
+
+
+def _write_hostile_media(good: dict[str, Path], root: Path) -> Path:
+    """ROOT/media/{images,videos,audio}/: good files, broken ones, and a file outside the media
+    root with a symlink to it; returns ROOT/media."""
     media = root / "media"
     for d in ("images", "videos", "audio"):
         (media / d).mkdir(parents=True)
@@ -118,7 +127,12 @@ def build_hostile_corpus(demo: Path, root: Path) -> tuple[Path, dict[tuple[str, 
     (media / "audio" / "jpg.wav").write_bytes(jpg)  # a jpeg under .wav
     (root / "outside.jpg").write_bytes(jpg)  # a real image, but outside the media root
     (media / "images" / "link.jpg").symlink_to(root / "outside.jpg")
+    return media
 
+
+def _hostile_records(root: Path) -> tuple[list[bytes], dict[tuple[str, str], str]]:
+    """The corpus lines (good, bad media, bad text and tables, a crashing decoder, broken
+    lines), and the expected failures {(id, modality): words in the reason}."""
     def rec(pid: str, **kw) -> dict:
         r = {"id": pid, "label": "kettle", "title": f"Acme kettle {pid}", "table": GOOD_TABLE,
              "image": "images/good.jpg", "video": "videos/good.mp4"}
@@ -161,14 +175,17 @@ def build_hostile_corpus(demo: Path, root: Path) -> tuple[Path, dict[tuple[str, 
     add(rec(f"crash-{CRASH_MARKER}", video=f"videos/{CRASH_MARKER}.mp4"),
         {"video": "crashed", "audio": "crashed"})
     lines.append(b'{"id": "bad-utf8", "title": "caf\xe9 \xff\xfe", "image": "images/good.jpg"}')
-    bad_utf8_line = len(lines)
+    expect[(None, f"line {len(lines)}")] = "utf-8"
     lines.append(b'{"id": "bad-\\udc80-id", "title": "an id no store can hold", "image": "images/good.jpg"}')
-    bad_id_line = len(lines)
+    expect[(None, f"line {len(lines)}")] = "not valid Unicode"
     lines.append(json.dumps(rec("ok-1", title="a duplicate id")).encode())
-    dup_line = len(lines)
-    corpus = media / "corpus.jsonl"
-    corpus.write_bytes(b"\n".join(lines) + b"\n")
+    expect[(None, f"line {len(lines)}")] = "duplicate id 'ok-1'"
+    return lines, expect
 
+
+def _present_modalities(lines: list[bytes], expect: dict[tuple[str, str], str]) -> dict[str, set[str]]:
+    """Per product id (the first line of an id; not the broken lines), the modalities that must
+    be extracted: those it names, less the expected failures."""
     present: dict[str, set[str]] = {}
     for raw in lines:
         try:
@@ -181,10 +198,7 @@ def build_hostile_corpus(demo: Path, root: Path) -> tuple[Path, dict[tuple[str, 
         if r.get("audio") or r.get("video"):
             mods.add("audio")
         present[r["id"]] = {m for m in mods if (r["id"], m) not in expect}
-    expect[(None, f"line {bad_utf8_line}")] = "utf-8"
-    expect[(None, f"line {dup_line}")] = "duplicate id 'ok-1'"
-    expect[(None, f"line {bad_id_line}")] = "not valid Unicode"
-    return corpus, expect, present
+    return present
 
 
 @pytest.fixture(scope="module")
