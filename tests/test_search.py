@@ -50,6 +50,16 @@ def test_locate_refuses_a_folder_without_index(tmp_path) -> None:
         locate(tmp_path)
 
 
+def test_check_added_refuses_other_checkpoints() -> None:
+    from scalemm.evaluate.catalogue import CatalogueRunError, check_added
+
+    rec = {"weights_sha256": "a" * 64, "run": "/runs/seed-0", "seed": 0, "step": 12}
+    check_added(rec, "a" * 64, "new.npz")
+    for other in ("b" * 64, None):
+        with pytest.raises(CatalogueRunError, match="new.npz was embedded by .*not by the catalogue's .*seed 0"):
+            check_added(rec, other, "new.npz")
+
+
 def test_single_product_rows_are_the_store_rows(demo_corpus, tiny_config) -> None:
     """A product featurized alone, from loose files, has the rows a store holds: the same
     shapes, counts and bits whatever else is encoded beside it."""
@@ -82,6 +92,24 @@ def test_own_picture_and_title_find_the_product(cat, searcher) -> None:
     first = [hits[0].id == p.id for hits, p in zip(found, ps)]
     assert np.mean(first) >= 0.99, [(p.id, [h.id for h in hits]) for hits, p, ok in zip(found, ps, first) if not ok]
     assert all(0.0 < hits[0].score <= 1.0001 for hits in found)
+
+
+@pytest.mark.slow
+def test_in_process_rows_equal_the_extracted_store(cat, searcher) -> None:
+    """Featurized in this process, catalogue products get the very rows the Ray job wrote."""
+    from scalemm.store import open_stores
+
+    ps = search_helpers.queryable(cat)[:6]
+    rows, _ = searcher.extractor.rows(ps, cat["corpus"])
+    for m, st in open_stores(cat["feats"]).items():
+        stored = st.load()
+        at = [stored.ids.index(p.id) for p in ps]
+        np.testing.assert_array_equal(rows[m].counts, stored.counts[at])
+        np.testing.assert_array_equal(rows[m].tokens, stored.tokens[at])
+        np.testing.assert_array_equal(rows[m].pooled, stored.pooled[at])
+        assert rows[m].counts.any() or m == "audio", m
+    # so a product given with all its media is embedded as the catalogue embedded it
+    np.testing.assert_allclose(searcher.model.embed(rows)[0], searcher.catalogue.vector(ps[0].id), atol=1e-5)
 
 
 @pytest.mark.slow
@@ -148,6 +176,10 @@ def test_refusals(cat, run_cli, tmp_path) -> None:
     rc, err = search(cat["eval"], tmp_path / "other.safetensors", "--title", "kettle")
     assert rc != 0 and len(err.strip().splitlines()) == 1
     assert err.startswith("error: the catalogue was built by run") and "seed 0" in err
+    # the folder of seed-*/ runs that evaluate.py took: the catalogue's seed is used
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "seed-0").symlink_to(cat["run"])
+    assert search(cat["eval"], tmp_path / "runs", "--id", "p000001")[0] == 0
     # a missing index
     rc, err = search(tmp_path / "nothing", cat["run"], "--id", "p000001")
     assert rc != 0 and err.startswith("error: no catalogue index under") and len(err.strip().splitlines()) == 1
