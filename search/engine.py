@@ -146,8 +146,8 @@ class Searcher:
             fields = {f.name for f in dataclasses.fields(ExtractConfig)}
             extractor = SingleExtractor(ExtractConfig(**{k: v for k, v in cfg.items() if k in fields}).validate(),
                                         str(self.model.device))
-            self.model.check_rows(extractor.provenance, where=f"searching {self.catalogue.index_dir} with "
-                                                               f"{self.model.weights}")
+            self.model.check_rows(extractor.provenance, where="the query's features (the store's backbones, "
+                                                              "loaded now)")
             self._extractor = extractor
         return self._extractor
 

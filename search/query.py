@@ -3,9 +3,9 @@
 The rows are what :class:`scalemm.extract.single.SingleExtractor` returns (per modality a
 :class:`scalemm.store.ShardData`, as a store shard holds them); they are batched as the
 store reader batches a store's rows (float32 tokens, the valid-token mask from the counts, the
-presence flag, the table's entities) and go through the trained model's configured product
-embedding, as the catalogue's vectors did. Every other module of the search calls
-:class:`QueryModel` only, so that the embedding seam can change here alone.
+presence flag, the table's entities) and go through :class:`fuse.embedder.Embedder`, the one
+way to embed (the checkpoint's embedding settings, as the catalogue's vectors were embedded).
+Every other module of the search calls :class:`QueryModel` only.
 """
 
 from __future__ import annotations
@@ -23,22 +23,20 @@ class QueryModel:
     """A trained checkpoint (a ``.safetensors`` file or a run directory), loaded once."""
 
     def __init__(self, weights: str | Path, device: str = "cpu") -> None:
-        from scalemm.device import resolve_device
-        from scalemm.fuse.embed import load_model
+        from scalemm.fuse.embedder import Embedder
 
-        self.device = resolve_device(device)
-        self.model, info = load_model(weights, self.device)
-        self.provenance: dict[str, Provenance] = info["provenance"]
-        self.weights: Path = Path(info["weights"])
-        self.modalities: list[str] = list(self.model.modalities)
-        self.dim = int(self.model.embedding_dim)
+        self.embedder = Embedder.from_run(weights, device)
+        self.model = self.embedder.model
+        self.device = self.embedder.device
+        self.provenance: dict[str, Provenance] = self.embedder.provenance
+        self.weights: Path = Path(self.embedder.weights)
+        self.modalities: list[str] = self.embedder.modalities
+        self.dim = self.embedder.dim
 
     def check_rows(self, provenance: Mapping[str, Provenance], where: str) -> None:
-        """Refuse features of other backbones than the model's stores (as embedding a store does)."""
-        from scalemm.fuse.checkpoint import EMBED_FIELDS, check_provenance
-
-        check_provenance(self.provenance, {m: p for m, p in provenance.items() if m in self.modalities},
-                         EMBED_FIELDS, where=where)
+        """Refuse features of other backbones than the model's stores (as embedding a store does):
+        ``where`` names what the features are."""
+        self.embedder.check_stores(where, provenance)
 
     def batch(self, rows: Mapping[str, ShardData]) -> dict[str, Any]:
         """The model's input batch of ``rows`` (every row set holds the same products in order)."""
@@ -60,16 +58,7 @@ class QueryModel:
                 out["entities"][m] = torch.from_numpy(np.asarray(ent, dtype=np.int64))
         return out
 
-    @torch.no_grad()
     def embed(self, rows: Mapping[str, ShardData]) -> np.ndarray:
         """float32 [N, dim]: the products' embeddings (L2-normalized; zero for a product with
         no modality present)."""
-        from scalemm.device import to_device
-        from scalemm.fuse.model import product_embedding
-
-        dev = self.device
-        batch = to_device(self.batch(rows), dev)
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            out = self.model(batch)
-            vec = product_embedding(out, self.model.embedding)
-        return vec.float().cpu().numpy().astype(np.float32)
+        return np.asarray(self.embedder.embed_batch(self.batch(rows)), dtype=np.float32)

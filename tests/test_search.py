@@ -183,8 +183,15 @@ def test_refusals(cat, run_cli, tmp_path) -> None:
     # a missing index
     rc, err = search(tmp_path / "nothing", cat["run"], "--id", "p000001")
     assert rc != 0 and err.startswith("error: no catalogue index under") and len(err.strip().splitlines()) == 1
-    # an unreadable record
+    # a catalogue whose store's backbones are not the model's: the query's features are refused
     shutil.copytree(cat["eval"], tmp_path / "eval")
+    record = tmp_path / "eval" / "index" / "catalogue" / "provenance.json"
+    rec = json.loads(record.read_text())
+    rec["extract_config"]["image"] = "open_clip:tiny"
+    record.write_text(json.dumps(rec))
+    rc, err = search(tmp_path / "eval", cat["run"], "--title", "kettle")
+    assert rc != 0 and "the image store does not fit the model" in err and len(err.strip().splitlines()) == 1
+    # an unreadable record
     (tmp_path / "eval" / "index" / "catalogue" / "provenance.json").write_text("{not json")
     rc, err = search(tmp_path / "eval", cat["run"], "--id", "p000001")
     assert rc != 0 and "provenance.json is unreadable" in err and len(err.strip().splitlines()) == 1
