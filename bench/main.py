@@ -285,7 +285,7 @@ def run_bench(a: argparse.Namespace, configs: Path) -> dict[str, Any]:
     add_headline(r)
     r["seconds"] = time.perf_counter() - t_all
     r["machine"]["cpu_busy_by_others_start_end"] = [busy0, cpu_busy()]
-    return report(r, a)
+    return write_results(r, a)
 
 
 def _import_benchmarks() -> None:
@@ -434,7 +434,7 @@ def add_headline(r: dict[str, Any]) -> None:
                      "status": check(r["headline"][k], op, th)} for k, op, th, what in HEADLINE_TARGETS]
 
 
-def report(r: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
+def write_results(r: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     """Print the table, write the JSON (and the Markdown table with ``--md``); the summary."""
     text = markdown_table(r)
     print(text, flush=True)
