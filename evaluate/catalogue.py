@@ -191,11 +191,19 @@ def check_checkpoint(record: dict[str, Any], checkpoint: str | Path) -> Path:
         f"{candidates[0]}; pass that run's --checkpoint, or evaluate this run to build its own catalogue")
 
 
-def check_added(record: dict[str, Any], weights_sha256: str | None, where: str) -> None:
-    """Refuse products embedded by another checkpoint than the catalogue's (``weights_sha256``
-    of the model that embedded them; None: not recorded, refused too)."""
-    if weights_sha256 != record["weights_sha256"]:
+def check_added(index_dir: str | Path, embeddings: str | Path) -> dict[str, Any]:
+    """Refuse to add to the catalogue index in ``index_dir`` the products of an embeddings file
+    that another checkpoint than the catalogue's embedded (its ``weights_sha256`` array, the
+    sha256 of the weights file that embedded it: :func:`weights_digest`; a file without one is
+    refused too). Returns the catalogue's record."""
+    from scalemm.embedfile import load_embeddings
+
+    record = read_catalogue_record(index_dir)
+    arrays = load_embeddings(embeddings)
+    digest = str(arrays["weights_sha256"]) if "weights_sha256" in arrays else None
+    if digest != record["weights_sha256"]:
         raise CatalogueRunError(
-            f"{where} was embedded by {'an unrecorded checkpoint' if not weights_sha256 else 'another checkpoint'}, "
+            f"{embeddings} was embedded by {'an unrecorded checkpoint' if not digest else 'another checkpoint'}, "
             f"not by the catalogue's (run {record['run']}, seed {record['seed']}, step {record['step']}); "
             f"embed the new products with that run")
+    return record

@@ -50,14 +50,22 @@ def test_locate_refuses_a_folder_without_index(tmp_path) -> None:
         locate(tmp_path)
 
 
-def test_check_added_refuses_other_checkpoints() -> None:
-    from scalemm.evaluate.catalogue import CatalogueRunError, check_added
+def test_check_added_refuses_other_checkpoints(tmp_path) -> None:
+    from scalemm.embedfile import save_embeddings
+    from scalemm.evaluate.catalogue import RECORD_FILE, RECORD_FORMAT, CatalogueRunError, check_added
 
-    rec = {"weights_sha256": "a" * 64, "run": "/runs/seed-0", "seed": 0, "step": 12}
-    check_added(rec, "a" * 64, "new.npz")
-    for other in ("b" * 64, None):
-        with pytest.raises(CatalogueRunError, match="new.npz was embedded by .*not by the catalogue's .*seed 0"):
-            check_added(rec, other, "new.npz")
+    rec = {"format": RECORD_FORMAT, "weights_sha256": "a" * 64, "run": "/runs/seed-0", "seed": 0, "step": 12}
+    (tmp_path / RECORD_FILE).write_text(json.dumps(rec))
+
+    def npz(name: str, **extra) -> Path:
+        return save_embeddings(tmp_path / name, ["n1"], np.ones((1, 4), np.float32), ["c"], [""], **extra)
+
+    assert check_added(tmp_path, npz("ok.npz", weights_sha256=np.array("a" * 64)))["seed"] == 0
+    for f in (npz("other.npz", weights_sha256=np.array("b" * 64)), npz("none.npz")):
+        with pytest.raises(CatalogueRunError, match=f"{f.name} was embedded by .*not by the catalogue's .*seed 0"):
+            check_added(tmp_path, f)
+    with pytest.raises(CatalogueRunError, match="does not say which run built it"):
+        check_added(tmp_path / "nothing", npz("ok.npz", weights_sha256=np.array("a" * 64)))
 
 
 def test_single_product_rows_are_the_store_rows(demo_corpus, tiny_config) -> None:
