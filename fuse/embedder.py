@@ -5,19 +5,23 @@ An :class:`Embedder` is built from a run (:meth:`Embedder.from_run`: its latest 
 stores' provenance and the embedding settings (the checkpoint's, or others given). It embeds:
 
 * a loader over feature stores into any named variants (:meth:`embed`: every modality, a subset,
-  dropped modalities, the fused source; :mod:`fuse.variants`), which evaluation uses;
+  dropped modalities, the fused source; :class:`Variant`, :func:`ablation_variants`,
+  :func:`drop_mask`, re-exported from :mod:`fuse.variants`), which evaluation uses;
 * a whole feature directory (:meth:`embed_features`), which ``pipelines/embed.py`` uses;
 * a collated batch of products in memory (:meth:`embed_batch`), which search uses for a product
   that is in no store.
 
 Stores are checked against the model's provenance (backbone, weights, preprocessing, token
-layout: :data:`fuse.checkpoint.EMBED_FIELDS`) before any feature is read.
+layout: :data:`fuse.checkpoint.EMBED_FIELDS`) before any feature is read. Several models that
+embed the same stores share one reading of them: :func:`open_features` and :func:`store_loader`
+(what :meth:`Embedder.open` does for one model).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -31,7 +35,7 @@ from .checkpoint import EMBED_FIELDS, check_provenance, load_weights, resolve_we
 from .config import EmbedSettings, ScaleConfig
 from .model import ScaleModel
 from .reader import EpochBatchSampler, FeatureDataset, make_loader
-from .variants import Variant, embed_variants
+from .variants import Variant, ablation_variants, drop_mask, embed_variants
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +68,17 @@ class Embedder:
 
     @classmethod
     def untrained(cls, like: "Embedder") -> "Embedder":
-        """The same architecture, config and seed at initialisation (``scale_untrained``)."""
+        """The same architecture, config and seed at initialisation (:func:`fuse.step.init_model`,
+        what training starts from: ``scale_untrained``); the global RNG states are left as they were."""
         from .step import init_model
 
-        model = init_model(like.config, like.model.shapes).to(like.device).eval()
-        return cls(model, like.config, like.provenance, like.weights, 0, like.device)
+        state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                model = init_model(like.config, like.model.shapes)
+        finally:
+            random.setstate(state)
+        return cls(model.to(like.device).eval(), like.config, like.provenance, like.weights, 0, like.device)
 
     # ------------------------------------------------------------------ what it is
     @property
@@ -99,11 +109,9 @@ class Embedder:
              progress: bool = False) -> tuple[FeatureDataset, Any]:
         """The stores under ``features_dir`` (``modalities``: a subset of the trained ones) and a
         loader over every item in store order, after checking them against the model."""
-        mods = self._choose(features_dir, modalities)
-        ds = FeatureDataset(features_dir, mods, self.config.runtime.memory_budget_gb, progress=progress)
+        ds = open_features(features_dir, self._choose(features_dir, modalities), self.config, progress)
         self.check_stores(features_dir, ds.provenance)
-        sampler = EpochBatchSampler(ds, batch_size, seed=0, shuffle=False, drop_last=False)
-        return ds, make_loader(ds, sampler, self.config.runtime.loader_workers)
+        return ds, store_loader(ds, batch_size, self.config)
 
     def _choose(self, features_dir: str | Path, modalities: Sequence[str] | None) -> list[str]:
         trained = self.modalities
@@ -150,6 +158,21 @@ class Embedder:
         return res["vectors"]["scale"]
 
 
+def open_features(features_dir: str | Path, modalities: Sequence[str], config: ScaleConfig,
+                  progress: bool = False) -> FeatureDataset:
+    """The joined stores of ``modalities`` under ``features_dir`` (ids, labels, instances,
+    provenance and the features), read within ``config``'s memory budget; no model check: call
+    :meth:`Embedder.check_stores` for each model that embeds them."""
+    return FeatureDataset(features_dir, list(modalities), config.runtime.memory_budget_gb, progress=progress)
+
+
+def store_loader(ds: FeatureDataset, batch_size: int, config: ScaleConfig) -> Any:
+    """A loader over every item of ``ds`` in store order, in batches of ``batch_size`` (the
+    input of :meth:`Embedder.embed`), with ``config``'s loader workers."""
+    sampler = EpochBatchSampler(ds, batch_size, seed=0, shuffle=False, drop_last=False)
+    return make_loader(ds, sampler, config.runtime.loader_workers)
+
+
 def save_embeddings(result: Mapping[str, Any], path: str | Path, with_pooled: bool = True) -> Path:
     """Write an :meth:`Embedder.embed_features` result as an embeddings file
     (:mod:`scalemm.embedfile`) with its extras, atomically."""
@@ -163,4 +186,5 @@ def save_embeddings(result: Mapping[str, Any], path: str | Path, with_pooled: bo
                                      result["instances"], **extras)
 
 
-__all__ = ["Embedder", "save_embeddings", "to_device"]
+__all__ = ["Embedder", "Variant", "ablation_variants", "drop_mask", "open_features", "save_embeddings",
+           "store_loader", "to_device"]

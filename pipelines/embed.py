@@ -2,8 +2,10 @@
 
 ``--modalities image,text`` embeds with a subset (the others are treated as absent). The
 ``.npz`` (no pickle) holds ids, labels, instances, vectors (L2-normalized), and also
-modalities, presence, importances and the per-modality pooled outputs. The last stdout
-line is a JSON summary. The logic lives in fuse/embed.py.
+modalities, presence, importances and ``pooled`` [N, M, d]: each modality's encoder pooled
+output (the parts the embedding is weighted from; ``--no-pooled`` leaves them out). The last
+stdout line is a JSON summary. The logic lives in fuse/embedder.py
+(:meth:`Embedder.embed_features`, :func:`save_embeddings`).
 """
 
 from __future__ import annotations
@@ -23,19 +25,20 @@ def main() -> dict:
     p.add_argument("--modalities", default=None, help="comma-separated subset (default: all trained)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
-    p.add_argument("--no-pooled", action="store_true", help="leave the per-modality pooled outputs out")
+    p.add_argument("--no-pooled", action="store_true", help="leave the encoders' per-modality pooled outputs out")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args()
     cli.setup_logging(level=args.log_level)
     from scalemm.config import ConfigError
-    from scalemm.fuse.embed import embed_store, save_embeddings
+    from scalemm.fuse.embedder import Embedder, save_embeddings
 
     mods = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
     t0 = time.perf_counter()
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    res = embed_store(args.run, args.features, mods, args.batch_size, args.device, progress=not args.no_progress)
+    embedder = Embedder.from_run(args.run, args.device)
+    res = embedder.embed_features(args.features, mods, args.batch_size, progress=not args.no_progress)
     path = save_embeddings(res, args.out, with_pooled=not args.no_pooled)
     return {"out": str(path), "items": len(res["ids"]), "dim": int(res["vectors"].shape[1]),
             "modalities": res["modalities"], "seconds": time.perf_counter() - t0}

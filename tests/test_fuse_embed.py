@@ -1,4 +1,5 @@
-"""Embedding with a trained run, modality ablations, and the command lines (train, embed)."""
+"""Embedding with a trained run (fuse.embedder.Embedder), modality ablations, and the command lines
+(train, embed)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from scalemm.store import StoreError
 from scalemm.fuse.config import EmbedSettings
-from scalemm.fuse.embed import embed_store, load_model
+from scalemm.fuse.embedder import Embedder, Variant
 from scalemm.fuse.model import product_embedding
 from scalemm.fuse.reader import FeatureDataset
 from scalemm.fuse.train import train
@@ -33,6 +34,12 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return feats, base / "run"
 
 
+def embedder(run: Path, **settings) -> Embedder:
+    """The run's embedder on the CPU (embedding settings changed by ``settings``)."""
+    emb = Embedder.from_run(run, "cpu")
+    return Embedder.from_run(run, "cpu", dataclasses.replace(emb.settings, **settings)) if settings else emb
+
+
 def test_the_embedding_is_d_model_wide_under_the_checkpoint_settings(trained) -> None:
     """The product embedding is d_model wide (at most 512 floats at the default width), made under
     the embedding settings the checkpoint records (the defaults here); other settings give
@@ -41,9 +48,10 @@ def test_the_embedding_is_d_model_wide_under_the_checkpoint_settings(trained) ->
 
     assert ScaleConfig().d_model <= 512
     feats, run = trained
-    res = embed_store(run, feats, batch_size=7)
-    model, info = load_model(run)
-    assert model.embedding == info["config"].embedding == EmbedSettings()
+    emb = embedder(run)
+    res = emb.embed_features(feats, batch_size=7)
+    model = emb.model
+    assert model.embedding == emb.config.embedding == emb.settings == EmbedSettings()
     assert model.embedding_dim == model.cfg.d_model == 32
     ds = FeatureDataset(feats)
     batch = ds.get_batch(np.arange(len(ds)))
@@ -56,13 +64,14 @@ def test_the_embedding_is_d_model_wide_under_the_checkpoint_settings(trained) ->
     assert not np.allclose(plain, ref, atol=1e-3)
 
 
-def test_embed_store_outputs(trained) -> None:
+def test_embed_features_outputs(trained) -> None:
     feats, run = trained
-    res = embed_store(run, feats, batch_size=7)
+    emb = embedder(run)
+    res = emb.embed_features(feats, batch_size=7)
     ds = FeatureDataset(feats)
     n, M = len(ds), 5
     assert res["ids"] == ds.ids and res["labels"] == ds.labels and res["instances"] == ds.instances
-    cfg = load_model(run)[1]["config"]
+    cfg = emb.config
     assert (cfg.embedding.source, cfg.embedding.weighting) == ("encoder", "importance")
     assert res["vectors"].shape == (n, 32) and res["vectors"].dtype == np.float32
     assert res["pooled"].shape == (n, M, 32) and res["presence"].shape == (n, M)
@@ -72,8 +81,8 @@ def test_embed_store_outputs(trained) -> None:
     norms = np.linalg.norm(res["vectors"], axis=1)
     assert np.allclose(norms[pres.any(1)], 1.0, atol=1e-5)
     # the vector is the importance-weighted sum of the L2-normalised pooled outputs of the
-    # configured source (default embedding.source: encoder), or of the fused ones with source="fusion"
-    assert res["enc_pooled"].shape == (n, M, 32)
+    # configured source (default embedding.source: encoder: "pooled" holds them), or of the fused
+    # ones with source="fusion"
     w = np.where(pres, res["importances"], 0.0)
     w = w / np.maximum(w.sum(1, keepdims=True), 1e-6)
 
@@ -81,18 +90,22 @@ def test_embed_store_outputs(trained) -> None:
         zn = z / np.maximum(np.linalg.norm(z, axis=2, keepdims=True), 1e-12)
         s = (zn * w[..., None]).sum(1)
         return s / np.linalg.norm(s, axis=1, keepdims=True)
-    assert np.allclose(res["vectors"], expected(res["enc_pooled"]), atol=1e-5)
-    fused = embed_store(run, feats, batch_size=7, source="fusion")
-    assert np.allclose(fused["vectors"], expected(fused["pooled"]), atol=1e-5)
+    assert np.allclose(res["vectors"], expected(res["pooled"]), atol=1e-5)
+    fused = embedder(run, source="fusion").embed_features(feats, batch_size=7)
+    assert np.allclose(fused["pooled"], res["pooled"])  # the encoders' outputs, whatever the source
+    with torch.no_grad():
+        fused_pooled = emb.model(ds.get_batch(np.arange(n))).pooled.float().numpy()
+    assert np.allclose(fused["vectors"], expected(fused_pooled), atol=1e-5)
     assert not np.allclose(fused["vectors"], res["vectors"], atol=1e-3)
     assert (res["importances"][~pres] == 0).all()
 
 
 def test_modality_subset_is_the_model_with_the_others_absent(trained) -> None:
     feats, run = trained
-    sub = embed_store(run, feats, modalities=["text", "image"])
+    emb = embedder(run)
+    sub = emb.embed_features(feats, modalities=["text", "image"])
     assert sub["modalities"] == ["image", "text"] and sub["pooled"].shape[1] == 2
-    model, _ = load_model(run)
+    model = emb.model
     batch = FeatureDataset(feats).get_batch(np.arange(24))
     for m in ("table", "video", "audio"):
         batch["present"][m][:] = False
@@ -100,10 +113,10 @@ def test_modality_subset_is_the_model_with_the_others_absent(trained) -> None:
         out = model(batch)
         ref = product_embedding(out, model.embedding).numpy()
     assert np.allclose(sub["vectors"], ref, atol=1e-5)
-    full = embed_store(run, feats)
+    full = emb.embed_features(feats)
     assert not np.allclose(sub["vectors"], full["vectors"], atol=1e-3)
     with pytest.raises(StoreError, match="not on"):
-        embed_store(run, feats, modalities=["image", "smell"])
+        emb.embed_features(feats, modalities=["image", "smell"])
 
 
 def test_embed_cli_writes_npz_without_pickle(trained, tmp_path, run_cli) -> None:
@@ -114,11 +127,12 @@ def test_embed_cli_writes_npz_without_pickle(trained, tmp_path, run_cli) -> None
     assert rc == 0, err
     assert last_json(out)["items"] == 24
     with np.load(out_path, allow_pickle=False) as z:
-        for k in ("ids", "labels", "instances", "vectors", "presence", "importances", "modalities"):
+        for k in ("ids", "labels", "instances", "vectors", "presence", "importances", "modalities", "pooled"):
             assert k in z.files, k
         assert z["ids"].dtype.kind == "U" and z["vectors"].shape == (24, 32)
-        ref = embed_store(run, feats, modalities=["image", "text"])
+        ref = embedder(run).embed_features(feats, modalities=["image", "text"])
         assert np.allclose(z["vectors"], ref["vectors"]) and z["ids"].tolist() == ref["ids"]
+        assert np.allclose(z["pooled"], ref["pooled"])  # the encoders' pooled outputs
 
 
 @pytest.mark.parametrize("case", ["missing_features", "bad_config_key", "corrupt_weights", "corrupt_state",
@@ -202,26 +216,25 @@ def test_an_old_checkpoint_from_before_the_corrections_loads_as_trained(trained,
     cfg = load_weights(old)[1]
     assert cfg.embedding.identification_power == 0.0
     assert (cfg.embedding.source, cfg.embedding.weighting) == (emb["source"], emb["weighting"])
-    model, _ = load_model(old)
+    model = Embedder.from_run(old, "cpu").model
     assert model.embedding_dim == cfg.d_model
     assert model.harmonizer.identification == 0
     assert float(model.harmonizer.identification_updates.sum()) == 0  # missing: left zero
 
 
 def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(trained) -> None:
-    """embed_variants skips the joint transformer for encoder-sourced variants and fuses only the
+    """Embedder.embed skips the joint transformer for encoder-sourced variants and fuses only the
     kept rows: the numbers must be those of the plain forward pass (model.fuse) all the same."""
     from scalemm.fuse.model import weighted_embedding  # noqa: F401 - the weighting under test
-    from scalemm.fuse.reader import EpochBatchSampler, make_loader
-    from scalemm.fuse.variants import Variant, embed_variants, variant_presence
+    from scalemm.fuse.variants import variant_presence
 
     feats, run = trained
-    model, info = load_model(run)
-    ds = FeatureDataset(feats)
-    loader = make_loader(ds, EpochBatchSampler(ds, 10, seed=0, shuffle=False, drop_last=False))
+    emb = embedder(run)
+    model = emb.model
+    ds, loader = emb.open(feats, batch_size=10)
     variants = [Variant("scale"), Variant("fused", source="fusion"), Variant("t+i", ("text", "image")),
                 Variant("drop", drop=0.4, drop_seed=3), Variant("fused_drop", drop=0.4, drop_seed=3, source="fusion")]
-    res = embed_variants(model, loader, variants, torch.device("cpu"))
+    res = emb.embed(loader, variants)
     batch = ds.get_batch(np.arange(len(ds)))
     with torch.no_grad():
         enc = model.encode(batch)
@@ -231,14 +244,13 @@ def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(train
         for v in variants:
             keep = torch.from_numpy(variant_presence(v, model.modalities, ds.ids))
             out = model.fuse(enc, keep)
-            ref = product_embedding(out, dataclasses.replace(info["config"].embedding,
+            ref = product_embedding(out, dataclasses.replace(emb.config.embedding,
                                                              source=v.source or model.embedding.source))
             assert np.allclose(res["vectors"][v.name], ref.numpy(), atol=1e-5), v.name
     # at scale: only some rows kept in memory, a writer gets every row of its variant
     rows = np.array([0, 3, 9, 10, 11, 23])
     chunks: list[np.ndarray] = []
-    part = embed_variants(model, loader, variants, torch.device("cpu"), rows=rows,
-                          writers={"scale": chunks.append})
+    part = emb.embed(loader, variants, rows=rows, writers={"scale": chunks.append})
     assert part["ids"] == [ds.ids[i] for i in rows] and part["presence"].shape == (6, 5)
     for v in variants:
         assert np.allclose(part["vectors"][v.name], res["vectors"][v.name][rows], atol=1e-5), v.name
