@@ -5,9 +5,11 @@ instance ids (``''`` when unknown). It is saved as the embeddings file of
 :mod:`scalemm.embedfile` (a plain ``.npz``, no pickle) so that an index can be rebuilt from
 it alone.
 
-:func:`frozen_baselines` reads the feature stores written by ``extract/`` and returns the
-baselines that need no training: each modality's pooled backbone vector, and their
-concatenation.
+A product's **frozen vector** of a modality is the pooled vector its feature store holds (what
+the backbone gave, before any training), L2-normalized, zero where the product lacks the
+modality: :func:`frozen_vectors`, the one function that reads it. :func:`frozen_baselines`
+returns the baselines that need no training: each modality's frozen vectors (``frozen_<m>``),
+and their concatenation (``concat_frozen``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,18 +107,17 @@ CONCAT_NAME = "concat_frozen"
 
 def frozen_baselines(features_dir: str | Path, modalities: tuple[str, ...] | None = None,
                      rows: np.ndarray | None = None) -> dict[str, EmbeddingSet]:
-    """Training-free baselines from the feature stores under ``features_dir`` (their pooled
-    vectors: the token features are not read); ``rows``: only these items (positions in the
-    stores' order), e.g. the ones an evaluation at scale uses.
+    """Training-free baselines from the frozen vectors of the feature stores under ``features_dir``
+    (the token features are not read); ``rows``: only these items (positions in the stores'
+    order), e.g. the ones an evaluation at scale uses.
 
-    Returns ``frozen_<modality>`` for every modality whose store exists (the store's pooled
-    vector, L2-normalized; an item whose modality is absent, ``counts == 0``, gets a zero
-    vector) and ``concat_frozen`` (the L2-normalized pooled vectors of all present
-    modalities concatenated, then L2-normalized as a whole). Modalities without a store
-    are skipped with a warning. Raises ``StoreError`` if no store exists or the stores do
-    not join (different corpus, code, or item order).
+    Returns ``frozen_<modality>`` for every modality whose store exists (its frozen vectors; an
+    item whose modality is absent, ``counts == 0``, gets a zero vector) and ``concat_frozen``
+    (the frozen vectors of all present modalities concatenated, then L2-normalized as a whole).
+    Modalities without a store are skipped with a warning. Raises ``StoreError`` if no store
+    exists or the stores do not join (different corpus, code, or item order).
     """
-    from scalemm.store import MODALITIES, ShardData, StoreError, concat_shards, list_shards, open_stores
+    from scalemm.store import MODALITIES, StoreError, list_shards, open_stores
 
     root = Path(features_dir)
     if not root.is_dir():
@@ -131,35 +133,38 @@ def frozen_baselines(features_dir: str | Path, modalities: tuple[str, ...] | Non
         raise StoreError(f"no feature stores under {root} (looked for {list(wanted)}); "
                          f"run pipelines/extract.py first")
     stores = open_stores(root, present)
-
     out: dict[str, EmbeddingSet] = {}
-    ref_ids: list[str] | None = None
-    ref_labels: list[str] = []
-    ref_instances: list[str] = []
-    parts: list[np.ndarray] = []
-    for m in present:  # the pooled vectors only: token features are never read
-        data = concat_shards([stores[m].read_index(k, pooled=True) for k in range(len(stores[m].shards))])
-        if rows is not None:
-            pick = [int(i) for i in rows]
-            data = ShardData(ids=[data.ids[i] for i in pick], labels=[data.labels[i] for i in pick],
-                             instances=[data.instances[i] for i in pick], tokens=data.tokens[rows],
-                             counts=data.counts[rows], pooled=data.pooled[rows])
-        if ref_ids is None:
-            ref_ids, ref_labels, ref_instances = data.ids, data.labels, data.instances
-        elif data.ids != ref_ids:
+    for m in present:
+        es = frozen_vectors(stores[m], rows)
+        first = out.get(FROZEN_PREFIX + present[0], es)
+        if es.ids != first.ids:
             raise StoreError(f"cannot join stores {root / present[0]} and {root / m}: their items "
                              f"differ in id or order; re-extract both into a fresh directory")
-        pooled = np.asarray(data.pooled, dtype=np.float32).copy()
-        pooled[np.asarray(data.counts) <= 0] = 0.0
-        vec = l2_normalize(pooled)
-        n_absent = int((np.asarray(data.counts) <= 0).sum())
-        if n_absent:
-            log.info("frozen_%s: %d of %d items lack the modality (zero vectors)", m, n_absent,
-                     len(data.ids))
-        out[FROZEN_PREFIX + m] = EmbeddingSet(list(ref_ids), vec, list(ref_labels),
-                                              list(ref_instances))
-        parts.append(vec)
-    assert ref_ids is not None
-    out[CONCAT_NAME] = EmbeddingSet(list(ref_ids), l2_normalize(np.concatenate(parts, axis=1)),
-                                    list(ref_labels), list(ref_instances))
+        out[FROZEN_PREFIX + m] = es if es is first else EmbeddingSet(first.ids, es.vectors, first.labels,
+                                                                      first.instances)
+    ref = out[FROZEN_PREFIX + present[0]]
+    out[CONCAT_NAME] = EmbeddingSet(list(ref.ids), l2_normalize(np.concatenate([e.vectors for e in out.values()],
+                                                                               axis=1)),
+                                    list(ref.labels), list(ref.instances))
     return out
+
+
+def frozen_vectors(store: Any, rows: np.ndarray | None = None) -> EmbeddingSet:
+    """One store's frozen vectors: each item's pooled vector as the backbone wrote it, L2-normalized,
+    zero where the item lacks the modality (``counts == 0``); ``rows``: only these items. Only the
+    pooled vectors are read, never the token features."""
+    from scalemm.store import ShardData, concat_shards
+
+    data = concat_shards([store.read_index(k, pooled=True) for k in range(len(store.shards))])
+    if rows is not None:
+        pick = [int(i) for i in rows]
+        data = ShardData(ids=[data.ids[i] for i in pick], labels=[data.labels[i] for i in pick],
+                         instances=[data.instances[i] for i in pick], tokens=data.tokens[rows],
+                         counts=data.counts[rows], pooled=data.pooled[rows])
+    pooled = np.asarray(data.pooled, dtype=np.float32).copy()
+    absent = np.asarray(data.counts) <= 0
+    pooled[absent] = 0.0
+    if absent.any():
+        log.info("frozen_%s: %d of %d items lack the modality (zero vectors)", store.modality, int(absent.sum()),
+                 len(data.ids))
+    return EmbeddingSet(data.ids, l2_normalize(pooled), data.labels, data.instances)
