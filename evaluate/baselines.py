@@ -1,8 +1,9 @@
 """The fair baselines: what a practitioner tries before training anything, and the model untrained.
 
-All the concatenations are built from the stores' pooled frozen vectors, the L2-normalised
-``frozen_<m>`` of :func:`evaluate.embeddings.frozen_baselines` (zero where a product lacks the
-modality), and every one is L2-normalised as a whole at the end, as ``concat_frozen`` is:
+All the concatenations are built from the frozen vectors (each store's pooled vector,
+L2-normalised, zero where a product lacks the modality: the ``frozen_<m>`` of
+:func:`evaluate.embeddings.frozen_baselines`), and every one is L2-normalised as a whole at the
+end, as ``concat_frozen`` is (:func:`fair_baselines` builds them all for an evaluation):
 
 * ``concat_text_image`` (:func:`concat_text_image`): the title's and the image's vectors side by
   side at equal weight.
@@ -12,20 +13,25 @@ modality), and every one is L2-normalised as a whole at the end, as ``concat_fro
 * ``concat_pca`` (:func:`concat_pca`): the full concatenation projected by a PCA fitted on the
   **train** split's products only, to the default embedding's width (the ``scale`` embedding of
   the first model; :data:`DEFAULT_WIDTH` without one), then L2-normalised.
-* ``scale_untrained`` (:func:`untrained_model`): the scale model's architecture at initialisation,
-  same config and seed, its weights never trained: what training adds.
+* ``scale_untrained`` (:data:`UNTRAINED`; built by :meth:`fuse.embedder.Embedder.untrained`): the
+  scale model's architecture at initialisation, same config and seed, its weights never trained:
+  what training adds.
 """
 
 from __future__ import annotations
 
 import logging
-import random
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .embeddings import FROZEN_PREFIX, EmbeddingSet, l2_normalize
+from scalemm.splits import rows_of
+
+from .budget import Samples
+from .embeddings import FROZEN_PREFIX, EmbeddingSet, frozen_baselines, l2_normalize
 from .metrics import coarse_query_mask, fine_query_mask
+from .protocol import SplitView
 
 log = logging.getLogger(__name__)
 
@@ -198,19 +204,43 @@ def concat_pca(frozen: Mapping[str, EmbeddingSet], train_rows: np.ndarray, width
         "explained_variance": float(pca.explained_variance_ratio_.sum())}
 
 
-# ----------------------------------------------------------------------------- scale_untrained
+# ----------------------------------------------------------------------------- all of them
 
-def untrained_model(cfg: Any, shapes: Mapping[str, tuple[int, int]], device: Any = "cpu") -> Any:
-    """The scale model's architecture at initialisation (:func:`fuse.step.init_model`, what
-    training starts from), in eval mode on ``device``; the global RNG states are left as they were."""
-    import torch
-
-    from scalemm.fuse.step import init_model
-
-    state = random.getstate()
+def fair_baselines(features: Path, frozen: Mapping[str, EmbeddingSet], view: SplitView, work: np.ndarray | None,
+                   local: Samples, width: int, seed: int) -> tuple[dict[str, EmbeddingSet], dict[str, Any]]:
+    """``concat_text_image``, ``concat_weighted`` (weights chosen on the validation split) and
+    ``concat_pca`` (fitted on the train split's products) from the frozen sets (this module),
+    and what each was built from (``metrics.json`` ``baselines``)."""
+    sets: dict[str, EmbeddingSet] = {}
+    info: dict[str, Any] = {}
+    ti = concat_text_image(frozen)
+    if ti is not None:
+        sets[TEXT_IMAGE] = ti
+        info[TEXT_IMAGE] = {"modalities": {"text": 1.0, "image": 1.0},
+                            "rule": "L2-normalised frozen text and image vectors at equal weight, L2-normalised"}
+    else:
+        log.warning("no text or no image store: concat_text_image is left out")
+    val_rows = rows_of(view.names, "val")
+    if len(val_rows) >= 2:
+        pick = validation_sample(val_rows, seed)
+        if work is None:
+            val = {n: e.subset(pick) for n, e in frozen.items() if n.startswith("frozen_")}
+        else:  # at scale only the scored products are in memory: the validation sample's pooled vectors read apart
+            val = {n: e for n, e in frozen_baselines(features, rows=pick).items() if n.startswith("frozen_")}
+        chosen = choose_weights(val)
+        sets[WEIGHTED] = concat_weighted(frozen, chosen["weights"])
+        info[WEIGHTED] = {**chosen, "chosen_on": "val", "chosen_on_reported_split": view.on == "val",
+                          "val_products_of": int(len(val_rows))}
+        if view.on == "val":
+            log.warning("concat_weighted: its weights were chosen on the val split, which this evaluation reports on "
+                        "(metrics.json baselines.concat_weighted.chosen_on_reported_split)")
+    else:
+        log.warning("the val split holds %d product(s): concat_weighted (weights chosen on val) is left out",
+                    len(val_rows))
     try:
-        with torch.random.fork_rng(devices=[]):
-            model = init_model(cfg, shapes)
-    finally:
-        random.setstate(state)
-    return model.to(device).eval()
+        sets[PCA_NAME], pinfo = concat_pca(frozen, local.train_rows, width, seed=seed)
+        info[PCA_NAME] = {**pinfo, "fitted_on": "train"}
+    except ValueError as e:
+        log.warning("concat_pca is left out: %s", e)
+    info[UNTRAINED] = {"rule": "the scale runs' architecture and config, built with their seeds, never trained"}
+    return sets, info

@@ -78,10 +78,11 @@ def main() -> dict:
         ap.error("--features is required (unless --rebuild-index or --add-products)")
     cli.check_out_dir(a.out)
     from scalemm.evaluate.budget import EvalBudget
+    from scalemm.evaluate.run import EvalJob
 
     budget = EvalBudget(max_queries=a.max_queries, max_sample=a.max_sample, memory_budget_gb=a.memory_budget_gb)
-    m = run_evaluation(a.features, None, a.out, None, a.media_root, split=a.split, drop_prob=a.drop_prob,
-                       budget=budget, drop_draws=a.drop_draws, models={n: str(r) for n, r in models.items()})
+    m = run_evaluation(EvalJob(a.features, models, a.out, a.media_root, split=a.split, drop_prob=a.drop_prob,
+                               drop_draws=a.drop_draws, budget=budget))
     print(format_headline(m), file=sys.stderr)
     return {"out": a.out, "items": m["items"], "seconds": m["seconds"], "timings": m["timings"], "index": m["index"],
             "split": m["split"], "seeds": m["seeds"], "models": m["models"], "embedding_dim": m["embedding_dim"],

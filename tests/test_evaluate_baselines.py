@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from scalemm.evaluate.baselines import (choose_weights, concat_pca, concat_text_image, concat_weighted,
-                                        nearest_neighbour_score, untrained_model)
+                                        nearest_neighbour_score)
 from scalemm.evaluate.embeddings import EmbeddingSet
 from scalemm.evaluate.models import ModelSpecError, model_runs, parse_model_spec
 from scalemm.evaluate.protocol import SplitView
@@ -127,7 +127,7 @@ def test_the_val_score_matches_the_evaluation_scoring() -> None:
 
 
 def test_concat_weighted_chooses_its_weights_on_validation_only() -> None:
-    from scalemm.evaluate.run import _fair_baselines
+    from scalemm.evaluate.baselines import fair_baselines
 
     n = 90
     fr = _frozen(n, seed=1, informative=("text",))
@@ -138,7 +138,7 @@ def test_concat_weighted_chooses_its_weights_on_validation_only() -> None:
         from scalemm.evaluate.budget import EvalBudget, Samples
 
         local = Samples.draw(view.eval_rows, view.train_rows, EvalBudget(), 0)
-        return _fair_baselines(Path("."), sets, view, None, local, 8, 0)
+        return fair_baselines(Path("."), sets, view, None, local, 8, 0)
 
     sets, info = run(fr)
     wi = info["concat_weighted"]
@@ -169,7 +169,7 @@ def test_concat_weighted_chooses_its_weights_on_validation_only() -> None:
     # evaluating on val: the weights are chosen on what is reported, and it says so
     on_val = SplitView(SplitSpec(0), names, "val", view.train_rows, np.flatnonzero(names == "val"))
     from scalemm.evaluate.budget import EvalBudget, Samples
-    info_val = _fair_baselines(Path("."), fr, on_val, None, Samples.draw(on_val.eval_rows, on_val.train_rows,
+    info_val = fair_baselines(Path("."), fr, on_val, None, Samples.draw(on_val.eval_rows, on_val.train_rows,
                                                                           EvalBudget(), 0), 8, 0)[1]
     assert info_val["concat_weighted"]["chosen_on_reported_split"] is True
 
@@ -186,20 +186,26 @@ def test_the_untrained_model_is_the_training_initialisation() -> None:
     import torch
 
     from fuse_helpers import SMALL_SHAPES, tiny_config
+    from scalemm.fuse.embedder import Embedder
+    from scalemm.fuse.model import ScaleModel
     from scalemm.fuse.step import build_learner
 
+    def trained(cfg):  # a trained model of this config (its weights do not matter here)
+        return Embedder(ScaleModel(cfg, SMALL_SHAPES), cfg, {}, Path("trained.safetensors"), 100, torch.device("cpu"))
+
     cfg = tiny_config(seed=7)
+    like = trained(cfg)
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    blank = untrained_model(cfg, SMALL_SHAPES)
+    blank = Embedder.untrained(like).model
     assert torch.equal(torch.rand(1), before)  # the global RNG is left as it was
     learner = build_learner(cfg, SMALL_SHAPES, torch.device("cpu"))
     want = learner.model.state_dict()
     got = blank.state_dict()
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
     assert not blank.training
-    other = untrained_model(cfg.replace(seed=8), SMALL_SHAPES).state_dict()
+    other = Embedder.untrained(trained(cfg.replace(seed=8))).model.state_dict()
     assert any(not torch.equal(other[k], want[k]) for k in want if want[k].is_floating_point())
 
 

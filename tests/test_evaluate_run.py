@@ -65,8 +65,8 @@ def test_metrics_json_keys_split_and_seeds(runs, run_cli, tmp_path) -> None:
     # a model given once is scored once (its single seed paired with the first scale seed)
     assert len(m["per_seed"]["methods"]["scale_paper"]) == 1
     # the default embedding's width, and every method's
-    from scalemm.fuse.embed import load_model
-    width = load_model(runs["scale"] / "seed-0")[0].embedding_dim
+    from scalemm.fuse.embedder import Embedder
+    width = Embedder.from_run(runs["scale"] / "seed-0", "cpu").dim
     assert m["embedding_dim"] == width == m["dims"]["scale"] and set(m["dims"]) == names
     assert m["dims"]["concat_text_image"] == m["dims"]["frozen_text"] + m["dims"]["frozen_image"]
     assert m["dims"]["concat_pca"] == min(width, m["split"]["sizes"]["train"], m["dims"]["concat_frozen"])
