@@ -186,5 +186,5 @@ def save_embeddings(result: Mapping[str, Any], path: str | Path, with_pooled: bo
                                      result["instances"], **extras)
 
 
-__all__ = ["Embedder", "Variant", "ablation_variants", "drop_mask", "open_features", "save_embeddings",
-           "store_loader", "to_device"]
+__all__ = ["Embedder", "Variant", "ablation_variants", "drop_mask", "open_features", "resolve_weights",
+           "save_embeddings", "store_loader", "to_device"]

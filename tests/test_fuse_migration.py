@@ -21,10 +21,16 @@ from safetensors.torch import load_file, save_file
 
 from fuse_helpers import random_batch
 from scalemm.fuse.checkpoint import FORMAT, CheckpointError, load_weights
-from scalemm.fuse.embed import load_model
+from scalemm.fuse.embedder import Embedder
 from scalemm.fuse.model import product_embedding
 
 DATA = Path(__file__).resolve().parent / "data" / "scale-fuse-1"
+
+
+def load_model(weights: Path):
+    """The checkpoint's model and what it records, loaded as every embedding loads it (the Embedder)."""
+    e = Embedder.from_run(weights, "cpu")
+    return e.model, {"config": e.config, "provenance": e.provenance}
 
 
 def _rewrite(src: Path, dst: Path, change) -> Path:

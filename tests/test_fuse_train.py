@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import scalemm.fuse.step as fuse_step
 from scalemm.store import StoreError
 from scalemm.fuse.checkpoint import CheckpointError, latest_checkpoint
-from scalemm.fuse.embed import embed_store, load_model
+from scalemm.fuse.embedder import Embedder
 from scalemm.fuse.model import ScaleModel, product_embedding
 from scalemm.fuse.reader import FeatureDataset
 from scalemm.fuse.train import TrainingDiverged, train
@@ -68,8 +68,11 @@ def test_training_learns_planted_cross_modal_structure(planted, tmp_path) -> Non
     before = _retrieval(product_embedding(out, model.embedding).numpy(), out.pooled.numpy(), out.present.numpy(),
                         ds.labels, ds.instances)
     res = train(planted, tmp_path / "run", cfg, progress=False)
-    emb = embed_store(tmp_path / "run", planted)
-    after = _retrieval(emb["vectors"], emb["pooled"], emb["presence"], emb["labels"], emb["instances"])
+    trained = Embedder.from_run(tmp_path / "run", "cpu")
+    emb = trained.embed_features(planted)
+    with torch.no_grad():  # the fused pooled outputs, as before training
+        fused = trained.model(ds.get_batch(np.arange(len(ds)))).pooled.numpy()
+    after = _retrieval(emb["vectors"], fused, emb["presence"], emb["labels"], emb["instances"])
     assert res.final_loss < 0.7 * res.first_epoch_loss, res.epoch_losses
     assert after["xmodal_class_p1"] > before["xmodal_class_p1"] + 0.25, (before, after)
     assert after["instance_p1"] > before["instance_p1"], (before, after)
@@ -166,13 +169,14 @@ def test_stores_that_do_not_fit_are_refused(small, tmp_path) -> None:
     other = tmp_path / "other"
     write_synthetic_store(other, n_items=12, seed=5, prov_overrides={"text": {"backbone": "hf:another-model"}})
     with pytest.raises(StoreError, match="backbone"):
-        embed_store(run, other)
-    embed_store(run, other, modalities=["image", "table"])  # the fitting stores alone are fine
+        Embedder.from_run(run, "cpu").embed_features(other)
+    Embedder.from_run(run, "cpu").embed_features(other, ["image", "table"])  # the fitting stores alone are fine
     moved = tmp_path / "moved"  # same backbones, another corpus: fine to embed, not to resume on
     write_synthetic_store(moved, n_items=12, seed=6, prov_overrides={
         m: {"corpus_fingerprint": "corpus-2"} for m in ("image", "text", "table", "video", "audio")})
     # the product embedding, d_model wide
-    assert embed_store(run, moved)["vectors"].shape == (12, load_model(run)[0].embedding_dim)
+    embedder = Embedder.from_run(run, "cpu")
+    assert embedder.embed_features(moved)["vectors"].shape == (12, embedder.model.embedding_dim)
     with pytest.raises(StoreError, match="corpus_fingerprint"):
         train(moved, run, None, resume=True, epochs=2, progress=False)
 
