@@ -59,7 +59,8 @@ from scalemm.runs import RunFolder
 
 from .baselines import UNTRAINED, fair_baselines
 from .budget import SAMPLES_FILE, EvalBudget, Samples
-from .catalogue import CATALOGUE_DIR, CATALOGUE_INDEX, VECTORS_FILE, build_catalogue_index, write_vectors
+from .catalogue import (CATALOGUE_DIR, CATALOGUE_INDEX, VECTORS_FILE, build_catalogue_index, catalogue_record,
+                        check_added, write_vectors)
 from .diagnostics import cross_modal_figures, importance_figures
 from .embeddings import EmbeddingSet, frozen_baselines, l2_normalize
 from .index import load_index, rebuild_index, search
@@ -219,8 +220,10 @@ def embed_seed(job: EvalJob, models: Models, store: Store, k: int, tally: Tally)
     tally.peak["embedding"] = peak_rss_gb()
     if k == 0:
         t = time.perf_counter()
+        record = catalogue_record(m.run, m.embedder.weights, seed, job.features, job.media_root)
         tally.catalogue = build_catalogue_index(cat_path, list(store.ds.ids), job.out / INDEX_DIR / CATALOGUE_INDEX,
-                                                memory_budget_bytes=job.budget.memory_budget_bytes, seed=seed)
+                                                memory_budget_bytes=job.budget.memory_budget_bytes, seed=seed,
+                                                record=record)
         tally.timings["catalogue_index_s"] = time.perf_counter() - t
         tally.peak["catalogue_index"] = peak_rss_gb()
     return emb
@@ -413,6 +416,7 @@ def add_products(out: str | Path, embeddings: str | Path) -> dict[str, Any]:
     the catalogue's model) to the catalogue index ``out/index/catalogue``, without rebuilding it."""
     from .index import add_to_index
 
+    check_added(Path(out) / INDEX_DIR / CATALOGUE_INDEX, embeddings)  # embedded by the catalogue's checkpoint
     es = EmbeddingSet.load(embeddings)
     t0 = time.time()
     built = add_to_index(Path(out) / INDEX_DIR / CATALOGUE_INDEX, es.vectors, es.ids)

@@ -147,7 +147,7 @@ class Embedder:
         res = self.embed(loader, progress=progress)
         cols = [self.modalities.index(m) for m in ds.modalities]
         return {"ids": res["ids"], "labels": res["labels"], "instances": res["instances"],
-                "modalities": list(ds.modalities), "vectors": res["vectors"]["scale"],
+                "weights": str(self.weights), "modalities": list(ds.modalities), "vectors": res["vectors"]["scale"],
                 "pooled": res["enc_pooled"][:, cols], "presence": res["presence"][:, cols],
                 "importances": res["importances"][:, cols]}
 
@@ -178,8 +178,12 @@ def save_embeddings(result: Mapping[str, Any], path: str | Path, with_pooled: bo
     (:mod:`scalemm.embedfile`) with its extras, atomically."""
     from scalemm import embedfile
 
+    from scalemm.store import file_fingerprint
+
     extras = {"modalities": result["modalities"], "presence": result["presence"],
-              "importances": result["importances"]}
+              "importances": result["importances"],
+              # which checkpoint embedded them: a catalogue refuses products another one embedded
+              "weights_sha256": np.array(file_fingerprint(result["weights"]))}
     if with_pooled:
         extras["pooled"] = result["pooled"]
     return embedfile.save_embeddings(path, result["ids"], result["vectors"], result["labels"],
