@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from scalemm.atomic import remove_stale_temps as _remove_temps
+from scalemm.atomic import remove_stale_temps
 from scalemm.atomic import replace_atomic, write_json_atomic
 from scalemm.errors import UserError
 from scalemm.runs import CHECKPOINTS, RunFolder
@@ -74,10 +74,11 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return RunFolder(run_dir).checkpoints
 
 
-def remove_stale_temps(run_dir: str | Path) -> list[Path]:
+def clean_run_temps(run_dir: str | Path) -> list[Path]:
     """Delete the temporary files (``<name>.tmp<pid>``) a killed run left in ``run_dir`` and its
-    checkpoints; those of a process still alive are kept. Returns the files removed."""
-    removed = _remove_temps([Path(run_dir), checkpoint_dir(run_dir)])
+    checkpoints (:func:`scalemm.atomic.remove_stale_temps`); those of a process still alive are
+    kept. Returns the files removed."""
+    removed = remove_stale_temps([Path(run_dir), checkpoint_dir(run_dir)])
     if removed:
         log.info("removed %d temporary file(s) of an interrupted run under %s", len(removed), run_dir)
     return removed

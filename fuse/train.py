@@ -32,7 +32,7 @@ from scalemm.runs import RunFolder
 from scalemm.splits import assign, rows_of
 
 from .checkpoint import (Checkpoint, CheckpointError, check_provenance, latest_checkpoint, load_state,
-                         load_weights, provenance_to_json, remove_stale_temps, rng_state, save_checkpoint,
+                         load_weights, provenance_to_json, clean_run_temps, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import ConfigError, RunSettings, ScaleConfig
 from scalemm.device import resolve_device
@@ -304,7 +304,7 @@ def restore(learner: Learner, tensors: dict[str, torch.Tensor], state: dict[str,
 def start_run_folder(run: RunFolder, cfg: ScaleConfig, ds: FeatureDataset) -> None:
     """Create the run folder (or clean what a killed run left) and write its config and provenance."""
     run.root.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(run.root)
+    clean_run_temps(run.root)
     cfg.to_yaml(run.config)
     write_json_atomic(run.provenance, provenance_to_json(ds.provenance))
 
