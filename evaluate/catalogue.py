@@ -173,7 +173,7 @@ def check_checkpoint(record: dict[str, Any], checkpoint: str | Path) -> Path:
 
     A run directory resumed after the evaluation is fine: its checkpoint of the recorded step is
     used while it is kept."""
-    from scalemm.fuse.checkpoint import resolve_weights
+    from scalemm.fuse.embedder import resolve_weights
     from scalemm.runs import CHECKPOINTS
 
     p = Path(checkpoint)

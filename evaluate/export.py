@@ -124,7 +124,7 @@ def run_provenance(eval_dir: Path) -> dict[str, Any]:
     try:
         from safetensors import safe_open
 
-        from scalemm.fuse.checkpoint import resolve_weights
+        from scalemm.fuse.embedder import resolve_weights
 
         weights = resolve_weights(run)
         with safe_open(str(weights), framework="np") as f:
