@@ -22,7 +22,9 @@ file is the same) and the scan reads that. A CSV or Parquet catalogue is convert
 way, streamed (CSV blocks, Parquet row groups: never the whole file in memory), into
 ``FEATS/corpus/<csv|parquet>-<sha256>-<mapping>.jsonl``: line N of the copy is the
 catalogue's row N (a bad row leaves its line blank), so bad records and the copy agree on
-row numbers.
+row numbers. A JSONL corpus is copied as it is (``FEATS/corpus/jsonl-<sha256>.jsonl``, by a task
+beside the scan): the store carries the titles and media paths of every product it holds, so
+evaluation, the gallery and search need no corpus file (:func:`scalemm.corpus.store_corpus`).
 """
 
 from __future__ import annotations
@@ -168,6 +170,16 @@ def convert_table(path: str, dest: str, fmt: TableFormat) -> list[tuple[str, str
     return bad
 
 
+def copy_corpus(path: str, dest: str) -> None:
+    """The copy task of a JSONL corpus: the file as it is at ``dest`` (atomically, streamed)."""
+    import shutil
+
+    from scalemm.atomic import replace_atomic
+
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    replace_atomic(dest, lambda tmp: shutil.copyfile(path, tmp))
+
+
 def converted_path(out: Path, fmt: str, fingerprint: str) -> Path:
     """Where an M5Product release or a CSV / Parquet catalogue is converted to JSONL in the store
     ``out`` (a table's name also depends on its column mapping)."""
@@ -228,6 +240,10 @@ def scan_corpus(path: str | Path, media_root: str | Path, fmt: str, out: Path, c
     else:
         src = path
         chunks, fingerprint = corpus_chunks(src, chunk_bytes)
+    copied = None
+    if fmt == "jsonl" and not converted_path(out, fmt, fingerprint).exists():  # the store's copy, beside the scan
+        copied = ray.remote(copy_corpus).options(num_cpus=cpus, **(options or {})).remote(
+            str(path), str(converted_path(out, fmt, fingerprint)))
     task = ray.remote(scan_chunk).options(num_cpus=cpus, **(options or {}))
     refs = [task.remote(str(src), a, b, line, str(media_root)) for a, b, line in chunks]
     parts = []
@@ -235,6 +251,8 @@ def scan_corpus(path: str | Path, media_root: str | Path, fmt: str, out: Path, c
         for ref in refs:  # in order: the products stay in line order
             parts.append(ray.get(ref))
             bar.update(1)
+    if copied is not None:
+        ray.get(copied)
     products = pa.concat_tables([p["products"] for p in parts])
     bad += [(line, BadRecord(where, err)) for p in parts for line, where, err in p["bad"]]
     if products.num_rows == 0:

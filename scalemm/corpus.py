@@ -502,23 +502,24 @@ def copy_name(fmt: str, fingerprint: str) -> str:
     if isinstance(fmt, TableFormat):
         mapping = json.dumps([sorted(fmt.columns.items()), list(fmt.exclude)]).encode()
         return f"{fmt}-{fingerprint[:16]}-{hashlib.sha256(mapping).hexdigest()[:8]}.jsonl"
-    return f"m5product-{fingerprint[:16]}.jsonl"
+    return f"{'jsonl' if fmt == 'jsonl' else 'm5product'}-{fingerprint[:16]}.jsonl"
 
 
 def store_corpus(features: str | Path) -> Path | None:
     """The JSONL the store ``features`` was last extracted from (its manifest's ``corpus``), as
-    it can be read again: the file itself, or the scan's copy of an M5Product release or a CSV /
-    Parquet catalogue in ``FEATS/corpus/`` (the newest, for a catalogue read with several column
-    mappings). None when there is neither (a corpus moved away)."""
+    it can be read again: the scan's copy in ``FEATS/corpus/`` (of a JSONL corpus, an M5Product
+    release or a CSV / Parquet catalogue; the newest, for a catalogue read with several column
+    mappings), else, for a store written before JSONL corpora were copied, the file itself.
+    None when there is neither (a corpus moved away)."""
     from scalemm.store import read_manifest
 
     man = read_manifest(features) or {}
     corpus, fp = man.get("corpus"), str(man.get("corpus_fingerprint") or "")
-    if corpus and Path(corpus).suffix.lower() in (".jsonl", ".ndjson") and Path(corpus).is_file():
-        return Path(corpus)
     copies = [p for p in (Path(features) / COPY_DIR).glob(f"*-{fp[:16]}*.jsonl")] if fp else []
     if copies:
         return max(copies, key=lambda p: p.stat().st_mtime)
+    if corpus and Path(corpus).suffix.lower() in (".jsonl", ".ndjson") and Path(corpus).is_file():
+        return Path(corpus)
     if corpus and Path(corpus).is_file():
         try:
             return Path(corpus) if corpus_format(corpus) == "jsonl" else None

@@ -186,6 +186,10 @@ def test_csv_and_parquet_catalogues_extract_to_the_stores_of_the_same_jsonl(ray_
     pd.DataFrame(rows).to_csv(tmp_path / "catalogue.csv", index=False)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "catalogue.parquet", row_group_size=7)
     ref = run_extraction(ref_corpus, demo_corpus, tmp_path / "feats-jsonl", tiny_config)
+    # a JSONL corpus is copied into its store as it is: titles and media paths travel with the store
+    jcopy = store_corpus(tmp_path / "feats-jsonl")
+    assert jcopy is not None and jcopy.parent == tmp_path / "feats-jsonl" / "corpus"
+    assert jcopy.name.startswith("jsonl-") and jcopy.read_bytes() == Path(ref_corpus).read_bytes()
     rc, out, err, _ = run_cli("extract.py", "--corpus", str(tmp_path / "catalogue.csv"), "--media-root",
                               str(demo_corpus), "--out", str(tmp_path / "feats-csv"), "--config",
                               str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"),
