@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from scalemm.atomic import write_json_atomic
+from scalemm.device import resolve_device
 from scalemm.errors import UserError
 from scalemm.runs import RunFolder
 from scalemm.splits import assign, rows_of
@@ -35,7 +36,6 @@ from .checkpoint import (Checkpoint, CheckpointError, check_provenance, latest_c
                          load_weights, provenance_to_json, clean_run_temps, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import ConfigError, RunSettings, ScaleConfig
-from scalemm.device import resolve_device
 from .plot import plot_training
 from .reader import EpochBatchSampler, FeatureDataset, make_loader
 from .runlog import RunLog
@@ -147,14 +147,45 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
     Raises StoreError (features), ConfigError, CheckpointError, TrainingDiverged.
     """
     t0 = time.perf_counter()
-    dist = dist or DistContext()
+    job = prepare(features_dir, run_dir, cfg, resume, epochs, seed, progress, dist or DistContext())
+    t_loop = time.perf_counter()
+    try:
+        n_samples = run_loop(job)
+    finally:
+        job.pbar.close()
+        job.runlog.close()
+    return finish(job, t0, time.perf_counter() - t_loop, n_samples)
+
+
+@dataclass
+class TrainJob:
+    """Everything one training call works with, as :func:`prepare` sets it up."""
+
+    run: RunFolder
+    cfg: ScaleConfig
+    dist: DistContext
+    ds: FeatureDataset
+    learner: Learner
+    counters: Counters
+    sampler: EpochBatchSampler
+    loader: Any
+    runlog: RunLog
+    pbar: Any
+    last_ck: Checkpoint | None
+    resumed_from: int | None
+
+
+def prepare(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None, resume: bool,
+            epochs: int | None, seed: int | None, progress: bool, dist: DistContext) -> TrainJob:
+    """The config, the data, the model and optimizer (fresh, or as the checkpoint left them), the
+    batches of the train split, the run folder and its logs."""
+    from tqdm.auto import tqdm
+
     run, features_dir = RunFolder(run_dir), Path(features_dir)
     cfg, ck = resolve_config(run.root, cfg, resume, epochs, seed)
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     device = dist.device or resolve_device(cfg.runtime.device)
-
-    # the data, then the model and optimizer: freshly initialised, or as the checkpoint left them
     ds = FeatureDataset(features_dir, cfg.modalities, cfg.runtime.memory_budget_gb, progress=progress and dist.is_main)
     saved = read_checkpoint(ck, ds, f"resuming {run.root} on {features_dir}") if ck is not None else None
     learner = build_learner(cfg, {m: (s.max_tokens, s.dim) for m, s in ds.shapes.items()}, device, dist.world)
@@ -163,7 +194,6 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
     if ck is not None:
         log.info("resuming %s from step %d (epoch %d, batch %d)", run.root, counters.step, counters.epoch + 1,
                  counters.batch_in_epoch)
-
     split = assign(ds.instances, ds.ids, cfg.split_spec())
     sampler = EpochBatchSampler(ds, cfg.batch_size, cfg.seed, rank=dist.rank, world=dist.world,
                                 subset=rows_of(split, cfg.train_split), group_instances=cfg.instance_positives)
@@ -171,53 +201,58 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
     if dist.is_main:
         start_run_folder(run, cfg, ds)
     runlog = RunLog(run, resumed_from, cfg.runtime.tensorboard, dist.is_main)
-    from tqdm.auto import tqdm
     total = len(sampler.batches()) * cfg.epochs
-    pbar = tqdm(total=min(total, cfg.runtime.max_steps) if cfg.runtime.max_steps else total, initial=counters.step, unit="step",
+    max_steps = cfg.runtime.max_steps
+    pbar = tqdm(total=min(total, max_steps) if max_steps else total, initial=counters.step, unit="step",
                 desc="train SCALE", disable=not (progress and dist.is_main), dynamic_ncols=True)
-    last_ck: Checkpoint | None = ck
-    n_samples = 0
-    t_loop = time.perf_counter()
-    learner.model.train()
-    try:
-        while counters.epoch < cfg.epochs and not counters.reached(cfg.runtime.max_steps):
-            sampler.set_epoch(counters.epoch, skip=counters.batch_in_epoch)
-            t_last = time.perf_counter()
-            for batch in loader:
-                try:
-                    stats = train_step(learner, batch, counters.step)
-                except NonFiniteStep as e:
-                    raise diverged(e, counters, last_ck, cfg.lr) from None
-                now = time.perf_counter()
-                rec = counters.add_step(stats, samples_per_s=stats["batch"] / max(now - t_last, 1e-9))
-                t_last = now
-                n_samples += stats["batch"]
-                runlog.write(rec)
-                pbar.update(1)
-                pbar.set_postfix(loss=f"{rec['loss']:.4f}", epoch=counters.epoch + 1)
-                if cfg.runtime.checkpoint_unit == "step" and counters.step % cfg.runtime.checkpoint_every == 0:
-                    last_ck = save(run, learner, counters, ds, dist) or last_ck
-                if counters.reached(cfg.runtime.max_steps):
-                    break
-            if counters.reached(cfg.runtime.max_steps):
-                break  # the epoch stays open: a resume with more steps continues it where it stopped
-            mean = counters.end_epoch()
-            if mean is not None:
-                log.info("epoch %d/%d: mean loss %.4f", counters.epoch, cfg.epochs, mean)
-            if cfg.runtime.checkpoint_unit == "epoch" and counters.epoch % cfg.runtime.checkpoint_every == 0:
-                last_ck = save(run, learner, counters, ds, dist) or last_ck
-        if last_ck is None or last_ck.step != counters.step:
-            last_ck = save(run, learner, counters, ds, dist) or last_ck
-    finally:
-        pbar.close()
-        runlog.close()
-    loop_s = time.perf_counter() - t_loop
-    if dist.is_main:
-        try:
-            plot_training(run.log, run.plot)
-        except Exception as e:  # a plot never fails a finished run
-            log.warning("could not draw %s: %s", run.plot, e)
+    return TrainJob(run, cfg, dist, ds, learner, counters, sampler, loader, runlog, pbar, ck, resumed_from)
 
+
+def run_loop(job: TrainJob) -> int:
+    """The epochs: steps, logs, checkpoints at the configured cadence, the last one at the end.
+    Returns the samples trained on."""
+    cfg, counters, rt = job.cfg, job.counters, job.cfg.runtime
+    n_samples = 0
+    job.learner.model.train()
+    while counters.epoch < cfg.epochs and not counters.reached(rt.max_steps):
+        job.sampler.set_epoch(counters.epoch, skip=counters.batch_in_epoch)
+        t_last = time.perf_counter()
+        for batch in job.loader:
+            try:
+                stats = train_step(job.learner, batch, counters.step)
+            except NonFiniteStep as e:
+                raise diverged(e, counters, job.last_ck, cfg.lr) from None
+            now = time.perf_counter()
+            rec = counters.add_step(stats, samples_per_s=stats["batch"] / max(now - t_last, 1e-9))
+            t_last = now
+            n_samples += stats["batch"]
+            job.runlog.write(rec)
+            job.pbar.update(1)
+            job.pbar.set_postfix(loss=f"{rec['loss']:.4f}", epoch=counters.epoch + 1)
+            if rt.checkpoint_unit == "step" and counters.step % rt.checkpoint_every == 0:
+                job.last_ck = save(job.run, job.learner, counters, job.ds, job.dist) or job.last_ck
+            if counters.reached(rt.max_steps):
+                break
+        if counters.reached(rt.max_steps):
+            break  # the epoch stays open: a resume with more steps continues it where it stopped
+        mean = counters.end_epoch()
+        if mean is not None:
+            log.info("epoch %d/%d: mean loss %.4f", counters.epoch, cfg.epochs, mean)
+        if rt.checkpoint_unit == "epoch" and counters.epoch % rt.checkpoint_every == 0:
+            job.last_ck = save(job.run, job.learner, counters, job.ds, job.dist) or job.last_ck
+    if job.last_ck is None or job.last_ck.step != counters.step:
+        job.last_ck = save(job.run, job.learner, counters, job.ds, job.dist) or job.last_ck
+    return n_samples
+
+
+def finish(job: TrainJob, t0: float, loop_s: float, n_samples: int) -> TrainResult:
+    """The training plot and the run's result (``result.json``)."""
+    counters = job.counters
+    if job.dist.is_main:
+        try:
+            plot_training(job.run.log, job.run.plot)
+        except Exception as e:  # a plot never fails a finished run
+            log.warning("could not draw %s: %s", job.run.plot, e)
     losses, importances = counters.epoch_losses, counters.last_epoch_importances
     if counters.epoch_n:  # an epoch cut short by max_steps counts as the last one
         mean, importances = counters.epoch_means()
@@ -228,10 +263,10 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
         steps=int(counters.step), epochs=int(counters.epoch), seconds=time.perf_counter() - t0,
         samples_per_s=n_samples / loop_s if loop_s > 0 else 0.0,
         importances={k: float(v) for k, v in importances.items()},
-        run_dir=str(run.root), checkpoint=str(last_ck.weights) if last_ck else "",
-        resumed_from_step=resumed_from, epoch_losses=[float(x) for x in losses])
-    if dist.is_main:
-        write_json_atomic(run.result, result.to_dict())
+        run_dir=str(job.run.root), checkpoint=str(job.last_ck.weights) if job.last_ck else "",
+        resumed_from_step=job.resumed_from, epoch_losses=[float(x) for x in losses])
+    if job.dist.is_main:
+        write_json_atomic(job.run.result, result.to_dict())
     return result
 
 

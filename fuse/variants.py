@@ -99,10 +99,8 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
 
     from scalemm.device import to_device
 
-    mods = list(model.modalities)
-    weighting, embed_from = model.embedding.weighting, model.embedding.source
     writers = writers or {}
-    out: dict[str, Any] = {"ids": [], "labels": [], "instances": [], "modalities": mods,
+    out: dict[str, Any] = {"ids": [], "labels": [], "instances": [], "modalities": list(model.modalities),
                            "vectors": {v.name: [] for v in variants}, "presence": [], "importances": [],
                            "enc_pooled": []}
     start = 0
@@ -116,47 +114,54 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
                 lo, hi = np.searchsorted(rows, [start, start + B])
                 keep = rows[lo:hi] - start
             start += B
-            if not len(keep) and not writers:
-                continue
-            sel = torch.from_numpy(keep).to(device)
-            batch = to_device(batch, device)
-            enc = model.encode(batch)
-            present = enc.present
-            z = _encoder_pooled(model, enc)
-            with torch.autocast(device_type=device.type, enabled=False):
-                _, imp = model.harmonizer(z, present, uniform=not model.cfg.harmonize)
-            out["presence"].append(present[sel].cpu())
-            out["importances"].append(imp[sel].float().cpu())
-            out["enc_pooled"].append(z[sel].cpu())
-            for k in ("ids", "labels", "instances"):
-                out[k] += [batch[k][i] for i in keep]
-            fused: dict[tuple[bool, bytes], Any] = {}
-            for v in variants:
-                vkeep = torch.from_numpy(variant_presence(v, mods, batch["ids"])).to(device)
-                whole = rows is None or v.name in writers  # computed on every row of the batch
-                if (v.source or embed_from) == "encoder":
-                    pv = present & vkeep
-                    zv = torch.where(pv[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
-                    with torch.autocast(device_type=device.type, enabled=False):
-                        _, iv = model.harmonizer(zv, pv, uniform=not model.cfg.harmonize)
-                        emb = weighted_embedding(zv, pv, iv, weighting)
-                    whole = True
-                else:  # the joint transformer: once per batch and distinct presence
-                    e, k = (enc, vkeep) if whole else (_rows_of(enc, sel), vkeep[sel])
-                    key = (whole, k.cpu().numpy().tobytes())
-                    if key not in fused:
-                        fused[key] = model.fuse(e, None if bool(k.all()) else k)
-                    f = fused[key]
-                    emb = weighted_embedding(f.pooled, f.present, f.importances, weighting)
-                emb = emb.float().cpu()
-                if v.name in writers:
-                    writers[v.name](emb.numpy())
-                out["vectors"][v.name].append(emb if rows is None or not whole else emb[sel.cpu()])
+            if len(keep) or writers:
+                _embed_batch(model, to_device(batch, device), keep, variants, device, rows is None, writers, out)
     out["vectors"] = {k: torch.cat(x).numpy().astype(np.float32) for k, x in out["vectors"].items()}
     for k in ("presence", "importances", "enc_pooled"):
         out[k] = torch.cat(out[k]).numpy()
     out["presence"] = out["presence"].astype(bool)
     return out
+
+
+def _embed_batch(model: ScaleModel, batch: Mapping[str, Any], keep: np.ndarray, variants: Sequence[Variant],
+                 device: torch.device, all_rows: bool, writers: Mapping[str, Callable[[np.ndarray], Any]],
+                 out: dict[str, Any]) -> None:
+    """One batch of :func:`embed_variants`: the encoders once, then every variant; the rows
+    ``keep`` appended to ``out`` (every row when ``all_rows``), every row to the writers."""
+    mods, weighting = list(model.modalities), model.embedding.weighting
+    sel = torch.from_numpy(keep).to(device)
+    enc = model.encode(batch)
+    present = enc.present
+    z = _encoder_pooled(model, enc)
+    with torch.autocast(device_type=device.type, enabled=False):
+        _, imp = model.harmonizer(z, present, uniform=not model.cfg.harmonize)
+    out["presence"].append(present[sel].cpu())
+    out["importances"].append(imp[sel].float().cpu())
+    out["enc_pooled"].append(z[sel].cpu())
+    for k in ("ids", "labels", "instances"):
+        out[k] += [batch[k][i] for i in keep]
+    fused: dict[tuple[bool, bytes], Any] = {}
+    for v in variants:
+        vkeep = torch.from_numpy(variant_presence(v, mods, batch["ids"])).to(device)
+        whole = all_rows or v.name in writers  # computed on every row of the batch
+        if (v.source or model.embedding.source) == "encoder":
+            pv = present & vkeep
+            zv = torch.where(pv[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
+            with torch.autocast(device_type=device.type, enabled=False):
+                _, iv = model.harmonizer(zv, pv, uniform=not model.cfg.harmonize)
+                emb = weighted_embedding(zv, pv, iv, weighting)
+            whole = True
+        else:  # the joint transformer: once per batch and distinct presence
+            e, k = (enc, vkeep) if whole else (_rows_of(enc, sel), vkeep[sel])
+            key = (whole, k.cpu().numpy().tobytes())
+            if key not in fused:
+                fused[key] = model.fuse(e, None if bool(k.all()) else k)
+            f = fused[key]
+            emb = weighted_embedding(f.pooled, f.present, f.importances, weighting)
+        emb = emb.float().cpu()
+        if v.name in writers:
+            writers[v.name](emb.numpy())
+        out["vectors"][v.name].append(emb if all_rows or not whole else emb[sel.cpu()])
 
 
 def ablation_variants(trained: Sequence[str], order: Sequence[Sequence[str]]) -> list[Variant]:
