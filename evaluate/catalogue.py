@@ -36,6 +36,7 @@ from .index import IndexFileError, ann_recall_at_k, build_index, exact_search, s
 log = logging.getLogger(__name__)
 
 CATALOGUE_DIR, VECTORS_FILE, CATALOGUE_INDEX = "catalogue", "vectors.npy", "catalogue"
+INDEX_DIR = "index"  # OUT/index/<method>: the FAISS indexes of an evaluation (OUT/index/catalogue: every product)
 RECORD_FILE, RECORD_FORMAT = "provenance.json", "scale-catalogue-1"
 T = TypeVar("T")
 
@@ -119,6 +120,24 @@ def build_catalogue_index(vectors_path: str | Path, ids: list[str], out_dir: str
 
 class CatalogueRunError(IndexFileError):
     """A checkpoint that did not build the catalogue's vectors, or a catalogue that does not say which did."""
+
+
+def catalogue_from_run(embedder: Any, run: str | Path, features: str | Path, out: str | Path, *,
+                       media_root: str | Path | None = None, memory_budget_bytes: int | None = None,
+                       batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
+    """Every product of the store ``features`` embedded by ``embedder`` (a
+    :class:`fuse.embedder.Embedder` of ``run``) into ``out/catalogue/vectors.npy``, chunk by chunk
+    (nothing held in memory), and indexed into ``out/index/catalogue`` with its record: the same
+    catalogue an evaluation builds, for search (``pipelines/search.py``, ``pipelines/serve.py``)."""
+    out = Path(out)
+    ds, loader = embedder.open(features, batch_size=batch_size, progress=progress)
+    path = out / CATALOGUE_DIR / VECTORS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_vectors(path, len(ds), embedder.dim, lambda w: embedder.embed(
+        loader, progress=progress, rows=np.empty(0, dtype=np.int64), writers={"scale": w}))
+    record = catalogue_record(run, embedder.weights, embedder.config.seed, features, media_root)
+    return build_catalogue_index(path, list(ds.ids), out / INDEX_DIR / CATALOGUE_INDEX,
+                                 memory_budget_bytes=memory_budget_bytes, seed=embedder.config.seed, record=record)
 
 
 def weights_digest(path: str | Path) -> str:

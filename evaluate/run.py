@@ -59,8 +59,8 @@ from scalemm.runs import RunFolder
 
 from .baselines import UNTRAINED, fair_baselines
 from .budget import SAMPLES_FILE, EvalBudget, Samples
-from .catalogue import (CATALOGUE_DIR, CATALOGUE_INDEX, VECTORS_FILE, build_catalogue_index, catalogue_record,
-                        check_added, write_vectors)
+from .catalogue import (CATALOGUE_DIR, CATALOGUE_INDEX, INDEX_DIR, VECTORS_FILE, build_catalogue_index,
+                        catalogue_record, check_added, write_vectors)
 from .diagnostics import cross_modal_figures, importance_figures
 from .embeddings import EmbeddingSet, frozen_baselines, l2_normalize
 from .index import load_index, rebuild_index, search
@@ -75,7 +75,7 @@ from .tasks import K, evaluate_retrieval
 
 log = logging.getLogger(__name__)
 
-EMB_DIR, INDEX_DIR = "embeddings", "index"
+EMB_DIR = "embeddings"
 DROP_PROB = 0.3
 # robustness: independent draws of the dropped modalities per seed, averaged; one draw over a
 # few hundred queries moves the figure by several points (0.85 to 0.94 on the development

@@ -1,4 +1,6 @@
-"""Product embeddings from a trained run: ``python pipelines/embed.py --run RUN --features FEATS --out X.npz``.
+"""Product embeddings from a trained run: ``python pipelines/embed.py --run RUN --features FEATS --out X.npz``,
+and/or ``--index DIR``: a catalogue index of every product (``DIR/index/catalogue``, as an evaluation
+builds it, with the run that built it) for ``pipelines/search.py`` and ``pipelines/serve.py``.
 
 ``--modalities image,text`` embeds with a subset (the others are treated as absent). The
 ``.npz`` (no pickle) holds ids, labels, instances, vectors (L2-normalized), and also
@@ -21,7 +23,9 @@ def main() -> dict:
     p = cli.ArgumentParser(description="Write SCALE product embeddings for a feature store.")
     p.add_argument("--run", required=True, type=Path, help="run directory of pipelines/train.py (or a .safetensors)")
     p.add_argument("--features", required=True, type=Path, help="feature directory to embed")
-    p.add_argument("--out", required=True, type=Path, help="output .npz")
+    p.add_argument("--out", type=Path, default=None, help="output .npz")
+    p.add_argument("--index", type=Path, default=None,
+                   help="also (or only) build a catalogue index of every product in this folder, for search")
     p.add_argument("--modalities", default=None, help="comma-separated subset (default: all trained)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
@@ -37,11 +41,23 @@ def main() -> dict:
     t0 = time.perf_counter()
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out is None and args.index is None:
+        raise ConfigError("give --out X.npz, --index DIR or both")
+    if args.index is not None and mods is not None:
+        raise ConfigError("--index embeds every modality the model was trained on; leave --modalities out")
     embedder = Embedder.from_run(args.run, args.device)
-    res = embedder.embed_features(args.features, mods, args.batch_size, progress=not args.no_progress)
-    path = save_embeddings(res, args.out, with_pooled=not args.no_pooled)
-    return {"out": str(path), "items": len(res["ids"]), "dim": int(res["vectors"].shape[1]),
-            "modalities": res["modalities"], "seconds": time.perf_counter() - t0}
+    summary: dict = {"dim": embedder.dim}
+    if args.out is not None:
+        res = embedder.embed_features(args.features, mods, args.batch_size, progress=not args.no_progress)
+        path = save_embeddings(res, args.out, with_pooled=not args.no_pooled)
+        summary.update(out=str(path), items=len(res["ids"]), modalities=res["modalities"])
+    if args.index is not None:
+        from scalemm.evaluate.catalogue import catalogue_from_run
+
+        cat = catalogue_from_run(embedder, args.run, args.features, args.index, batch_size=args.batch_size,
+                                 progress=not args.no_progress)
+        summary.update(index=str(args.index), items=cat["vectors"], index_type=cat["type"])
+    return {**summary, "seconds": time.perf_counter() - t0}
 
 
 if __name__ == "__main__":

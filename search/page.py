@@ -92,56 +92,69 @@ def _page(body: str, title: str = "") -> str:
 def make_app(searcher: Searcher, k: int = 10, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Starlette:
     """The search page over ``searcher``: ``k`` neighbours per query; uploads of at most
     ``max_upload_bytes``."""
-    cat = searcher.catalogue
-    root = cat.media_root
-    lock = threading.Lock()  # one query at a time through the model and backbones
-    uploads = tempfile.TemporaryDirectory(prefix="scale-search-")
+    page = SearchPage(searcher, k, max_upload_bytes)
+    app = Starlette(routes=[Route("/", page.home), Route("/search", page.search, methods=["POST"]),
+                            Route("/media/{path:path}", page.media)])
+    app.state.uploads = page.uploads  # deleted with the app
+    return app
 
-    def browse() -> list[Hit]:
-        ids = cat.ids[:BROWSE]
-        return [Hit(i + 1, pid, cat.info.get(pid, {}).get("title") or "", cat.info.get(pid, {}).get("label") or "",
-                    0.0, cat.info.get(pid, {}).get("image")) for i, pid in enumerate(ids)]
 
-    def by_id(pid: str) -> list[Hit]:
-        with lock:
-            return searcher.by_id(pid, k)
+class SearchPage:
+    """The page's three routes over one searcher (one query at a time through the model)."""
 
-    async def home(request: Request) -> Response:
+    def __init__(self, searcher: Searcher, k: int, max_upload_bytes: int) -> None:
+        self.searcher, self.k, self.max_upload_bytes = searcher, k, max_upload_bytes
+        self.cat = searcher.catalogue
+        self.root = self.cat.media_root
+        self.lock = threading.Lock()  # one query at a time through the model and backbones
+        self.uploads = tempfile.TemporaryDirectory(prefix="scale-search-")
+
+    def browse(self) -> list[Hit]:
+        info = self.cat.info
+        return [Hit(i + 1, pid, info.get(pid, {}).get("title") or "", info.get(pid, {}).get("label") or "",
+                    0.0, info.get(pid, {}).get("image")) for i, pid in enumerate(self.cat.ids[:BROWSE])]
+
+    def by_id(self, pid: str) -> list[Hit]:
+        with self.lock:
+            return self.searcher.by_id(pid, self.k)
+
+    async def home(self, request: Request) -> Response:
         pid = request.query_params.get("id")
         if not pid:
-            return HTMLResponse(_page(f"<h2>Catalogue ({len(cat.ids)} products): click one</h2>"
-                                      + _cards(browse(), root, show_score=False)))
+            return HTMLResponse(_page(f"<h2>Catalogue ({len(self.cat.ids)} products): click one</h2>"
+                                      + _cards(self.browse(), self.root, show_score=False)))
         try:
-            hits = await run_in_threadpool(by_id, pid)
+            hits = await run_in_threadpool(self.by_id, pid)
         except UserError as e:
             return HTMLResponse(_page(f"<p class='err'>{html.escape(str(e))}</p>"), status_code=404)
-        info = cat.info.get(pid, {})
-        url = _media_url(root, info.get("image"))
+        info = self.cat.info.get(pid, {})
+        url = _media_url(self.root, info.get("image"))
         head = (f"<h2>Products like <span id='query'>{html.escape(pid)}</span>: {html.escape(info.get('title') or '')}"
                 f"</h2>" + (f"<img src='{url}' width='120'>" if url else ""))
-        return HTMLResponse(_page(head + _cards(hits, root)))
+        return HTMLResponse(_page(head + _cards(hits, self.root)))
 
-    async def read_limited(request: Request) -> None:
+    async def read_limited(self, request: Request) -> None:
+        limit = self.max_upload_bytes
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_upload_bytes:
-            raise HTTPException(413, f"upload over {max_upload_bytes} bytes")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise HTTPException(413, f"upload over {limit} bytes")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > max_upload_bytes:
-                raise HTTPException(413, f"upload over {max_upload_bytes} bytes")
+            if len(body) > limit:
+                raise HTTPException(413, f"upload over {limit} bytes")
         request._body = bytes(body)  # the form parser reads it from here
 
-    def query(image: Path | None, title: str | None) -> tuple[list[Hit], list[dict[str, Any]]]:
+    def query(self, image: Path | None, title: str | None) -> tuple[list[Hit], list[dict[str, Any]]]:
         from scalemm.extract.single import product
 
-        with lock:
-            found, failures = searcher.by_media([product("query", title, None, image)], k)
+        with self.lock:
+            found, failures = self.searcher.by_media([product("query", title, None, image)], self.k)
         return found[0], failures
 
-    async def search(request: Request) -> Response:
-        await read_limited(request)
-        async with request.form(max_files=1, max_fields=4, max_part_size=max_upload_bytes) as form:
+    async def search(self, request: Request) -> Response:
+        await self.read_limited(request)
+        async with request.form(max_files=1, max_fields=4, max_part_size=self.max_upload_bytes) as form:
             title = str(form.get("title") or "").strip()
             upload = form.get("image")
             data = await upload.read() if upload is not None and hasattr(upload, "read") else b""
@@ -151,10 +164,10 @@ def make_app(searcher: Searcher, k: int = 10, max_upload_bytes: int = MAX_UPLOAD
         path = None
         try:
             if data:
-                with tempfile.NamedTemporaryFile(dir=uploads.name, suffix=suffix, delete=False) as f:
+                with tempfile.NamedTemporaryFile(dir=self.uploads.name, suffix=suffix, delete=False) as f:
                     f.write(data)
                     path = Path(f.name)
-            hits, failures = await run_in_threadpool(query, path, title or None)
+            hits, failures = await run_in_threadpool(self.query, path, title or None)
         except UserError as e:
             return HTMLResponse(_page(f"<p class='err'>{html.escape(str(e))}</p>", title), status_code=400)
         finally:
@@ -163,15 +176,10 @@ def make_app(searcher: Searcher, k: int = 10, max_upload_bytes: int = MAX_UPLOAD
         notes = "".join(f"<p class='err'>The {html.escape(f['modality'])} was left out: {html.escape(f['error'])}</p>"
                         for f in failures)
         what = " and ".join(x for x in ("the picture" if data else "", f"“{title}”" if title else "") if x)
-        return HTMLResponse(_page(f"<h2>Products like {html.escape(what)}</h2>{notes}" + _cards(hits, root), title))
+        return HTMLResponse(_page(f"<h2>Products like {html.escape(what)}</h2>{notes}" + _cards(hits, self.root), title))
 
-    async def media(request: Request) -> Response:
-        p = media_file(root, request.path_params["path"])
+    async def media(self, request: Request) -> Response:
+        p = media_file(self.root, request.path_params["path"])
         if p is None:
             raise HTTPException(404, "not found")
         return FileResponse(p)
-
-    app = Starlette(routes=[Route("/", home), Route("/search", search, methods=["POST"]),
-                            Route("/media/{path:path}", media)])
-    app.state.uploads = uploads  # deleted with the app
-    return app

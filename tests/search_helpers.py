@@ -20,18 +20,12 @@ N_ITEMS, CORPUS_SEED, HELD_FROM = 64, 7, 6
 
 
 def catalogue_layout(eval_dir: Path, feats: Path, run: Path) -> None:
-    """``eval_dir``'s catalogue (vectors, index, record) as pipelines/evaluate.py writes it, from
-    the store ``feats`` embedded by ``run`` (:meth:`fuse.embedder.Embedder.embed_features`)."""
-    from scalemm.evaluate.catalogue import (CATALOGUE_DIR, CATALOGUE_INDEX, VECTORS_FILE, build_catalogue_index,
-                                            catalogue_record, write_vectors)
-    from scalemm.fuse.checkpoint import resolve_weights
+    """``eval_dir``'s catalogue (vectors, index, record) as pipelines/evaluate.py and
+    pipelines/embed.py --index write it, from the store ``feats`` embedded by ``run``."""
+    from scalemm.evaluate.catalogue import catalogue_from_run
     from scalemm.fuse.embedder import Embedder
 
-    res = Embedder.from_run(run, "cpu").embed_features(feats)
-    path = eval_dir / CATALOGUE_DIR / VECTORS_FILE
-    write_vectors(path, len(res["ids"]), res["vectors"].shape[1], lambda w: w(res["vectors"]))
-    build_catalogue_index(path, res["ids"], eval_dir / "index" / CATALOGUE_INDEX, seed=0,
-                          record=catalogue_record(run, resolve_weights(run), 0, feats))
+    catalogue_from_run(Embedder.from_run(run, "cpu"), run, feats, eval_dir)
 
 
 def train_run(feats: Path, run: Path) -> Path:

@@ -163,6 +163,25 @@ def test_cli_by_id_and_by_media(cat, run_cli) -> None:
 
 
 @pytest.mark.slow
+def test_embed_builds_the_catalogue_search_reads(cat, run_cli, tmp_path) -> None:
+    """``pipelines/embed.py --index DIR`` builds the catalogue index an evaluation builds (every
+    product, the run recorded): search by id on it finds the same neighbours, and it refuses
+    another checkpoint the same way."""
+    rc, out, err, _ = run_cli("embed.py", "--run", str(cat["run"]), "--features", str(cat["feats"]),
+                              "--index", str(tmp_path / "cat"), "--no-progress")
+    assert rc == 0, err
+    assert last_json(out)["items"] == sum(cat["label_counts"].values())
+    p = search_helpers.queryable(cat)[0]
+    got = []
+    for index in (cat["eval"], tmp_path / "cat"):
+        rc, out, err, _ = run_cli("search.py", "--index", str(index), "--checkpoint", str(cat["run"]), "--id", p.id,
+                                  "--k", "5", "--json")
+        assert rc == 0, err
+        got.append([(r["id"], round(r["score"], 4)) for r in last_json(out)["results"]])
+    assert got[0] == got[1] and len(got[0]) == 5
+
+
+@pytest.mark.slow
 def test_refusals(cat, run_cli, tmp_path) -> None:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
