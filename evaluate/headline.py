@@ -19,7 +19,7 @@ def format_value(v: Any) -> str:
     return f"{100 * v:.2f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
-def _interval(c: Any) -> str:
+def _short_interval(c: Any) -> str:
     if not isinstance(c, Mapping) or not all(isinstance(c.get(k), (int, float)) for k in ("diff", "lo", "hi")):
         return "-"
     return f"{100 * c['diff']:+.1f} [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}]"
@@ -56,7 +56,7 @@ def format_headline(metrics: Mapping[str, Any]) -> str:
         lines.append("scale minus baseline, points [paired bootstrap 95 % interval]: coarse mAP@1 / fine mAP@1 / "
                      "accuracy")
         for b, p in paired.items():
-            lines.append(f"  {b}: " + " / ".join(_interval(p.get(t)) for t in ("coarse", "fine", "classification")))
+            lines.append(f"  {b}: " + " / ".join(_short_interval(p.get(t)) for t in ("coarse", "fine", "classification")))
     idx = metrics.get("index") if isinstance(metrics, Mapping) else None
     if isinstance(idx, Mapping) and "ann_recall@10" in idx:
         lines.append(f"index: {idx.get('type')}, recall@10 vs exact "

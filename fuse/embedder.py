@@ -173,7 +173,7 @@ def store_loader(ds: FeatureDataset, batch_size: int, config: ScaleConfig) -> An
     return make_loader(ds, sampler, config.runtime.loader_workers)
 
 
-def save_embeddings(result: Mapping[str, Any], path: str | Path, with_pooled: bool = True) -> Path:
+def write_embeddings(result: Mapping[str, Any], path: str | Path, with_pooled: bool = True) -> Path:
     """Write an :meth:`Embedder.embed_features` result as an embeddings file
     (:mod:`scalemm.embedfile`) with its extras, atomically."""
     from scalemm import embedfile
@@ -191,4 +191,4 @@ def save_embeddings(result: Mapping[str, Any], path: str | Path, with_pooled: bo
 
 
 __all__ = ["Embedder", "Variant", "ablation_variants", "drop_mask", "open_features", "resolve_weights",
-           "save_embeddings", "store_loader", "to_device"]
+           "store_loader", "write_embeddings", "to_device"]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-TABLE = "table"
+from .reader import TABLE
 
 
 def _n_to_mask(counts: Tensor, prob: float) -> Tensor:

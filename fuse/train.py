@@ -154,7 +154,7 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
     finally:
         job.pbar.close()
         job.runlog.close()
-    return finish(job, t0, time.perf_counter() - t_loop, n_samples)
+    return finish_run(job, t0, time.perf_counter() - t_loop, n_samples)
 
 
 @dataclass
@@ -245,7 +245,7 @@ def run_loop(job: TrainJob) -> int:
     return n_samples
 
 
-def finish(job: TrainJob, t0: float, loop_s: float, n_samples: int) -> TrainResult:
+def finish_run(job: TrainJob, t0: float, loop_s: float, n_samples: int) -> TrainResult:
     """The training plot and the run's result (``result.json``)."""
     counters = job.counters
     if job.dist.is_main:

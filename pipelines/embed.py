@@ -7,7 +7,7 @@ builds it, with the run that built it) for ``pipelines/search.py`` and ``pipelin
 modalities, presence, importances and ``pooled`` [N, M, d]: each modality's encoder pooled
 output (the parts the embedding is weighted from; ``--no-pooled`` leaves them out). The last
 stdout line is a JSON summary. The logic lives in fuse/embedder.py
-(:meth:`Embedder.embed_features`, :func:`save_embeddings`).
+(:meth:`Embedder.embed_features`, :func:`write_embeddings`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main() -> dict:
     args = p.parse_args()
     cli.setup_logging(level=args.log_level)
     from scalemm.config import ConfigError
-    from scalemm.fuse.embedder import Embedder, save_embeddings
+    from scalemm.fuse.embedder import Embedder, write_embeddings
 
     mods = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
     t0 = time.perf_counter()
@@ -49,7 +49,7 @@ def main() -> dict:
     summary: dict = {"dim": embedder.dim}
     if args.out is not None:
         res = embedder.embed_features(args.features, mods, args.batch_size, progress=not args.no_progress)
-        path = save_embeddings(res, args.out, with_pooled=not args.no_pooled)
+        path = write_embeddings(res, args.out, with_pooled=not args.no_pooled)
         summary.update(out=str(path), items=len(res["ids"]), modalities=res["modalities"])
     if args.index is not None:
         from scalemm.evaluate.catalogue import catalogue_from_run

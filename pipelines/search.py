@@ -48,9 +48,9 @@ def main() -> dict | None:
             raise FileNotFoundError(f"--{flag} {f} is not a file")
     cli.setup_logging(a.verbose)
     from scalemm.extract.single import product
-    from scalemm.search.engine import Searcher, format_table, parse_table
+    from scalemm.search.engine import Searcher, format_table, parse_table_args
 
-    table = parse_table(a.table)
+    table = parse_table_args(a.table)
     s = Searcher(a.index, a.checkpoint, a.device)
     failures: list = []
     if a.id:

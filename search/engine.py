@@ -174,7 +174,7 @@ class Searcher:
         return self.catalogue.hits(vectors, k), failures
 
 
-def parse_table(pairs: Sequence[str]) -> list[tuple[str, str]]:
+def parse_table_args(pairs: Sequence[str]) -> list[tuple[str, str]]:
     """``["brand=Acme", "colour=red"]`` -> ``[("brand", "Acme"), ("colour", "red")]``."""
     out = []
     for kv in pairs:

@@ -32,11 +32,11 @@ def searcher(cat):
 # ---------------------------------------------------------------------------- no catalogue needed
 
 def test_parse_and_format_table() -> None:
-    from scalemm.search.engine import Hit, QueryError, format_table, parse_table
+    from scalemm.search.engine import Hit, QueryError, format_table, parse_table_args
 
-    assert parse_table(["brand=Acme", "capacity = 1.7 L"]) == [("brand", "Acme"), ("capacity", "1.7 L")]
+    assert parse_table_args(["brand=Acme", "capacity = 1.7 L"]) == [("brand", "Acme"), ("capacity", "1.7 L")]
     with pytest.raises(QueryError, match="key=value"):
-        parse_table(["brand"])
+        parse_table_args(["brand"])
     text = format_table([Hit(1, "p1", "Acme kettle " * 10, "kettle", 0.98765)])
     assert text.splitlines()[0].split() == ["rank", "id", "title", "label", "score"]
     assert "p1" in text and "kettle" in text and "0.9877" in text and "…" in text
