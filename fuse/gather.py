@@ -29,12 +29,14 @@ more than one rank, :func:`gather_output` returns its input unchanged.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .model import ModelOutput
+if TYPE_CHECKING:  # for the annotations only: the model imports this module's collectives
+    from .model import ModelOutput
 
 
 def world_size() -> int:

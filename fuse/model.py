@@ -39,6 +39,7 @@ from scalemm.modalities import MODALITIES
 
 from .attention import Transformer
 from .config import EmbedSettings, ScaleConfig
+from .gather import all_gather_rows, world_size
 
 # fixed parts of the architecture (the width of each block's MLP; no dropout on attention
 # probabilities, which keeps CPU training on the fused SDPA kernel: docs/decisions.md)
@@ -175,7 +176,6 @@ class SelfHarmonizer(nn.Module):
         rows together, as one process would see it (the rate depends on the batch's size)."""
         if self.importance == "diagonal":
             return
-        from .gather import all_gather_rows  # here: gather imports this module; unchanged on one process
         pooled, importances, present = (all_gather_rows(x) for x in (pooled.float(), importances.float(), present))
         z = F.normalize(pooled.float(), dim=-1)
         hits = torch.zeros(present.shape[1], device=z.device)
@@ -197,7 +197,6 @@ class SelfHarmonizer(nn.Module):
         (the first update sets it); ``reduce``: under a process group, sums and counts of every
         rank together."""
         both = torch.stack([sums.float(), count.float()])
-        from .gather import world_size  # here: gather imports this module
         if reduce and world_size() > 1:
             torch.distributed.all_reduce(both)
         has = both[1] > 0

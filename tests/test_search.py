@@ -133,9 +133,8 @@ def test_new_product_neighbours_share_its_category(cat, searcher) -> None:
     assert not set(cat["held"]) & set(searcher.catalogue.ids)
     found, _ = searcher.by_media([product(p.id, p.title, None, cat["corpus"] / p.image) for p in held], 5)
     same = [sum(h.label == p.label for h in hits) for hits, p in zip(found, held)]
-    # measured: 5, 4 and 3 of 5 (speaker, desk lamp, sunglasses: its title says "EYEWEAR"); one
-    # product may fall short on another machine's kernels, the mean may not
-    assert sum(s >= 3 for s in same) >= len(same) - 1 and np.mean(same) >= 3.5, same
+    # measured: 5, 4 and 3 of 5 (speaker, desk lamp, sunglasses: its title says "EYEWEAR")
+    assert all(s >= 3 for s in same), same
 
 
 @pytest.mark.slow
