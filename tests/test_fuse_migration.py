@@ -58,7 +58,7 @@ def test_an_old_checkpoint_loads_and_embeds_as_it_did(name) -> None:
     assert cfg.embedding.identification_power == old["identification_power"]
     with torch.no_grad():
         emb = product_embedding(model(random_batch(B=6, seed=1)), model.embedding).numpy()
-    np.testing.assert_allclose(emb, np.load(DATA / "expected_embeddings.npz")[name], atol=1e-5)
+    np.testing.assert_allclose(emb, np.load(DATA / "expected_embeddings.npz", allow_pickle=False)[name], atol=1e-5)
 
 
 def test_running_statistics_a_checkpoint_lacks_stay_zero() -> None:
