@@ -226,3 +226,19 @@ def check_added(index_dir: str | Path, embeddings: str | Path) -> dict[str, Any]
             f"not by the catalogue's (run {record['run']}, seed {record['seed']}, step {record['step']}); "
             f"embed the new products with that run")
     return record
+
+
+def record_added_store(index_dir: str | Path, embeddings: str | Path) -> list[str]:
+    """Note in the catalogue's record the store that the added products of ``embeddings`` were
+    embedded from (the file's ``features``, when it names one), so that search shows their titles
+    and pictures as it does the catalogue's own. Returns the record's ``added_features``."""
+    from scalemm.embedfile import load_embeddings
+
+    record = read_catalogue_record(index_dir)
+    added = list(record.get("added_features") or [])
+    arrays = load_embeddings(embeddings)
+    store = str(arrays["features"]) if "features" in arrays else ""
+    if store and store != record.get("features") and store not in added:
+        added.append(store)
+        write_json_atomic(Path(index_dir) / RECORD_FILE, {**record, "added_features": added})
+    return added

@@ -60,7 +60,7 @@ from scalemm.runs import RunFolder
 from .baselines import UNTRAINED, fair_baselines
 from .budget import SAMPLES_FILE, EvalBudget, Samples
 from .catalogue import (CATALOGUE_DIR, CATALOGUE_INDEX, INDEX_DIR, VECTORS_FILE, build_catalogue_index,
-                        catalogue_record, check_added, write_vectors)
+                        catalogue_record, check_added, record_added_store, write_vectors)
 from .diagnostics import cross_modal_figures, importance_figures
 from .embeddings import EmbeddingSet, frozen_baselines, l2_normalize
 from .index import load_index, rebuild_index, search
@@ -420,5 +420,6 @@ def add_products(out: str | Path, embeddings: str | Path) -> dict[str, Any]:
     es = EmbeddingSet.load(embeddings)
     t0 = time.time()
     built = add_to_index(Path(out) / INDEX_DIR / CATALOGUE_INDEX, es.vectors, es.ids)
+    record_added_store(Path(out) / INDEX_DIR / CATALOGUE_INDEX, embeddings)
     return {"index": str(Path(out) / INDEX_DIR / CATALOGUE_INDEX), "added": len(es), "products": built.ntotal,
             "seconds": round(time.time() - t0, 2)}

@@ -149,7 +149,7 @@ class Embedder:
         return {"ids": res["ids"], "labels": res["labels"], "instances": res["instances"],
                 "weights": str(self.weights), "modalities": list(ds.modalities), "vectors": res["vectors"]["scale"],
                 "pooled": res["enc_pooled"][:, cols], "presence": res["presence"][:, cols],
-                "importances": res["importances"][:, cols]}
+                "importances": res["importances"][:, cols], "features": str(Path(features_dir).resolve())}
 
     def embed_batch(self, batch: Mapping[str, Any]) -> np.ndarray:
         """Float32 [B, d]: the embeddings of a collated batch (:func:`fuse.reader.collate`), e.g.
@@ -184,6 +184,8 @@ def write_embeddings(result: Mapping[str, Any], path: str | Path, with_pooled: b
               "importances": result["importances"],
               # which checkpoint embedded them: a catalogue refuses products another one embedded
               "weights_sha256": np.array(file_fingerprint(result["weights"]))}
+    if result.get("features"):  # the store they came from: a catalogue they join shows their titles
+        extras["features"] = np.array(str(result["features"]))
     if with_pooled:
         extras["pooled"] = result["pooled"]
     return embedfile.save_embeddings(path, result["ids"], result["vectors"], result["labels"],

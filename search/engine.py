@@ -77,11 +77,16 @@ class Catalogue:
     def _product_info(self) -> dict[str, dict[str, Any]]:
         from scalemm.evaluate.run import product_info
 
-        features = Path(self.record.get("features") or "")
-        if not features.is_dir():
-            log.warning("the store %s is gone: results show ids only", features)
-            return {}
-        return product_info(features, self.media_root)
+        info: dict[str, dict[str, Any]] = {}
+        stores = [self.record.get("features") or ""] + list(self.record.get("added_features") or [])
+        for i, store in enumerate(stores):  # the catalogue's store, then those of products added since
+            features = Path(store)
+            if not features.is_dir():
+                log.warning("the store %s is gone: results show ids only for its products", features)
+                continue
+            info.update({pid: v for pid, v in product_info(features, self.media_root if i == 0 else None).items()
+                         if pid not in info})
+        return info
 
     def vector(self, pid: str) -> np.ndarray:
         """float32 [d]: the catalogue's vector of product ``pid``."""

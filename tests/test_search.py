@@ -242,3 +242,39 @@ def test_help_says_what_it_does(run_cli) -> None:
     for script in ("search.py", "serve.py"):
         rc, out, _, _ = run_cli(script, "--help")
         assert rc == 0 and "--index EVAL --checkpoint RUN" in out and "python pipelines/" + script in out
+
+
+@pytest.mark.slow
+def test_added_products_show_their_titles(cat, run_cli, tmp_path) -> None:
+    """Products extracted into a store of their own, embedded with the catalogue's run and added
+    with ``--add-products``: search finds one from its own picture and title at rank 1, with the
+    title of its own store (the embeddings file names the store; the catalogue's record keeps it)."""
+    import ray
+
+    from scalemm.corpus import read_corpus
+    from scalemm.extract.config import load_config
+    from scalemm.extract.job import run_extraction
+
+    corpus = cat["corpus"]
+    lines = [ln for ln in (corpus / "corpus.jsonl").read_text().splitlines() if json.loads(ln)["id"] in cat["held"]]
+    (tmp_path / "new.jsonl").write_text("\n".join(lines) + "\n")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        run_extraction(tmp_path / "new.jsonl", corpus, tmp_path / "feats",
+                       load_config(search_helpers.ROOT / "configs" / "offline.yaml"))
+    finally:
+        ray.shutdown()
+    rc, _, err, _ = run_cli("embed.py", "--run", str(cat["run"]), "--features", str(tmp_path / "feats"),
+                            "--out", str(tmp_path / "new.npz"), "--no-progress")
+    assert rc == 0, err
+    shutil.copytree(cat["eval"], tmp_path / "eval")
+    rc, _, err, _ = run_cli("evaluate.py", "--out", str(tmp_path / "eval"), "--add-products", str(tmp_path / "new.npz"))
+    assert rc == 0, err
+    rec = json.loads((tmp_path / "eval" / "index" / "catalogue" / "provenance.json").read_text())
+    assert rec["added_features"] == [str((tmp_path / "feats").resolve())]
+    p = read_corpus(tmp_path / "new.jsonl").products[0]
+    rc, out, err, _ = run_cli("search.py", "--index", str(tmp_path / "eval"), "--checkpoint", str(cat["run"]),
+                              "--image", str(corpus / p.image), "--title", p.title, "--k", "3", "--json")
+    assert rc == 0, err
+    top = last_json(out)["results"][0]
+    assert (top["id"], top["title"], top["label"]) == (p.id, p.title, p.label)
