@@ -18,9 +18,9 @@ For each size N (default 100,000 and 1,000,000):
   peak memory, recall@10 of the catalogue index against exact search, the samples drawn.
 
 Once: the two-worker check of the gathered negatives (:mod:`bench.gathercheck`, Ray Train with
-2 gloo workers). Every process runs with one thread (``OMP_NUM_THREADS=1``, ``threads: 1``): on
-this shared 2-core machine a second thread stalls at every parallel region whenever another
-process holds a core. The machine's load (``os.getloadavg``) is recorded before and after each
+2 gloo workers). Every training process runs with one thread (``OMP_NUM_THREADS=1``, ``threads:
+1``): on this shared 2-core machine a second thread stalls at every parallel region whenever
+another process holds a core. The evaluation runs alone and uses every core. The machine's load (``os.getloadavg``) is recorded before and after each
 measurement. A figure the run cannot measure is ``null`` with the reason beside it, never a
 number.
 """
@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from scalemm.device import cpu_threads
 
 log = logging.getLogger("bench.scale")
 
@@ -116,9 +118,10 @@ class TreeMemory:
         return {"peak_rss_gb": round(self.peak_rss_kb / (1 << 20), 3), "peak_pss_gb": round(self.peak_pss_kb / (1 << 20), 3)}
 
 
-def run_measured(cmd: list[str], cwd: Path, log_path: Path) -> dict[str, Any]:
-    """Run ``cmd`` (one thread) with its memory sampled; its last stdout line parsed as JSON."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+def run_measured(cmd: list[str], cwd: Path, log_path: Path, threads: int = 1) -> dict[str, Any]:
+    """Run ``cmd`` (with ``threads`` threads) with its memory sampled; its last stdout line parsed as JSON."""
+    n = str(threads)
+    env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     with open(log_path, "w") as err:
@@ -203,7 +206,8 @@ def eval_run(work: Path, feats: str, checkpoint: str, n: int, root: Path) -> dic
     out = work / f"eval-{label(n)}"
     shutil.rmtree(out, ignore_errors=True)
     res = run_measured([sys.executable, str(root / "pipelines" / "evaluate.py"), "--features", feats,
-                        "--checkpoint", checkpoint, "--out", str(out)], root, work / f"eval-{label(n)}.log")
+                        "--checkpoint", checkpoint, "--out", str(out)], root, work / f"eval-{label(n)}.log",
+                       threads=cpu_threads())  # it runs alone: every core
     m = json.loads((out / "metrics.json").read_text())
     t = m["timings"]
     return {"minutes": round(res["seconds"] / 60, 2), "peak_rss_gb": res["peak_rss_gb"], "peak_pss_gb": res["peak_pss_gb"],

@@ -24,6 +24,8 @@ def cross_modal_figures(res: dict[str, Any], local: Samples, trained: list[str],
     t, i = trained.index("text"), trained.index("image")
     pres = res["presence"][local.eval_rows]
     rows = local.eval_rows[pres[:, t] & pres[:, i]]
+    pooled = list(res.get("pooled_modalities") or trained)  # the columns of enc_pooled
+    t, i = pooled.index("text"), pooled.index("image")
     q = None
     if len(rows) > max_queries:
         q = np.sort(np.random.default_rng([int(seed), 0xC405]).choice(len(rows), size=max_queries, replace=False))

@@ -205,11 +205,12 @@ def embed_seed(job: EvalJob, models: Models, store: Store, k: int, tally: Tally)
     variants = [Variant("scale"), Variant("scale_fused", source="fusion"), *abl, *drops]
     t = time.perf_counter()
     cat_path = job.out / CATALOGUE_DIR / VECTORS_FILE
+    pooled = ("text", "image")  # the encoders' outputs the diagnostics read (cross-modal recall)
     if k == 0:  # every product's scale embedding, written in chunks: the catalogue
         res = write_vectors(cat_path, len(store.ds), m.embedder.dim, lambda w: m.embedder.embed(
-            store.loader, variants, progress=job.progress, rows=store.work, writers={"scale": w}))
+            store.loader, variants, progress=job.progress, rows=store.work, writers={"scale": w}, pooled=pooled))
     else:
-        res = m.embedder.embed(store.loader, variants, progress=job.progress, rows=store.work)
+        res = m.embedder.embed(store.loader, variants, progress=job.progress, rows=store.work, pooled=pooled)
     emb = SeedEmbeddings(seed, dseeds, trained, abl, res,
                          {"scale": store.embeddings(res["vectors"]["scale"]),
                           "scale_fused": store.embeddings(res["vectors"]["scale_fused"])},

@@ -77,7 +77,8 @@ def _rows_of(enc: Encoded, sel: torch.Tensor) -> Encoded:
 @torch.no_grad()
 def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], device: torch.device,
                    progress: bool = False, rows: np.ndarray | None = None,
-                   writers: Mapping[str, Callable[[np.ndarray], Any]] | None = None) -> dict[str, Any]:
+                   writers: Mapping[str, Callable[[np.ndarray], Any]] | None = None,
+                   pooled: Sequence[str] | None = None) -> dict[str, Any]:
     """Every variant's product embeddings for the items of ``loader`` (in its order).
 
     Returns ``ids``, ``labels``, ``instances``, ``modalities`` (the model's), and per variant
@@ -88,6 +89,8 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
     At scale: ``rows`` (sorted positions in the loader's order) keeps only those items' outputs
     (N = len(rows)); ``writers`` {variant name: callable} receive that variant's vectors of
     every item, batch by batch (e.g. a chunked file writer), whatever ``rows`` keeps.
+    ``pooled`` keeps the encoders' outputs of those modalities only (``enc_pooled`` [N, M', d],
+    ``pooled_modalities`` says which; None: every modality's).
 
     The encoders run once per batch. Variants embedded from the encoders' pooled outputs (the
     default source) need no joint transformer: their embedding depends on the fusion
@@ -100,9 +103,9 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
     from scalemm.device import to_device
 
     writers = writers or {}
-    out: dict[str, Any] = {"ids": [], "labels": [], "instances": [], "modalities": list(model.modalities),
-                           "vectors": {v.name: [] for v in variants}, "presence": [], "importances": [],
-                           "enc_pooled": []}
+    pcols = list(range(len(model.modalities))) if pooled is None else \
+        [model.modalities.index(m) for m in pooled if m in model.modalities]
+    out = _Collected([v.name for v in variants], None if rows is None else len(rows))
     start = 0
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     with autocast:
@@ -114,20 +117,76 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
                 lo, hi = np.searchsorted(rows, [start, start + B])
                 keep = rows[lo:hi] - start
             start += B
-            if len(keep) or writers:
-                _embed_batch(model, to_device(batch, device), keep, variants, device, rows is None, writers, out)
-    out["vectors"] = {k: torch.cat(x).numpy().astype(np.float32) for k, x in out["vectors"].items()}
-    for k in ("presence", "importances", "enc_pooled"):
-        out[k] = torch.cat(out[k]).numpy()
-    out["presence"] = out["presence"].astype(bool)
+            if writers:  # every row goes to a writer: the encoders see the whole batch
+                _embed_batch(model, to_device(batch, device), keep, variants, device, rows is None, writers, out, pcols)
+            elif len(keep):  # only the kept rows are encoded
+                sub = batch if len(keep) == B else _batch_rows(batch, keep)
+                _embed_batch(model, to_device(sub, device), np.arange(len(keep)), variants, device, True, {}, out, pcols)
+    return {"modalities": list(model.modalities), "pooled_modalities": [model.modalities[j] for j in pcols],
+            **out.result()}
+
+
+class _Collected:
+    """The outputs of :func:`embed_variants`, row blocks appended in order. With the number of
+    rows known beforehand (``n``) every array is allocated once and filled in place: at a
+    million products a list of per-batch blocks, concatenated at the end, held two copies at
+    the peak and fragmented the heap."""
+
+    def __init__(self, names: Sequence[str], n: int | None) -> None:
+        self.names, self.n, self.pos = list(names), n, 0
+        self.meta: dict[str, list[str]] = {"ids": [], "labels": [], "instances": []}
+        self.arrays: dict[str, Any] = {}
+
+    def add(self, batch: Mapping[str, Any], keep: np.ndarray, blocks: Mapping[str, torch.Tensor]) -> None:
+        """Rows ``keep`` of ``batch`` (ids, labels, instances) with their ``blocks`` {key: [K, ...]}
+        (keys: ``vectors/<variant>``, ``presence``, ``importances``, ``enc_pooled``)."""
+        for k in self.meta:
+            self.meta[k] += [batch[k][i] for i in keep]
+        K = len(keep)
+        for key, t in blocks.items():
+            a = t.detach().cpu().numpy()
+            if self.n is None:
+                self.arrays.setdefault(key, []).append(a)
+                continue
+            if key not in self.arrays:
+                self.arrays[key] = np.empty((self.n, *a.shape[1:]), dtype=a.dtype)
+            self.arrays[key][self.pos:self.pos + K] = a
+        self.pos += K
+
+    def result(self) -> dict[str, Any]:
+        if self.n is not None and self.pos != self.n:
+            raise ValueError(f"the loader yielded {self.pos} of the {self.n} rows asked for")
+        if self.n is None:
+            arrays = {k: np.concatenate(v) for k, v in self.arrays.items()}
+        else:
+            arrays = self.arrays
+        dims = {k.split("/", 1)[1]: a.shape[1] for k, a in arrays.items() if k.startswith("vectors/")}
+        empty = {"vectors/" + n: np.zeros((0, dims.get(n, 0)), np.float32) for n in self.names}
+        arrays = {**empty, **arrays}
+        return {**self.meta,
+                "vectors": {n: arrays["vectors/" + n].astype(np.float32, copy=False) for n in self.names},
+                "presence": arrays.get("presence", np.zeros((0, 0), bool)).astype(bool, copy=False),
+                "importances": arrays.get("importances", np.zeros((0, 0), np.float32)),
+                "enc_pooled": arrays.get("enc_pooled", np.zeros((0, 0, 0), np.float32))}
+
+
+def _batch_rows(batch: Mapping[str, Any], keep: np.ndarray) -> dict[str, Any]:
+    """The rows ``keep`` of a collated batch (:func:`fuse.reader.collate`)."""
+    idx = torch.from_numpy(keep)
+    out: dict[str, Any] = {k: [batch[k][i] for i in keep] for k in ("ids", "labels", "instances")}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v[idx]
+        elif isinstance(v, dict):
+            out[k] = {m: t[idx] for m, t in v.items()}
     return out
 
 
 def _embed_batch(model: ScaleModel, batch: Mapping[str, Any], keep: np.ndarray, variants: Sequence[Variant],
                  device: torch.device, all_rows: bool, writers: Mapping[str, Callable[[np.ndarray], Any]],
-                 out: dict[str, Any]) -> None:
+                 out: _Collected, pcols: Sequence[int]) -> None:
     """One batch of :func:`embed_variants`: the encoders once, then every variant; the rows
-    ``keep`` appended to ``out`` (every row when ``all_rows``), every row to the writers."""
+    ``keep`` added to ``out`` (every row when ``all_rows``), every row to the writers."""
     mods, weighting = list(model.modalities), model.embedding.weighting
     sel = torch.from_numpy(keep).to(device)
     enc = model.encode(batch)
@@ -135,11 +194,7 @@ def _embed_batch(model: ScaleModel, batch: Mapping[str, Any], keep: np.ndarray, 
     z = _encoder_pooled(model, enc)
     with torch.autocast(device_type=device.type, enabled=False):
         _, imp = model.harmonizer(z, present, uniform=not model.cfg.harmonize)
-    out["presence"].append(present[sel].cpu())
-    out["importances"].append(imp[sel].float().cpu())
-    out["enc_pooled"].append(z[sel].cpu())
-    for k in ("ids", "labels", "instances"):
-        out[k] += [batch[k][i] for i in keep]
+    blocks = {"presence": present[sel], "importances": imp[sel].float(), "enc_pooled": z[sel][:, list(pcols)]}
     fused: dict[tuple[bool, bytes], Any] = {}
     for v in variants:
         vkeep = torch.from_numpy(variant_presence(v, mods, batch["ids"])).to(device)
@@ -158,10 +213,11 @@ def _embed_batch(model: ScaleModel, batch: Mapping[str, Any], keep: np.ndarray, 
                 fused[key] = model.fuse(e, None if bool(k.all()) else k)
             f = fused[key]
             emb = weighted_embedding(f.pooled, f.present, f.importances, weighting)
-        emb = emb.float().cpu()
+        emb = emb.float()
         if v.name in writers:
-            writers[v.name](emb.numpy())
-        out["vectors"][v.name].append(emb if all_rows or not whole else emb[sel.cpu()])
+            writers[v.name](emb.cpu().numpy())
+        blocks["vectors/" + v.name] = emb if all_rows or not whole else emb[sel]
+    out.add(batch, keep, blocks)
 
 
 def ablation_variants(trained: Sequence[str], order: Sequence[Sequence[str]]) -> list[Variant]:
