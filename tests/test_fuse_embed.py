@@ -255,3 +255,12 @@ def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(train
     for v in variants:
         assert np.allclose(part["vectors"][v.name], res["vectors"][v.name][rows], atol=1e-5), v.name
     assert np.allclose(np.concatenate(chunks), res["vectors"]["scale"], atol=1e-6)
+    # without a writer only the kept rows are encoded; the title's and picture's outputs alone kept
+    alone = emb.embed(loader, variants, rows=rows, pooled=("text", "image"))
+    assert alone["ids"] == part["ids"] and alone["pooled_modalities"] == ["text", "image"]
+    cols = [model.modalities.index(m) for m in alone["pooled_modalities"]]
+    assert np.allclose(alone["enc_pooled"], res["enc_pooled"][rows][:, cols], atol=1e-5)
+    for v in variants:
+        assert np.allclose(alone["vectors"][v.name], res["vectors"][v.name][rows], atol=1e-5), v.name
+    with pytest.raises(ValueError, match="yielded 0 of the 2 rows"):  # rows past the loader's end
+        emb.embed(loader, variants, rows=np.array([len(ds) + 1, len(ds) + 2]))
