@@ -139,6 +139,31 @@ class Store:
         """The kept products' ``vectors`` with their ids, labels and instances."""
         return EmbeddingSet(self.ids, vectors, self.labels, self.instances)
 
+    def evaluated(self, vectors: np.ndarray) -> EmbeddingSet:
+        """The evaluated split's ``vectors`` (one per ``local.eval_rows``) with their ids, labels
+        and instances."""
+        rows = self.local.eval_rows
+        return EmbeddingSet([self.ids[i] for i in rows], vectors, [self.labels[i] for i in rows],
+                            [self.instances[i] for i in rows])
+
+    @property
+    def query_positions(self) -> np.ndarray:
+        """The retrieval queries as positions in the evaluated split (every product of it when
+        no queries are sampled)."""
+        q = self.local.queries
+        return np.arange(len(self.local.eval_rows)) if q is None else np.asarray(q, np.int64)
+
+    def loader_rows(self, of: str) -> np.ndarray:
+        """Positions in the loader's order of the evaluated split (``of="eval"``) or of its
+        retrieval queries (``of="queries"``): what a variant scored on those products alone keeps
+        (:func:`fuse.variants.embed_variants`'s ``subsets``)."""
+        rows = np.asarray(self.drawn.eval_rows, np.int64)
+        if of == "eval":
+            return rows
+        if of == "queries":
+            return rows[self.query_positions]
+        raise ValueError(f"of must be 'eval' or 'queries', got {of!r}")
+
 
 def read_store(features: Path, models: Models, split: str, budget: EvalBudget, progress: bool) -> Store:
     """The stores under ``features`` of every model's modalities, checked against each model

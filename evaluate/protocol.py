@@ -63,8 +63,9 @@ def evaluate_on_split(es: EmbeddingSet, view: SplitView, seed: int, *, queries: 
                       index_dir: str | Path | None = None, samples: Samples | None = None,
                       per_product: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
     """Retrieval, classification and clustering of one method on the evaluated split (see the
-    module doc). ``es`` holds every item; ``queries`` (optional, aligned with ``es``) are other
-    query vectors for the retrieval (e.g. with modalities dropped). ``samples`` (at scale, see
+    module doc). ``es`` holds every item; ``queries`` (optional) are other query vectors for the
+    retrieval (e.g. with modalities dropped), one per retrieval query in order: ``samples``'
+    queries of the evaluated split, or every evaluated product. ``samples`` (at scale, see
     :mod:`evaluate.budget`): the rows of ``es`` to score and the samples of them each task uses,
     instead of ``view``'s rows in full.
 
@@ -76,11 +77,11 @@ def evaluate_on_split(es: EmbeddingSet, view: SplitView, seed: int, *, queries: 
     eval_rows = view.eval_rows if samples is None else samples.eval_rows
     train_rows = view.train_rows if samples is None else samples.train_rows
     test = es.subset(eval_rows)
-    q = None if queries is None else np.asarray(queries, np.float32)[eval_rows]
+    query_rows = None if samples is None else samples.queries
+    q = None if queries is None else _gallery_aligned(queries, len(eval_rows), query_rows)
     hits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     out: dict[str, dict[str, float]] = dict(evaluate_retrieval(
-        test, K, seed=seed, queries=q, index_dir=index_dir, query_rows=None if samples is None else samples.queries,
-        per_query=hits))
+        test, K, seed=seed, queries=q, index_dir=index_dir, query_rows=query_rows, per_query=hits))
     if queries is None:
         train = es.subset(train_rows if samples is None or samples.probe_train is None
                           else train_rows[samples.probe_train])
@@ -98,6 +99,20 @@ def evaluate_on_split(es: EmbeddingSet, view: SplitView, seed: int, *, queries: 
             per_product["classification"][at] = correct["correct"]
         cl = test if samples is None or samples.cluster is None else test.subset(samples.cluster)
         out["clustering"] = clustering(cl.vectors, cl.labels, seed=seed)
+    return out
+
+
+def _gallery_aligned(queries: np.ndarray, n: int, query_rows: np.ndarray | None) -> np.ndarray:
+    """The query vectors (one per query row, or per evaluated product) placed at their rows of
+    the evaluated split's [n, d] (zero elsewhere: rows no query reads)."""
+    q = np.asarray(queries, np.float32)
+    want = n if query_rows is None else len(query_rows)
+    if q.ndim != 2 or len(q) != want:
+        raise ValueError(f"{len(q)} query vectors for {want} retrieval queries")
+    if query_rows is None:
+        return q
+    out = np.zeros((n, q.shape[1]), np.float32)
+    out[np.asarray(query_rows, np.int64)] = q
     return out
 
 

@@ -124,7 +124,7 @@ class Tally:
     timings: dict[str, float] = field(default_factory=lambda: {"embedding_s": 0.0, "scoring_s": 0.0})
     peak: dict[str, float] = field(default_factory=dict)  # this process's peak RSS (GB) after each stage
     catalogue: dict[str, Any] = field(default_factory=dict)
-    first: dict[str, Any] | None = None  # the first seed's scale embedding result
+    importance: np.ndarray | None = None  # the first seed's importances of the evaluated split (NaN: absent)
     gallery: EmbeddingSet | None = None  # the first seed's scale embeddings of the evaluated split
 
 
@@ -144,7 +144,10 @@ class Baselines:
 @dataclass
 class SeedEmbeddings:
     """One seed's embeddings: every method's set, the queries with modalities dropped, and the
-    ``scale`` model's full result (its ablation variants, presence, importances)."""
+    ``scale`` model's full result (its ablation variants, presence, importances).
+
+    ``sets`` hold every kept product; ``dropped`` and the result's ablation vectors fewer (the
+    retrieval queries, :attr:`Store.query_positions`; the evaluated split)."""
 
     seed: int
     drop_seeds: list[int]
@@ -169,6 +172,7 @@ def run_evaluation(job: EvalJob) -> dict[str, Any]:
         emb = embed_seed(job, models, store, k, tally)
         score_seed(job, store, emb, baselines, planted, k, tally)
         del emb
+    index_catalogue(job, models, store, tally)
     metrics = aggregate(job, models, store, baselines, tally)
     metrics["seconds"] = round(time.time() - t0, 1)
     report(job, models, store, tally, metrics, t0)
@@ -195,7 +199,7 @@ def training_free(store: Store, width: int, tally: Tally) -> Baselines:
 
 def embed_seed(job: EvalJob, models: Models, store: Store, k: int, tally: Tally) -> SeedEmbeddings:
     """Seed ``k``'s embeddings of every model (the first seed also writes every product's
-    ``scale`` vector, the catalogue, and indexes it)."""
+    ``scale`` vector: the catalogue, indexed by :func:`index_catalogue`)."""
     from scalemm.fuse.embedder import Variant, ablation_variants
 
     m, seed = models.scale[k], models.seeds[k]
@@ -206,11 +210,16 @@ def embed_seed(job: EvalJob, models: Models, store: Store, k: int, tally: Tally)
     t = time.perf_counter()
     cat_path = job.out / CATALOGUE_DIR / VECTORS_FILE
     pooled = ("text", "image")  # the encoders' outputs the diagnostics read (cross-modal recall)
+    # the ablation is scored on the evaluated split, dropped modalities on its queries: only those kept
+    subsets = {**{v.name: store.loader_rows("eval") for v in abl},
+               **{v.name: store.loader_rows("queries") for v in drops}}
     if k == 0:  # every product's scale embedding, written in chunks: the catalogue
         res = write_vectors(cat_path, len(store.ds), m.embedder.dim, lambda w: m.embedder.embed(
-            store.loader, variants, progress=job.progress, rows=store.work, writers={"scale": w}, pooled=pooled))
+            store.loader, variants, progress=job.progress, rows=store.work, writers={"scale": w}, pooled=pooled,
+            subsets=subsets))
     else:
-        res = m.embedder.embed(store.loader, variants, progress=job.progress, rows=store.work, pooled=pooled)
+        res = m.embedder.embed(store.loader, variants, progress=job.progress, rows=store.work, pooled=pooled,
+                               subsets=subsets)
     emb = SeedEmbeddings(seed, dseeds, trained, abl, res,
                          {"scale": store.embeddings(res["vectors"]["scale"]),
                           "scale_fused": store.embeddings(res["vectors"]["scale_fused"])},
@@ -219,15 +228,21 @@ def embed_seed(job: EvalJob, models: Models, store: Store, k: int, tally: Tally)
     _embed_untrained(job, m, store, emb)
     tally.timings["embedding_s"] += time.perf_counter() - t
     tally.peak["embedding"] = peak_rss_gb()
-    if k == 0:
-        t = time.perf_counter()
-        record = catalogue_record(m.run, m.embedder.weights, seed, job.features, job.media_root)
-        tally.catalogue = build_catalogue_index(cat_path, list(store.ds.ids), job.out / INDEX_DIR / CATALOGUE_INDEX,
-                                                memory_budget_bytes=job.budget.memory_budget_bytes, seed=seed,
-                                                record=record)
-        tally.timings["catalogue_index_s"] = time.perf_counter() - t
-        tally.peak["catalogue_index"] = peak_rss_gb()
     return emb
+
+
+def index_catalogue(job: EvalJob, models: Models, store: Store, tally: Tally) -> None:
+    """The catalogue index over every product's ``scale`` vector (the first seed's, written by
+    :func:`embed_seed`), built once the seeds' embeddings are let go."""
+    t = time.perf_counter()
+    m, seed = models.scale[0], models.seeds[0]
+    record = catalogue_record(m.run, m.embedder.weights, seed, job.features, job.media_root)
+    tally.catalogue = build_catalogue_index(job.out / CATALOGUE_DIR / VECTORS_FILE, list(store.ds.ids),
+                                            job.out / INDEX_DIR / CATALOGUE_INDEX,
+                                            memory_budget_bytes=job.budget.memory_budget_bytes, seed=seed,
+                                            record=record)
+    tally.timings["catalogue_index_s"] = time.perf_counter() - t
+    tally.peak["catalogue_index"] = peak_rss_gb()
 
 
 def _embed_others(job: EvalJob, models: Models, store: Store, k: int, emb: SeedEmbeddings) -> None:
@@ -239,7 +254,8 @@ def _embed_others(job: EvalJob, models: Models, store: Store, k: int, emb: SeedE
             continue
         udrops = [Variant(f"u@drop{j}", drop=job.drop_prob, drop_seed=d) for j, d in enumerate(emb.drop_seeds)]
         ures = runs_of[k].embedder.embed(store.loader, [Variant("u"), *udrops], progress=job.progress,
-                                         rows=store.work)
+                                         rows=store.work,
+                                         subsets={v.name: store.loader_rows("queries") for v in udrops})
         emb.sets[name] = store.embeddings(ures["vectors"]["u"])
         emb.dropped[name] = [ures["vectors"][v.name] for v in udrops]
 
@@ -260,7 +276,9 @@ def score_seed(job: EvalJob, store: Store, emb: SeedEmbeddings, baselines: Basel
     """Every method's figures for one seed, the robustness of those with dropped queries, and the
     scale model's diagnostics (ablation, importances, cross-modal recall), into ``tally``."""
     t = time.perf_counter()
-    tally.first = tally.first or emb.result
+    if tally.importance is None:  # the result itself is let go with the seed
+        rows = store.local.eval_rows
+        tally.importance = np.where(emb.result["presence"][rows], emb.result["importances"][rows], np.nan)
     emb.sets.update(baselines.frozen)
     emb.sets.update(baselines.fair)
     emb.dropped["concat_frozen"] = _frozen_dropped(job, store, emb, baselines)
@@ -274,14 +292,17 @@ def score_seed(job: EvalJob, store: Store, emb: SeedEmbeddings, baselines: Basel
 
 
 def _frozen_dropped(job: EvalJob, store: Store, emb: SeedEmbeddings, baselines: Baselines) -> list[np.ndarray]:
-    """``concat_frozen``'s queries with the same modalities dropped as the models' (one per draw)."""
+    """``concat_frozen``'s queries with the same modalities dropped as the models' (one per draw;
+    the retrieval queries only)."""
     from scalemm.fuse.embedder import drop_mask
 
     mods, frozen, out = baselines.frozen_modalities, baselines.frozen, []
+    rows = store.local.eval_rows[store.query_positions]
+    ids = [store.ids[i] for i in rows]
     for d in emb.drop_seeds:
-        keep = drop_mask(store.ids, mods, job.drop_prob, d)
+        keep = drop_mask(ids, mods, job.drop_prob, d)
         out.append(l2_normalize(np.concatenate(
-            [frozen["frozen_" + x].vectors * keep[:, [j]] for j, x in enumerate(mods)], axis=1)))
+            [frozen["frozen_" + x].vectors[rows] * keep[:, [j]] for j, x in enumerate(mods)], axis=1)))
     return out
 
 
@@ -317,8 +338,7 @@ def _score_diagnostics(job: EvalJob, store: Store, emb: SeedEmbeddings, results:
     local, res = store.local, emb.result
     for v in emb.ablation:
         tally.per_seed["ablation"].setdefault(v.name, []).append(
-            evaluate_retrieval(store.embeddings(res["vectors"][v.name]).subset(local.eval_rows), K, seed=emb.seed,
-                               query_rows=local.queries))
+            evaluate_retrieval(store.evaluated(res["vectors"][v.name]), K, seed=emb.seed, query_rows=local.queries))
     tally.per_seed["importance"].append(importance_figures(res, local, dict(results), planted))
     if "text" in emb.trained and "image" in emb.trained:
         tally.per_seed["cross_modal"].append(cross_modal_figures(res, local, emb.trained, job.budget.max_queries,
@@ -364,13 +384,12 @@ def aggregate(job: EvalJob, models: Models, store: Store, baselines: Baselines, 
 
 def report(job: EvalJob, models: Models, store: Store, tally: Tally, metrics: dict[str, Any], t0: float) -> None:
     """Add the timings to ``metrics`` and write metrics.json, report.md, the plots and the gallery."""
-    assert tally.first is not None and tally.gallery is not None
+    assert tally.importance is not None and tally.gallery is not None
     rows = store.local.eval_rows
-    imp = np.where(tally.first["presence"], tally.first["importances"], np.nan)[rows]
     t = time.perf_counter()
     metrics["timings"] = {k: round(v, 1) for k, v in tally.timings.items()}
     metrics["peak_rss_gb_after"] = tally.peak
-    write_report(job.out, metrics, training_log=RunFolder(models.scale[0].run).log, importance=imp,
+    write_report(job.out, metrics, training_log=RunFolder(models.scale[0].run).log, importance=tally.importance,
                  importance_labels=[store.labels[i] for i in rows], gallery_set=tally.gallery,
                  product_info=product_info(job.features, job.media_root), seed=models.seeds[0])
     log.info("evaluated in %.1f s (report %.1f s): %s", time.time() - t0, time.perf_counter() - t, metrics["timings"])

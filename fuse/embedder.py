@@ -133,10 +133,11 @@ class Embedder:
     def embed(self, loader: Any, variants: Sequence[Variant] = (Variant("scale"),), progress: bool = False,
               rows: np.ndarray | None = None,
               writers: Mapping[str, Callable[[np.ndarray], Any]] | None = None,
-              pooled: Sequence[str] | None = None) -> dict[str, Any]:
+              pooled: Sequence[str] | None = None,
+              subsets: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Every variant's embeddings of the loader's items (:func:`fuse.variants.embed_variants`)."""
         return embed_variants(self.model, loader, variants, self.device, progress=progress, rows=rows,
-                              writers=writers, pooled=pooled)
+                              writers=writers, pooled=pooled, subsets=subsets)
 
     def embed_features(self, features_dir: str | Path, modalities: Sequence[str] | None = None,
                        batch_size: int = 256, progress: bool = False) -> dict[str, Any]:

@@ -78,7 +78,8 @@ def _rows_of(enc: Encoded, sel: torch.Tensor) -> Encoded:
 def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], device: torch.device,
                    progress: bool = False, rows: np.ndarray | None = None,
                    writers: Mapping[str, Callable[[np.ndarray], Any]] | None = None,
-                   pooled: Sequence[str] | None = None) -> dict[str, Any]:
+                   pooled: Sequence[str] | None = None,
+                   subsets: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Every variant's product embeddings for the items of ``loader`` (in its order).
 
     Returns ``ids``, ``labels``, ``instances``, ``modalities`` (the model's), and per variant
@@ -90,7 +91,11 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
     (N = len(rows)); ``writers`` {variant name: callable} receive that variant's vectors of
     every item, batch by batch (e.g. a chunked file writer), whatever ``rows`` keeps.
     ``pooled`` keeps the encoders' outputs of those modalities only (``enc_pooled`` [N, M', d],
-    ``pooled_modalities`` says which; None: every modality's).
+    ``pooled_modalities`` says which; None: every modality's). ``subsets`` {variant name: sorted
+    positions in the loader's order, among ``rows``} keeps only those items of that variant
+    (``vectors[name]`` [len(subsets[name]), d]): the variants scored on the evaluated split
+    alone (the ablation) or on its queries alone (dropped modalities) need not hold the probe's
+    training products.
 
     The encoders run once per batch. Variants embedded from the encoders' pooled outputs (the
     default source) need no joint transformer: their embedding depends on the fusion
@@ -105,7 +110,15 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
     writers = writers or {}
     pcols = list(range(len(model.modalities))) if pooled is None else \
         [model.modalities.index(m) for m in pooled if m in model.modalities]
-    out = _Collected([v.name for v in variants], None if rows is None else len(rows))
+    subsets = {n: np.asarray(r, np.int64) for n, r in (subsets or {}).items()}
+    unknown = set(subsets) - {v.name for v in variants}
+    if unknown:
+        raise ValueError(f"subsets of variants that are not embedded: {sorted(unknown)}")
+    for n, r in subsets.items():
+        if len(r) and (np.any(np.diff(r) <= 0) or (rows is not None and not np.isin(r, rows).all())):
+            raise ValueError(f"the subset of {n!r} is not sorted positions among the rows kept")
+    out = _Collected([v.name for v in variants], None if rows is None else len(rows),
+                     {"vectors/" + n: len(r) for n, r in subsets.items()})
     start = 0
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     with autocast:
@@ -116,46 +129,58 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
             else:
                 lo, hi = np.searchsorted(rows, [start, start + B])
                 keep = rows[lo:hi] - start
+            masks = {"vectors/" + n: np.isin(start + keep, r) for n, r in subsets.items()}
             start += B
             if writers:  # every row goes to a writer: the encoders see the whole batch
-                _embed_batch(model, to_device(batch, device), keep, variants, device, rows is None, writers, out, pcols)
+                _embed_batch(model, to_device(batch, device), keep, variants, device, rows is None, writers,
+                             out, pcols, masks)
             elif len(keep):  # only the kept rows are encoded
                 sub = batch if len(keep) == B else _batch_rows(batch, keep)
-                _embed_batch(model, to_device(sub, device), np.arange(len(keep)), variants, device, True, {}, out, pcols)
+                _embed_batch(model, to_device(sub, device), np.arange(len(keep)), variants, device, True, {},
+                             out, pcols, masks)
     return {"modalities": list(model.modalities), "pooled_modalities": [model.modalities[j] for j in pcols],
             **out.result()}
 
 
 class _Collected:
     """The outputs of :func:`embed_variants`, row blocks appended in order. With the number of
-    rows known beforehand (``n``) every array is allocated once and filled in place: at a
-    million products a list of per-batch blocks, concatenated at the end, held two copies at
-    the peak and fragmented the heap."""
+    rows known beforehand (``n``; ``sizes`` for the keys that keep fewer) every array is
+    allocated once and filled in place: at a million products a list of per-batch blocks,
+    concatenated at the end, held two copies at the peak and fragmented the heap."""
 
-    def __init__(self, names: Sequence[str], n: int | None) -> None:
-        self.names, self.n, self.pos = list(names), n, 0
+    def __init__(self, names: Sequence[str], n: int | None, sizes: Mapping[str, int]) -> None:
+        self.names, self.n, self.pos, self.sizes = list(names), n, 0, dict(sizes)
         self.meta: dict[str, list[str]] = {"ids": [], "labels": [], "instances": []}
         self.arrays: dict[str, Any] = {}
+        self.at: dict[str, int] = {}  # rows written so far, per key
 
-    def add(self, batch: Mapping[str, Any], keep: np.ndarray, blocks: Mapping[str, torch.Tensor]) -> None:
+    def add(self, batch: Mapping[str, Any], keep: np.ndarray, blocks: Mapping[str, torch.Tensor],
+            masks: Mapping[str, np.ndarray]) -> None:
         """Rows ``keep`` of ``batch`` (ids, labels, instances) with their ``blocks`` {key: [K, ...]}
-        (keys: ``vectors/<variant>``, ``presence``, ``importances``, ``enc_pooled``)."""
+        (keys: ``vectors/<variant>``, ``presence``, ``importances``, ``enc_pooled``); of a key
+        in ``masks`` (Bool [K]) only the rows marked."""
         for k in self.meta:
             self.meta[k] += [batch[k][i] for i in keep]
-        K = len(keep)
         for key, t in blocks.items():
             a = t.detach().cpu().numpy()
+            if key in masks:
+                a = a[masks[key]]
+            at = self.at.get(key, 0)
+            self.at[key] = at + len(a)
             if self.n is None:
                 self.arrays.setdefault(key, []).append(a)
                 continue
             if key not in self.arrays:
-                self.arrays[key] = np.empty((self.n, *a.shape[1:]), dtype=a.dtype)
-            self.arrays[key][self.pos:self.pos + K] = a
-        self.pos += K
+                self.arrays[key] = np.empty((self.sizes.get(key, self.n), *a.shape[1:]), dtype=a.dtype)
+            self.arrays[key][at:at + len(a)] = a
+        self.pos += len(keep)
 
     def result(self) -> dict[str, Any]:
         if self.n is not None and self.pos != self.n:
             raise ValueError(f"the loader yielded {self.pos} of the {self.n} rows asked for")
+        short = {k: (self.at.get(k, 0), n) for k, n in self.sizes.items() if self.at.get(k, 0) != n}
+        if short:
+            raise ValueError(f"the loader yielded fewer rows than a subset asks for: {short}")
         if self.n is None:
             arrays = {k: np.concatenate(v) for k, v in self.arrays.items()}
         else:
@@ -184,9 +209,10 @@ def _batch_rows(batch: Mapping[str, Any], keep: np.ndarray) -> dict[str, Any]:
 
 def _embed_batch(model: ScaleModel, batch: Mapping[str, Any], keep: np.ndarray, variants: Sequence[Variant],
                  device: torch.device, all_rows: bool, writers: Mapping[str, Callable[[np.ndarray], Any]],
-                 out: _Collected, pcols: Sequence[int]) -> None:
+                 out: _Collected, pcols: Sequence[int], masks: Mapping[str, np.ndarray]) -> None:
     """One batch of :func:`embed_variants`: the encoders once, then every variant; the rows
-    ``keep`` added to ``out`` (every row when ``all_rows``), every row to the writers."""
+    ``keep`` added to ``out`` (every row when ``all_rows``; of a variant with a mask, the rows
+    marked), every row to the writers."""
     mods, weighting = list(model.modalities), model.embedding.weighting
     sel = torch.from_numpy(keep).to(device)
     enc = model.encode(batch)
@@ -217,7 +243,7 @@ def _embed_batch(model: ScaleModel, batch: Mapping[str, Any], keep: np.ndarray, 
         if v.name in writers:
             writers[v.name](emb.cpu().numpy())
         blocks["vectors/" + v.name] = emb if all_rows or not whole else emb[sel]
-    out.add(batch, keep, blocks)
+    out.add(batch, keep, blocks, masks)
 
 
 def ablation_variants(trained: Sequence[str], order: Sequence[Sequence[str]]) -> list[Variant]:

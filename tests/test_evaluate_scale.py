@@ -5,6 +5,7 @@ its index without a rebuild."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -58,6 +59,32 @@ def test_sampled_queries_score_as_the_same_queries_of_the_full_run(tmp_path) -> 
     ranked = drop_self(nb[q], q, 10)
     assert got["coarse"] == pytest.approx(retrieval_metrics(hits_from_neighbors(ranked, q, labels)))
     assert got["fine"] == pytest.approx(retrieval_metrics(hits_from_neighbors(ranked, q, instances)))
+
+
+def test_other_query_vectors_are_read_one_per_sampled_query(tmp_path) -> None:
+    """Robustness queries (modalities dropped) are held for the sampled queries only: given in
+    that order they score as the same products' vectors; a query vector of another product
+    changes the figure; a wrong count is refused."""
+    from scalemm.evaluate.embeddings import EmbeddingSet
+    from scalemm.evaluate.protocol import evaluate_on_split
+
+    base, y = _clusters(75, seed=2)  # 75 instances of four listings each, close to each other
+    x = l2_normalize(np.repeat(base, 4, axis=0) + 0.05 * np.random.default_rng(3).standard_normal((300, 16)))
+    es = EmbeddingSet([f"p{i}" for i in range(300)], x, [f"c{v}" for v in np.repeat(y, 4)],
+                      [f"i{i // 4}" for i in range(300)])
+    ev, tr = np.arange(0, 300, 2), np.arange(1, 300, 2)
+    view = SimpleNamespace(eval_rows=ev, train_rows=tr)
+    s = Samples.draw(ev, tr, EvalBudget(max_queries=40, max_sample=100), seed=0)
+    local = s.within(s.workset)
+    work = es.subset(s.workset)
+    full = evaluate_on_split(work, view, 0, samples=local)
+    own = work.vectors[local.eval_rows][local.queries]
+    same = evaluate_on_split(work, view, 0, samples=local, queries=own)
+    assert same["coarse"] == full["coarse"] and same["fine"] == full["fine"]
+    shuffled = evaluate_on_split(work, view, 0, samples=local, queries=own[::-1])
+    assert shuffled["fine"]["mAP@1"] < full["fine"]["mAP@1"]
+    with pytest.raises(ValueError, match="40 retrieval queries"):
+        evaluate_on_split(work, view, 0, samples=local, queries=work.vectors[local.eval_rows])
 
 
 def test_cross_modal_recall_of_sampled_queries_against_every_item() -> None:

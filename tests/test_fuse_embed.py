@@ -264,3 +264,16 @@ def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(train
         assert np.allclose(alone["vectors"][v.name], res["vectors"][v.name][rows], atol=1e-5), v.name
     with pytest.raises(ValueError, match="yielded 0 of the 2 rows"):  # rows past the loader's end
         emb.embed(loader, variants, rows=np.array([len(ds) + 1, len(ds) + 2]))
+    # some variants kept for fewer rows (the evaluated split, its queries), with and without a writer
+    few = {"t+i": np.array([3, 10, 23]), "drop": np.array([9]), "fused_drop": np.array([0, 11])}
+    for w in ({}, {"scale": [].append}):
+        sub = emb.embed(loader, variants, rows=rows, subsets=few, writers=w)
+        assert sub["ids"] == part["ids"] and np.allclose(sub["vectors"]["scale"], part["vectors"]["scale"], atol=1e-6)
+        for name, r in few.items():
+            assert np.allclose(sub["vectors"][name], res["vectors"][name][r], atol=1e-5), name
+    every = emb.embed(loader, variants, subsets=few)  # no rows: every item, the subsets still apply
+    assert all(len(every["vectors"][n]) == len(r) for n, r in few.items()) and len(every["ids"]) == len(ds)
+    with pytest.raises(ValueError, match="not sorted positions among the rows kept"):
+        emb.embed(loader, variants, rows=rows, subsets={"drop": np.array([1])})
+    with pytest.raises(ValueError, match="not embedded"):
+        emb.embed(loader, variants, rows=rows, subsets={"nope": np.array([0])})
