@@ -20,9 +20,9 @@ For each size N (default 100,000 and 1,000,000):
 Once: the two-worker check of the gathered negatives (:mod:`bench.gathercheck`, Ray Train with
 2 gloo workers). Every training process runs with one thread (``OMP_NUM_THREADS=1``, ``threads:
 1``): on this shared 2-core machine a second thread stalls at every parallel region whenever
-another process holds a core. The evaluation runs alone and uses every core. The machine's load (``os.getloadavg``) is recorded before and after each
-measurement. A figure the run cannot measure is ``null`` with the reason beside it, never a
-number.
+another process holds a core. The evaluation runs alone and uses every core. The machine's
+load (``os.getloadavg``) is recorded before and after each measurement. A figure the run
+cannot measure is ``null`` with the reason beside it, never a number.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 
@@ -210,15 +210,16 @@ def check_checkpoint(record: dict[str, Any], checkpoint: str | Path) -> Path:
         f"{candidates[0]}; pass that run's --checkpoint, or evaluate this run to build its own catalogue")
 
 
-def check_added(index_dir: str | Path, embeddings: str | Path) -> dict[str, Any]:
+def check_added(index_dir: str | Path, embeddings: str | Path,
+                arrays: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Refuse to add to the catalogue index in ``index_dir`` the products of an embeddings file
     that another checkpoint than the catalogue's embedded (its ``weights_sha256`` array, the
     sha256 of the weights file that embedded it: :func:`weights_digest`; a file without one is
-    refused too). Returns the catalogue's record."""
+    refused too). ``arrays``: the file's content when already read. Returns the catalogue's record."""
     from scalemm.embedfile import load_embeddings
 
     record = read_catalogue_record(index_dir)
-    arrays = load_embeddings(embeddings)
+    arrays = load_embeddings(embeddings) if arrays is None else arrays
     digest = str(arrays["weights_sha256"]) if "weights_sha256" in arrays else None
     if digest != record["weights_sha256"]:
         raise CatalogueRunError(
@@ -228,15 +229,17 @@ def check_added(index_dir: str | Path, embeddings: str | Path) -> dict[str, Any]
     return record
 
 
-def record_added_store(index_dir: str | Path, embeddings: str | Path) -> list[str]:
+def record_added_store(index_dir: str | Path, embeddings: str | Path,
+                       arrays: Mapping[str, np.ndarray] | None = None) -> list[str]:
     """Note in the catalogue's record the store that the added products of ``embeddings`` were
     embedded from (the file's ``features``, when it names one), so that search shows their titles
-    and pictures as it does the catalogue's own. Returns the record's ``added_features``."""
+    and pictures as it does the catalogue's own. ``arrays``: the file's content when already
+    read. Returns the record's ``added_features``."""
     from scalemm.embedfile import load_embeddings
 
     record = read_catalogue_record(index_dir)
     added = list(record.get("added_features") or [])
-    arrays = load_embeddings(embeddings)
+    arrays = load_embeddings(embeddings) if arrays is None else arrays
     store = str(arrays["features"]) if "features" in arrays else ""
     if store and store != record.get("features") and store not in added:
         added.append(store)

@@ -21,16 +21,14 @@ def cross_modal_figures(res: dict[str, Any], local: Samples, trained: list[str],
                         seed: int) -> dict[str, Any]:
     """Text-to-image recall over the evaluated products that have both (at most ``max_queries``
     text queries, drawn with ``seed``, against every image)."""
-    t, i = trained.index("text"), trained.index("image")
-    pres = res["presence"][local.eval_rows]
-    rows = local.eval_rows[pres[:, t] & pres[:, i]]
+    pres = res["presence"][local.eval_rows]  # columns: the trained modalities
+    rows = local.eval_rows[pres[:, trained.index("text")] & pres[:, trained.index("image")]]
     pooled = list(res.get("pooled_modalities") or trained)  # the columns of enc_pooled
-    t, i = pooled.index("text"), pooled.index("image")
     q = None
     if len(rows) > max_queries:
         q = np.sort(np.random.default_rng([int(seed), 0xC405]).choice(len(rows), size=max_queries, replace=False))
-    return {"text_to_image": cross_modal_recall(l2_normalize(res["enc_pooled"][rows, t]),
-                                                l2_normalize(res["enc_pooled"][rows, i]), query_rows=q),
+    text, image = (res["enc_pooled"][rows, pooled.index(m)] for m in ("text", "image"))
+    return {"text_to_image": cross_modal_recall(l2_normalize(text), l2_normalize(image), query_rows=q),
             "items": int(len(rows)), "queries": int(len(rows) if q is None else len(q))}
 
 

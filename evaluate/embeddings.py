@@ -88,7 +88,11 @@ class EmbeddingSet:
     def load(cls, path: str | Path) -> "EmbeddingSet":
         """Read an embeddings file (:meth:`save`'s, or ``pipelines/embed.py``'s: its extras are
         ignored). Raises FileNotFoundError, or ValueError naming the file if unreadable."""
-        z = load_embeddings(path)
+        return cls.from_arrays(load_embeddings(path), path)
+
+    @classmethod
+    def from_arrays(cls, z: Any, path: str | Path) -> "EmbeddingSet":
+        """The set held by the arrays of an embeddings file already read (``path`` names it in errors)."""
         vectors = z["vectors"]
         if vectors.ndim == 1 and vectors.size == 0:
             vectors = vectors.reshape(0, 0)

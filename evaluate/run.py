@@ -434,12 +434,15 @@ def rebuild_and_check(out: str | Path, method: str = "scale") -> dict[str, Any]:
 def add_products(out: str | Path, embeddings: str | Path) -> dict[str, Any]:
     """Add the products of an embeddings file (``pipelines/embed.py`` of the new products with
     the catalogue's model) to the catalogue index ``out/index/catalogue``, without rebuilding it."""
+    from scalemm.embedfile import load_embeddings
+
     from .index import add_to_index
 
-    check_added(Path(out) / INDEX_DIR / CATALOGUE_INDEX, embeddings)  # embedded by the catalogue's checkpoint
-    es = EmbeddingSet.load(embeddings)
+    index_dir, arrays = Path(out) / INDEX_DIR / CATALOGUE_INDEX, load_embeddings(embeddings)  # read once
+    check_added(index_dir, embeddings, arrays)  # embedded by the catalogue's checkpoint
+    es = EmbeddingSet.from_arrays(arrays, embeddings)
     t0 = time.time()
-    built = add_to_index(Path(out) / INDEX_DIR / CATALOGUE_INDEX, es.vectors, es.ids)
-    record_added_store(Path(out) / INDEX_DIR / CATALOGUE_INDEX, embeddings)
-    return {"index": str(Path(out) / INDEX_DIR / CATALOGUE_INDEX), "added": len(es), "products": built.ntotal,
+    built = add_to_index(index_dir, es.vectors, es.ids)
+    record_added_store(index_dir, embeddings, arrays)
+    return {"index": str(index_dir), "added": len(es), "products": built.ntotal,
             "seconds": round(time.time() - t0, 2)}

@@ -129,15 +129,17 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
             else:
                 lo, hi = np.searchsorted(rows, [start, start + B])
                 keep = rows[lo:hi] - start
-            masks = {"vectors/" + n: np.isin(start + keep, r) for n, r in subsets.items()}
+            masks = {}  # per variant with a subset: which of the kept rows it keeps
+            for n, r in subsets.items():
+                lo, hi = np.searchsorted(r, [start, start + B])
+                masks[n] = np.isin(keep, r[lo:hi] - start)
             start += B
             if writers:  # every row goes to a writer: the encoders see the whole batch
-                _embed_batch(model, to_device(batch, device), keep, variants, device, rows is None, writers,
-                             out, pcols, masks)
+                _embed_batch(model, to_device(batch, device), keep, variants, device, writers, out, pcols, masks)
             elif len(keep):  # only the kept rows are encoded
                 sub = batch if len(keep) == B else _batch_rows(batch, keep)
-                _embed_batch(model, to_device(sub, device), np.arange(len(keep)), variants, device, True, {},
-                             out, pcols, masks)
+                _embed_batch(model, to_device(sub, device), np.arange(len(keep)), variants, device, {}, out, pcols,
+                             masks)
     return {"modalities": list(model.modalities), "pooled_modalities": [model.modalities[j] for j in pcols],
             **out.result()}
 
@@ -154,17 +156,14 @@ class _Collected:
         self.arrays: dict[str, Any] = {}
         self.at: dict[str, int] = {}  # rows written so far, per key
 
-    def add(self, batch: Mapping[str, Any], keep: np.ndarray, blocks: Mapping[str, torch.Tensor],
-            masks: Mapping[str, np.ndarray]) -> None:
+    def add(self, batch: Mapping[str, Any], keep: np.ndarray, blocks: Mapping[str, torch.Tensor]) -> None:
         """Rows ``keep`` of ``batch`` (ids, labels, instances) with their ``blocks`` {key: [K, ...]}
-        (keys: ``vectors/<variant>``, ``presence``, ``importances``, ``enc_pooled``); of a key
-        in ``masks`` (Bool [K]) only the rows marked."""
+        (keys: ``vectors/<variant>``, ``presence``, ``importances``, ``enc_pooled``; a variant
+        with a subset has fewer rows: those of its subset)."""
         for k in self.meta:
             self.meta[k] += [batch[k][i] for i in keep]
         for key, t in blocks.items():
             a = t.detach().cpu().numpy()
-            if key in masks:
-                a = a[masks[key]]
             at = self.at.get(key, 0)
             self.at[key] = at + len(a)
             if self.n is None:
@@ -208,42 +207,47 @@ def _batch_rows(batch: Mapping[str, Any], keep: np.ndarray) -> dict[str, Any]:
 
 
 def _embed_batch(model: ScaleModel, batch: Mapping[str, Any], keep: np.ndarray, variants: Sequence[Variant],
-                 device: torch.device, all_rows: bool, writers: Mapping[str, Callable[[np.ndarray], Any]],
-                 out: _Collected, pcols: Sequence[int], masks: Mapping[str, np.ndarray]) -> None:
-    """One batch of :func:`embed_variants`: the encoders once, then every variant; the rows
-    ``keep`` added to ``out`` (every row when ``all_rows``; of a variant with a mask, the rows
-    marked), every row to the writers."""
-    mods, weighting = list(model.modalities), model.embedding.weighting
-    sel = torch.from_numpy(keep).to(device)
+                 device: torch.device, writers: Mapping[str, Callable[[np.ndarray], Any]], out: _Collected,
+                 pcols: Sequence[int], masks: Mapping[str, np.ndarray]) -> None:
+    """One batch of :func:`embed_variants`: the encoders once, then every variant on the rows it
+    needs (every row for a writer; else the rows ``keep``, of a variant with a mask the kept
+    rows marked), added to ``out``."""
+    mods, weighting, B = list(model.modalities), model.embedding.weighting, len(batch["ids"])
     enc = model.encode(batch)
     present = enc.present
     z = _encoder_pooled(model, enc)
     with torch.autocast(device_type=device.type, enabled=False):
         _, imp = model.harmonizer(z, present, uniform=not model.cfg.harmonize)
+    sel = torch.from_numpy(keep).to(device)
     blocks = {"presence": present[sel], "importances": imp[sel].float(), "enc_pooled": z[sel][:, list(pcols)]}
-    fused: dict[tuple[bool, bytes], Any] = {}
+    fused: dict[tuple[bytes, bytes], Any] = {}
     for v in variants:
-        vkeep = torch.from_numpy(variant_presence(v, mods, batch["ids"])).to(device)
-        whole = all_rows or v.name in writers  # computed on every row of the batch
+        rows = keep[masks[v.name]] if v.name in masks else keep  # what ``out`` keeps of this variant
+        at = np.arange(B) if v.name in writers else rows  # what it is computed on
+        if not len(at):
+            blocks["vectors/" + v.name] = torch.zeros((0, z.shape[-1]))
+            continue
+        whole = len(at) == B and bool((at == np.arange(B)).all())
+        t_at = torch.from_numpy(at).to(device)
+        vkeep = torch.from_numpy(variant_presence(v, mods, [batch["ids"][i] for i in at])).to(device)
         if (v.source or model.embedding.source) == "encoder":
-            pv = present & vkeep
-            zv = torch.where(pv[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
+            pv = (present if whole else present[t_at]) & vkeep
+            zv = torch.where(pv[..., None], z if whole else z[t_at], torch.zeros((), dtype=z.dtype, device=z.device))
             with torch.autocast(device_type=device.type, enabled=False):
                 _, iv = model.harmonizer(zv, pv, uniform=not model.cfg.harmonize)
                 emb = weighted_embedding(zv, pv, iv, weighting)
-            whole = True
-        else:  # the joint transformer: once per batch and distinct presence
-            e, k = (enc, vkeep) if whole else (_rows_of(enc, sel), vkeep[sel])
-            key = (whole, k.cpu().numpy().tobytes())
+        else:  # the joint transformer: once per batch, rows and distinct presence
+            key = (at.tobytes(), vkeep.cpu().numpy().tobytes())
             if key not in fused:
-                fused[key] = model.fuse(e, None if bool(k.all()) else k)
+                fused[key] = model.fuse(enc if whole else _rows_of(enc, t_at), None if bool(vkeep.all()) else vkeep)
             f = fused[key]
             emb = weighted_embedding(f.pooled, f.present, f.importances, weighting)
         emb = emb.float()
         if v.name in writers:
             writers[v.name](emb.cpu().numpy())
-        blocks["vectors/" + v.name] = emb if all_rows or not whole else emb[sel]
-    out.add(batch, keep, blocks, masks)
+            emb = emb[torch.from_numpy(rows).to(device)]
+        blocks["vectors/" + v.name] = emb
+    out.add(batch, keep, blocks)
 
 
 def ablation_variants(trained: Sequence[str], order: Sequence[Sequence[str]]) -> list[Variant]:
