@@ -109,6 +109,20 @@ def test_the_minibatched_probe_learns_what_the_full_batch_probe_learns() -> None
     assert linear_probe_minibatch(x[:2000], labels[:2000], x[2000:], labels[2000:], batch=256) == b  # seeded
 
 
+def test_the_minibatched_probe_leaves_denormal_floats_as_it_found_them() -> None:
+    # the probe flushes denormals to zero on one thread while it fits (they slow late epochs up to
+    # 40x); the caller's arithmetic and thread count afterwards must be as before
+    import torch
+
+    x, y = _clusters(600, d=8, k=4, seed=1)
+    labels = np.array([f"c{v}" for v in y], dtype=object)
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # below float32's smallest normal
+    assert float(tiny * 1.0) > 0
+    threads = torch.get_num_threads()
+    assert linear_probe_minibatch(x[:400], labels[:400], x[400:], labels[400:], epochs=2)["accuracy"] > 0.5
+    assert float(tiny * 1.0) > 0 and torch.get_num_threads() == threads
+
+
 def test_chunked_exact_search_equals_one_block(monkeypatch) -> None:
     x, _ = _clusters(1000)
     q = x[::37]
