@@ -17,7 +17,9 @@ The pooled output of modality m is the fused token at m's first position. The pr
 embedding (:func:`product_embedding`, L2-normalized) is built from the encoders' or the fused
 pooled outputs of the present modalities as the embedding settings say: the paper's plain sum,
 or each modality's normalised output weighed by the product's importances (the default);
-:attr:`ScaleModel.embedding_dim` (``d_model``) is its width.
+:attr:`ScaleModel.embedding_dim` is its width: ``d_model``, plus ``HEAD_DIM`` for each fitted
+modality head the settings name (:mod:`fuse.heads`: narrow title and picture heads beside the
+sum, fitted once training ends).
 
 Modalities the model knows but a batch does not carry are treated as absent: their
 encoders are skipped and their tokens left out of the fusion sequence, which is exactly
@@ -40,6 +42,7 @@ from scalemm.modalities import MODALITIES
 from .attention import Transformer
 from .config import EmbedSettings, ScaleConfig
 from .gather import all_gather_rows, world_size
+from .heads import ModalityHeads, with_heads
 
 # fixed parts of the architecture (the width of each block's MLP; no dropout on attention
 # probabilities, which keeps CPU training on the fused SDPA kernel: docs/decisions.md)
@@ -279,6 +282,7 @@ class ScaleModel(nn.Module):
                                        for m in self.modalities})
         self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, MLP_RATIO, cfg.dropout, ATTN_DROPOUT)
         self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.importance, len(self.modalities))
+        self.heads: ModalityHeads | None = None  # fitted once training ends (fuse.heads)
         self.embedding = cfg.embedding
         self.set_embedding(cfg.embedding)
 
@@ -289,13 +293,46 @@ class ScaleModel(nn.Module):
         self.harmonizer.identification = settings.identification_power if self.cfg.harmonize else 0.0
 
     @property
+    def active_heads(self) -> list[str]:
+        """The fitted modality heads the embedding settings name (in the heads' order)."""
+        if self.heads is None:
+            return []
+        return [m for m in self.heads.names if m in self.embedding.modality_heads]
+
+    @property
     def embedding_dim(self) -> int:
-        """Width of the product embedding: ``d_model``."""
-        return self.cfg.d_model
+        """Width of the product embedding: ``d_model`` plus each active head's width."""
+        return self.cfg.d_model + (self.heads.dim * len(self.active_heads) if self.heads is not None else 0)
+
+    def set_heads(self, heads: ModalityHeads | None) -> None:
+        """Attach fitted heads (:func:`fuse.heads.fit_heads`), on the model's device; None: none."""
+        if heads is not None:
+            unknown = [m for m in heads.names if m not in self.modalities]
+            if unknown:
+                raise ValueError(f"heads for modalities {unknown} the model was not trained on")
+            heads = heads.to(next(self.encoders.parameters()).device).eval()
+            for p in heads.parameters():
+                p.requires_grad_(False)
+        self.heads = heads
+
+    def product_vector(self, z: Tensor, present: Tensor, importances: Tensor,
+                       enc_pooled: Tensor | None = None) -> Tensor:
+        """The product embedding [B, embedding_dim] from pooled outputs ``z`` [B, M, d] (the
+        encoders' or the fused ones) of the present modalities with their importances: the
+        weighted sum (:func:`weighted_embedding`), beside the active heads of the encoders'
+        outputs ``enc_pooled`` (default: ``z``) when there are any (:func:`fuse.heads.with_heads`)."""
+        summed = weighted_embedding(z, present, importances, self.embedding.weighting)
+        names = self.active_heads
+        if not names:
+            return summed
+        h = self.heads(z if enc_pooled is None else enc_pooled, present, importances, self.modalities, names)
+        return with_heads(summed, h)
 
     def load_trained(self, tensors: Mapping[str, Tensor]) -> None:
         """Load a checkpoint's weights, strictly, except that the harmonizer's running statistics
-        may be missing (checkpoints from before they were always kept): those stay zero."""
+        may be missing (checkpoints from before they were always kept): those stay zero. Fitted
+        heads in the weights are attached."""
+        self.set_heads(ModalityHeads.from_tensors(dict(tensors)))
         running = {f"harmonizer.{name}" for name in SelfHarmonizer.RUNNING}
         retired = {f"harmonizer.{name}" for name in SelfHarmonizer.RETIRED}
         missing, unexpected = self.load_state_dict({k: v for k, v in tensors.items() if k not in retired},

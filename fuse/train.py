@@ -82,6 +82,7 @@ class TrainResult:
     checkpoint: str
     resumed_from_step: int | None = None
     epoch_losses: list[float] = field(default_factory=list)
+    heads: dict[str, Any] = field(default_factory=dict)  # the modality heads' fit (fuse.heads), {}: none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,10 +152,12 @@ def train(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None
     t_loop = time.perf_counter()
     try:
         n_samples = run_loop(job)
+        loop_s = time.perf_counter() - t_loop
+        heads = attach_heads(job)
     finally:
         job.pbar.close()
         job.runlog.close()
-    return finish_run(job, t0, time.perf_counter() - t_loop, n_samples)
+    return finish_run(job, t0, loop_s, n_samples, heads)
 
 
 @dataclass
@@ -245,7 +248,42 @@ def run_loop(job: TrainJob) -> int:
     return n_samples
 
 
-def finish_run(job: TrainJob, t0: float, loop_s: float, n_samples: int) -> TrainResult:
+def attach_heads(job: TrainJob) -> dict[str, Any]:
+    """Fit the modality heads the embedding settings name (:mod:`fuse.heads`) on the train split's
+    encoder outputs, with the trained model frozen, and checkpoint the model with them (main
+    process only). Returns what the fit did ({} when no head is asked for or fitted)."""
+    import numpy as np
+
+    from .heads import MAX_ROWS, fit_heads, sample_instances
+    from .variants import embed_variants
+
+    cfg, model = job.cfg, job.learner.model
+    names = [m for m in cfg.embedding.modality_heads if m in cfg.modalities]
+    if not names or not job.dist.is_main:
+        return {}
+    t0 = time.perf_counter()
+    train_rows = rows_of(assign(job.ds.instances, job.ds.ids, cfg.split_spec()), cfg.train_split)
+    sample = train_rows[sample_instances([job.ds.instances[i] for i in train_rows],
+                                         [job.ds.ids[i] for i in train_rows], MAX_ROWS, cfg.seed)]
+    sampler = EpochBatchSampler(job.ds, 256, seed=0, shuffle=False, drop_last=False, subset=np.sort(sample))
+    model.eval()
+    enc = embed_variants(model, make_loader(job.ds, sampler, cfg.runtime.loader_workers), [],
+                         next(model.parameters()).device)
+    heads, fit = fit_heads(enc["enc_pooled"], enc["presence"], enc["importances"], enc["instances"], enc["ids"],
+                           model.modalities, names, seed=cfg.seed)
+    model.set_heads(heads)
+    if heads is None:
+        log.warning("no train product carries any of %s: the embedding is the sum alone", names)
+        return {}
+    job.last_ck = save(job.run, job.learner, job.counters, job.ds, job.dist) or job.last_ck
+    out = {"modalities": list(heads.names), "dim": heads.dim, **fit, "seconds": time.perf_counter() - t0}
+    log.info("modality heads %s fitted on %d train products in %.1f s (loss %.3f -> %.3f)", heads.names,
+             fit["products"], out["seconds"], fit["first_loss"], fit["final_loss"])
+    return out
+
+
+def finish_run(job: TrainJob, t0: float, loop_s: float, n_samples: int,
+               heads: dict[str, Any] | None = None) -> TrainResult:
     """The training plot and the run's result (``result.json``)."""
     counters = job.counters
     if job.dist.is_main:
@@ -264,7 +302,7 @@ def finish_run(job: TrainJob, t0: float, loop_s: float, n_samples: int) -> Train
         samples_per_s=n_samples / loop_s if loop_s > 0 else 0.0,
         importances={k: float(v) for k, v in importances.items()},
         run_dir=str(job.run.root), checkpoint=str(job.last_ck.weights) if job.last_ck else "",
-        resumed_from_step=job.resumed_from, epoch_losses=[float(x) for x in losses])
+        resumed_from_step=job.resumed_from, epoch_losses=[float(x) for x in losses], heads=dict(heads or {}))
     if job.dist.is_main:
         write_json_atomic(job.run.result, result.to_dict())
     return result

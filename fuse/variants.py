@@ -22,7 +22,7 @@ import torch
 
 from scalemm.modalities import MODALITIES
 
-from .model import Encoded, ScaleModel, weighted_embedding
+from .model import Encoded, ScaleModel
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def _embed_batch(model: ScaleModel, batch: Mapping[str, Any], keep: np.ndarray, 
     """One batch of :func:`embed_variants`: the encoders once, then every variant on the rows it
     needs (every row for a writer; else the rows ``keep``, of a variant with a mask the kept
     rows marked), added to ``out``."""
-    mods, weighting, B = list(model.modalities), model.embedding.weighting, len(batch["ids"])
+    mods, B = list(model.modalities), len(batch["ids"])
     enc = model.encode(batch)
     present = enc.present
     z = _encoder_pooled(model, enc)
@@ -225,7 +225,7 @@ def _embed_batch(model: ScaleModel, batch: Mapping[str, Any], keep: np.ndarray, 
         rows = keep[masks[v.name]] if v.name in masks else keep  # what ``out`` keeps of this variant
         at = np.arange(B) if v.name in writers else rows  # what it is computed on
         if not len(at):
-            blocks["vectors/" + v.name] = torch.zeros((0, z.shape[-1]))
+            blocks["vectors/" + v.name] = torch.zeros((0, model.embedding_dim))
             continue
         whole = len(at) == B  # ``at`` is sorted distinct positions: every row
         t_at = torch.from_numpy(at).to(device)
@@ -235,13 +235,13 @@ def _embed_batch(model: ScaleModel, batch: Mapping[str, Any], keep: np.ndarray, 
             zv = torch.where(pv[..., None], z if whole else z[t_at], torch.zeros((), dtype=z.dtype, device=z.device))
             with torch.autocast(device_type=device.type, enabled=False):
                 _, iv = model.harmonizer(zv, pv, uniform=not model.cfg.harmonize)
-                emb = weighted_embedding(zv, pv, iv, weighting)
+                emb = model.product_vector(zv, pv, iv)
         else:  # the joint transformer: once per batch, rows and distinct presence
             key = (at.tobytes(), vkeep.cpu().numpy().tobytes())
             if key not in fused:
                 fused[key] = model.fuse(enc if whole else _rows_of(enc, t_at), None if bool(vkeep.all()) else vkeep)
             f = fused[key]
-            emb = weighted_embedding(f.pooled, f.present, f.importances, weighting)
+            emb = model.product_vector(f.pooled, f.present, f.importances, enc_pooled=f.enc_pooled)
         emb = emb.float()
         if v.name in writers:
             writers[v.name](emb.cpu().numpy())

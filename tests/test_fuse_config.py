@@ -41,7 +41,7 @@ def test_the_training_config_has_at_most_25_keys_and_sections_apart() -> None:
     assert len(ScaleConfig.field_names()) <= 25
     cfg = ScaleConfig()
     assert {"device", "threads", "max_steps"} <= set(cfg.to_dict()["runtime"])
-    assert {"source", "weighting", "identification_power"} == set(cfg.to_dict()["embedding"])
+    assert {"source", "weighting", "identification_power", "modality_heads"} == set(cfg.to_dict()["embedding"])
     assert "runtime" not in cfg.training_dict()  # a checkpoint keeps what was learned, not where it ran
 
 

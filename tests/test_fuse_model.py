@@ -243,7 +243,7 @@ def test_embedding_is_d_model_wide_under_every_setting() -> None:
     for source in ("encoder", "fusion"):
         for weighting in ("importance", "sum"):
             model = _model(source=source, weighting=weighting)
-            assert model.embedding == EmbedSettings(source=source, weighting=weighting)
+            assert model.embedding == EmbedSettings(source=source, weighting=weighting, modality_heads=[])
             with torch.no_grad():
                 out = model(batch)
                 emb = product_embedding(out, model.embedding)

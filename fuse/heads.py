@@ -1,0 +1,162 @@
+"""Narrow modality heads beside the summed embedding: fine retrieval without losing the category.
+
+The summed embedding (:func:`fuse.model.weighted_embedding`) adds every modality's output into
+one vector, so the cosine of two products adds every cross-modality term: that keeps the
+category (coarse retrieval, NMI) and loses some of what tells one product from its neighbours
+(fine retrieval). A narrow linear head per chosen modality (default: the title and the picture,
+:attr:`fuse.config.EmbedSettings.modality_heads`) maps that modality's encoder output to ``HEAD_DIM``
+floats; the embedding is the sum beside the heads:
+
+    [ sqrt(SUM_SHARE) * sum  ,  sqrt(1 - SUM_SHARE) * heads ]   (L2-normalised)
+
+where ``heads`` is each head's normalised output times the modality's share of the product's
+importances among the headed modalities, side by side, normalised. A product with none of the
+headed modalities has the sum alone.
+
+The heads are fitted once training ends (:func:`fit_heads`), on the encoder outputs of the
+train split's products, with the model frozen; no category label is read. The objective is a
+multi-positive InfoNCE between a product's heads and the same with ``DROP`` of its headed
+modalities dropped, where the other listings of the product's instance are positives too.
+Each head starts at the PCA of its modality's train outputs. At catalogue scale the fit sees a
+sample of whole instances (``MAX_ROWS`` products at most), one batch, ``STEPS`` Adam steps:
+about a minute on 2 cores at the cap, seconds on the development corpus.
+
+Measured on validation (docs/decisions.md, "Narrow heads beside the sum").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scalemm.splits import split_key
+
+HEAD_DIM = 64  # floats per headed modality (d_model where that is narrower)
+SUM_SHARE = 0.8  # of the embedding's squared norm held by the sum; the heads hold the rest
+STEPS = 300
+LR = 1e-3
+TEMPERATURE = 0.05
+DROP = 0.3  # each headed modality of the second view is dropped with this probability
+MAX_ROWS = 4096  # the fit's sample of train products (whole instances), one batch
+
+
+class ModalityHeads(nn.Module):
+    """One bias-free linear map ``d_model -> HEAD_DIM`` per headed modality (see the module doc)."""
+
+    def __init__(self, modalities: Sequence[str], d_model: int, dim: int = HEAD_DIM) -> None:
+        super().__init__()
+        self.names = list(modalities)
+        self.dim = int(dim)
+        self.proj = nn.ModuleDict({m: nn.Linear(d_model, dim, bias=False) for m in self.names})
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], prefix: str = "heads.") -> "ModalityHeads | None":
+        """The heads a checkpoint's weights hold (None: none were fitted)."""
+        keys = sorted(k for k in tensors if k.startswith(prefix + "proj."))
+        if not keys:
+            return None
+        names = [k[len(prefix + "proj."):].split(".")[0] for k in keys]
+        w = tensors[keys[0]]
+        return cls(list(dict.fromkeys(names)), int(w.shape[1]), int(w.shape[0]))
+
+    def forward(self, z: Tensor, present: Tensor, importances: Tensor, modalities: Sequence[str],
+                names: Sequence[str] | None = None) -> Tensor:
+        """Float32 [B, H * dim]: the heads of ``names`` (default: all) side by side, each normalised
+        and weighed by the modality's share of the product's importances among them, the whole
+        L2-normalised (zero where a product has none of them). ``z`` [B, M, d], ``present`` and
+        ``importances`` [B, M] are in the model's modality order ``modalities``."""
+        from .model import importance_shares
+
+        names = self.names if names is None else [m for m in self.names if m in names]
+        cols = [list(modalities).index(m) for m in names]
+        shares = importance_shares(present[:, cols], importances[:, cols])
+        parts = [F.normalize(self.proj[m](z[:, c].float()), dim=-1) * shares[:, j:j + 1]
+                 for j, (m, c) in enumerate(zip(names, cols))]
+        h = torch.cat(parts, dim=-1)
+        return h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def with_heads(summed: Tensor, heads: Tensor) -> Tensor:
+    """The embedding: the normalised sum beside the normalised heads at ``SUM_SHARE`` of the
+    squared norm, L2-normalised (a product without heads keeps the sum's direction)."""
+    out = torch.cat([math.sqrt(SUM_SHARE) * summed.float(), math.sqrt(1.0 - SUM_SHARE) * heads], dim=-1)
+    return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def sample_instances(instances: Sequence[str], ids: Sequence[str], cap: int, seed: int) -> np.ndarray:
+    """Sorted positions of whole instances (a product without one is its own), drawn in a random
+    order until ``cap`` products are taken (all of them when they fit)."""
+    keys = np.array([split_key(i, p) for i, p in zip(instances, ids)], dtype=object)
+    if len(keys) <= cap:
+        return np.arange(len(keys))
+    uniq, inv = np.unique(keys, return_inverse=True)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    sizes = np.bincount(inv, minlength=len(uniq))[order]
+    chosen = order[: max(1, int(np.searchsorted(np.cumsum(sizes), cap, side="right")))]
+    return np.flatnonzero(np.isin(inv, chosen))
+
+
+def fit_heads(z: np.ndarray | Tensor, present: np.ndarray | Tensor, importances: np.ndarray | Tensor,
+              instances: Sequence[str], ids: Sequence[str], modalities: Sequence[str], names: Sequence[str],
+              seed: int = 0, steps: int = STEPS) -> tuple[ModalityHeads | None, dict[str, float]]:
+    """Heads for the modalities ``names`` fitted on train products' encoder outputs ``z``
+    [N, M, d] (with ``present`` / ``importances`` [N, M] in the order ``modalities``; the
+    products' ``instances`` and ``ids``). Returns the heads (None when no product carries any
+    of them) and the fit's first and last loss."""
+    names = [m for m in modalities if m in set(names)]
+    z, present, imp = (torch.as_tensor(np.asarray(a)) for a in (z, present, importances))
+    cols = [list(modalities).index(m) for m in names]
+    if not cols or not bool(present[:, cols].any()):
+        return None, {}
+    gen = torch.Generator().manual_seed(int(seed))
+    rows = sample_instances(instances, ids, MAX_ROWS, seed)
+    rows = rows[present[rows][:, cols].any(1).numpy()]
+    z, present, imp = z[rows].float(), present[rows].bool(), imp[rows].float()
+    inst = np.array([split_key(instances[i], ids[i]) for i in rows], dtype=object)
+    _, codes = np.unique(inst, return_inverse=True)
+    codes = torch.as_tensor(codes)
+    positives = codes[:, None] == codes[None, :]
+
+    heads = ModalityHeads(names, z.shape[-1], min(HEAD_DIM, z.shape[-1]))
+    with torch.no_grad():  # each head starts at the PCA of its modality's outputs
+        for m, c in zip(names, cols):
+            x = z[present[:, c], c]
+            x = x - x.mean(0, keepdim=True)
+            _, _, vt = torch.linalg.svd(x, full_matrices=False)
+            k = min(heads.dim, vt.shape[0])
+            heads.proj[m].weight.zero_()
+            heads.proj[m].weight[:k] = vt[:k]
+    opt = torch.optim.Adam(heads.parameters(), lr=LR)
+    losses = []
+    for _ in range(steps):
+        keep = torch.rand(present.shape, generator=gen) >= DROP
+        dropped = present & keep
+        lost = ~dropped[:, cols].any(1)  # a view keeps at least one headed modality
+        dropped[lost] = present[lost]
+        a = heads(z, present, imp, modalities)
+        b = heads(z, dropped, imp, modalities)
+        logits = a @ b.T / TEMPERATURE
+        loss = 0.5 * (_multi_positive(logits, positives) + _multi_positive(logits.T, positives))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    heads.eval()
+    return heads, {"first_loss": losses[0] if losses else float("nan"),
+                   "final_loss": losses[-1] if losses else float("nan"), "products": int(len(rows))}
+
+
+def _multi_positive(logits: Tensor, positives: Tensor) -> Tensor:
+    """InfoNCE with several positives per row: -log of the softmax mass on the row's positives."""
+    log_all = torch.logsumexp(logits, dim=1)
+    log_pos = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=1)
+    return (log_all - log_pos).mean()
+
+
+__all__ = ["DROP", "HEAD_DIM", "LR", "MAX_ROWS", "ModalityHeads", "STEPS", "SUM_SHARE", "TEMPERATURE",
+           "fit_heads", "sample_instances", "with_heads"]
