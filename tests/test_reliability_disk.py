@@ -118,7 +118,7 @@ TRAIN_YAML = """d_model: 32
 heads: 4
 encoder_layers: 1
 fusion_layers: 1
-batch_size: 6
+batch_size: 4
 epochs: 1
 train_split: train
 runtime:
