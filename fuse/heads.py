@@ -17,9 +17,11 @@ The heads are fitted once training ends (:func:`fit_heads`), on the encoder outp
 train split's products, with the model frozen; no category label is read. The objective is a
 multi-positive InfoNCE between a product's heads and the same with ``DROP`` of its headed
 modalities dropped, where the other listings of the product's instance are positives too.
-Each head starts at the PCA of its modality's train outputs. At catalogue scale the fit sees a
-sample of whole instances (``MAX_ROWS`` products at most), one batch, ``STEPS`` Adam steps:
-about a minute on 2 cores at the cap, seconds on the development corpus.
+Each head starts at the PCA of its modality's train outputs. The fit sees a sample of whole
+instances (``MAX_ROWS`` products at most) for ``STEPS`` Adam steps; each step contrasts all of
+them when they are at most ``BATCH`` (the development corpus's 729 train products: 24 s on one
+thread), else a draw of whole instances up to ``BATCH`` products. In one batch of 4,096 products
+a step cost over 2 s on one thread (the 4,096 x 4,096 logits), over ten minutes a fit.
 
 Measured on validation (docs/decisions.md, "Narrow heads beside the sum").
 """
@@ -42,7 +44,8 @@ STEPS = 300
 LR = 1e-3
 TEMPERATURE = 0.05
 DROP = 0.3  # each headed modality of the second view is dropped with this probability
-MAX_ROWS = 4096  # the fit's sample of train products (whole instances), one batch
+MAX_ROWS = 4096  # the fit's sample of train products (whole instances)
+BATCH = 1024  # products a step contrasts at most (whole instances drawn afresh each step)
 
 
 class ModalityHeads(nn.Module):
@@ -133,15 +136,22 @@ def fit_heads(z: np.ndarray | Tensor, present: np.ndarray | Tensor, importances:
             heads.proj[m].weight[:k] = vt[:k]
     opt = torch.optim.Adam(heads.parameters(), lr=LR)
     losses = []
+    sizes = torch.bincount(codes)
     for _ in range(steps):
-        keep = torch.rand(present.shape, generator=gen) >= DROP
-        dropped = present & keep
+        zb, pb, ib, posb = z, present, imp, positives
+        if len(rows) > BATCH:  # whole instances in random order, up to BATCH products
+            order = torch.randperm(len(sizes), generator=gen)
+            n = max(1, int(torch.searchsorted(torch.cumsum(sizes[order], 0), BATCH, right=True)))
+            idx = torch.isin(codes, order[:n]).nonzero().squeeze(1)
+            zb, pb, ib, posb = z[idx], present[idx], imp[idx], codes[idx, None] == codes[None, idx]
+        keep = torch.rand(pb.shape, generator=gen) >= DROP
+        dropped = pb & keep
         lost = ~dropped[:, cols].any(1)  # a view keeps at least one headed modality
-        dropped[lost] = present[lost]
-        a = heads(z, present, imp, modalities)
-        b = heads(z, dropped, imp, modalities)
+        dropped[lost] = pb[lost]
+        a = heads(zb, pb, ib, modalities)
+        b = heads(zb, dropped, ib, modalities)
         logits = a @ b.T / TEMPERATURE
-        loss = 0.5 * (_multi_positive(logits, positives) + _multi_positive(logits.T, positives))
+        loss = 0.5 * (_multi_positive(logits, posb) + _multi_positive(logits.T, posb))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -158,5 +168,5 @@ def _multi_positive(logits: Tensor, positives: Tensor) -> Tensor:
     return (log_all - log_pos).mean()
 
 
-__all__ = ["DROP", "HEAD_DIM", "LR", "MAX_ROWS", "ModalityHeads", "STEPS", "SUM_SHARE", "TEMPERATURE",
+__all__ = ["BATCH", "DROP", "HEAD_DIM", "LR", "MAX_ROWS", "ModalityHeads", "STEPS", "SUM_SHARE", "TEMPERATURE",
            "fit_heads", "sample_instances", "with_heads"]
