@@ -96,15 +96,27 @@ class Models:
         return canonical({x for m in self.every for x in m.embedder.modalities})
 
 
-def load_models(named: Mapping[str, str | Path], split: str) -> Models:
+def load_models(named: Mapping[str, str | Path], split: str,
+                embedding: Mapping[str, Mapping[str, Any]] | None = None) -> Models:
     """The models ``{name: run}`` (:func:`evaluate.models.model_runs`) on the default device,
-    refused when they do not share the split, or when one was trained on ``split``."""
+    refused when they do not share the split, or when one was trained on ``split``.
+    ``embedding`` ``{name: {key: value}}`` (:func:`evaluate.models.embedding_changes`) changes a
+    model's embedding settings from its checkpoint's."""
     from scalemm.device import resolve_device
+    from scalemm.fuse.config import with_embedding_changes
     from scalemm.fuse.embedder import Embedder
 
     dev = resolve_device("auto")
-    models = Models({name: [Trained(r, Embedder.from_run(r, dev)) for r in resolve_runs(run)]
-                     for name, run in named.items()})
+
+    def load(name: str, run: Path) -> Trained:
+        emb = Embedder.from_run(run, dev)
+        changes = dict((embedding or {}).get(name) or {})
+        if changes:
+            emb.model.set_embedding(with_embedding_changes(emb.settings, changes, f"--embedding {name}"))
+            log.info("%s (%s) embeds with %s", name, run, changes)
+        return Trained(run, emb)
+
+    models = Models({name: [load(name, r) for r in resolve_runs(run)] for name, run in named.items()})
     if UNIFORM not in models.others:
         log.info("no --uniform-checkpoint: scale_uniform is left out of the comparison")
     spec, first = models.spec, models.scale[0]

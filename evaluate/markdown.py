@@ -21,7 +21,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-OWN_SECTIONS = ("paired", "paired_bootstrap", "baselines", "dims", "embedding_dim", "models")
+OWN_SECTIONS = ("paired", "paired_bootstrap", "baselines", "dims", "embedding_dim", "models", "embedding_changes")
 PAIRED_COLUMNS = (("coarse", "coarse mAP@1"), ("fine", "fine mAP@1"), ("classification", "accuracy"))
 
 
@@ -63,6 +63,10 @@ def _baselines_section(metrics: Mapping[str, Any]) -> list[str]:
     dims = metrics.get("dims", {})
     if dims:
         lines += [_table(["method", "dims"], [[str(n), str(d)] for n, d in dims.items()]), ""]
+    changes = metrics.get("embedding_changes")
+    if isinstance(changes, Mapping) and changes:
+        lines += ["Embedding settings changed from the checkpoint's (`--embedding`): " + "; ".join(
+            f"{n}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in c.items()) for n, c in changes.items()), ""]
     w = b.get("concat_weighted")
     if isinstance(w, Mapping):
         ws = ", ".join(f"{m} {v:g}" for m, v in w.get("weights", {}).items())

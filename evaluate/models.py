@@ -78,3 +78,29 @@ def model_runs(checkpoint: str | Path | None = None, uniform_checkpoint: str | P
                              f"given: {sorted(out) or 'none'}")
     order = [DEFAULT, *([UNIFORM] if UNIFORM in out else []), *(n for n in out if n not in (DEFAULT, UNIFORM))]
     return {n: out[n] for n in order}
+
+
+def embedding_changes(specs: Sequence[str] | None, names: Sequence[str]) -> dict[str, dict[str, object]]:
+    """``--embedding NAME:KEY=VALUE`` (repeatable) -> ``{name: {key: value}}``: the model ``NAME``
+    (another than ``scale``) embeds with its checkpoint's ``embedding:`` settings changed so, e.g.
+    ``scale_sum:modality_heads=[]`` scores a run with the sum alone beside the same run with its
+    heads (``--model scale_sum=RUN``). ``scale`` embeds as its checkpoint says: its catalogue
+    index serves search, which embeds queries with the checkpoint's settings. Raises
+    :class:`ModelSpecError` (or the config's error for a bad key or value)."""
+    from scalemm.fuse.config import embedding_change
+
+    out: dict[str, dict[str, object]] = {}
+    for spec in specs or ():
+        name, sep, change = str(spec).partition(":")
+        name = name.strip()
+        if not sep or not name:
+            raise ModelSpecError(f"--embedding {spec!r}: expected NAME:KEY=VALUE (e.g. scale_sum:modality_heads=[])")
+        if name == DEFAULT:
+            raise ModelSpecError(f"--embedding {spec!r}: the default model '{DEFAULT}' embeds as its checkpoint says "
+                                 f"(its catalogue index serves search); score the run under another name, e.g. "
+                                 f"--model {DEFAULT}_sum=RUN --embedding {DEFAULT}_sum:{change}")
+        if name not in names:
+            raise ModelSpecError(f"--embedding {spec!r}: no model named {name!r}; models: {list(names)}")
+        key, value = embedding_change(change, f"--embedding {spec!r}:")
+        out.setdefault(name, {})[key] = value
+    return out

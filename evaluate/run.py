@@ -103,6 +103,8 @@ class EvalJob:
     drop_prob: float = DROP_PROB
     drop_draws: int = DROP_DRAWS
     budget: EvalBudget = field(default_factory=EvalBudget)
+    # {name: {key: value}}: a model's embedding settings changed from its checkpoint's (not scale's)
+    embedding: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     n_boot: int = N_BOOT
     progress: bool = True
 
@@ -162,7 +164,7 @@ def run_evaluation(job: EvalJob) -> dict[str, Any]:
     """Evaluate the models of ``job`` and the baselines on one split, read once for all of them;
     write ``job.out`` (see the module doc). Returns metrics.json's content."""
     t0 = time.time()
-    models = load_models(job.models, job.split)
+    models = load_models(job.models, job.split, job.embedding)
     store = read_store(job.features, models, job.split, job.budget, job.progress)
     tally = Tally()
     baselines = training_free(store, int(models.scale[0].embedder.dim), tally)
@@ -377,6 +379,8 @@ def aggregate(job: EvalJob, models: Models, store: Store, baselines: Baselines, 
         "paired": paired, "paired_bootstrap": describe_paired(int(scored.sum()), job.n_boot, seeds),
     }
     metrics["runs"].setdefault(UNIFORM, [])
+    if any(job.embedding.values()):
+        metrics["embedding_changes"] = {n: dict(c) for n, c in job.embedding.items() if c}
     if per_seed["cross_modal"]:
         metrics["cross_modal"] = mean_std(per_seed["cross_modal"])
     return metrics

@@ -63,17 +63,19 @@ train() {  # RUN [args]: one run per seed in RUN/seed-<s>/; a rerun of the demo 
   fi
 }
 train "$OUT/run_scale"
-UNIFORM_ARGS=()
+MODEL_ARGS=()
 if [ "$UNIFORM" = 1 ]; then
   train "$OUT/run_uniform" --config configs/scale_uniform.yaml
-  UNIFORM_ARGS=(--uniform-checkpoint "$OUT/run_uniform")
+  MODEL_ARGS=(--uniform-checkpoint "$OUT/run_uniform")
 fi
 if [ "$PAPER" = 1 ]; then
   train "$OUT/run_paper" --config configs/scale_paper.yaml
-  UNIFORM_ARGS+=(--model "scale_paper=$OUT/run_paper")
+  MODEL_ARGS+=(--model "scale_paper=$OUT/run_paper")
+  # the default's checkpoints with the sum alone, without their heads (docs/results.md: scale_sum)
+  MODEL_ARGS+=(--model "scale_sum=$OUT/run_scale" --embedding "scale_sum:modality_heads=[]")
 fi
 
 step "5/5 evaluation on the test split (mean +- std over the seeds) -> $OUT/eval"
 python pipelines/evaluate.py --features "$OUT/feats" --checkpoint "$OUT/run_scale" \
-  "${UNIFORM_ARGS[@]}" --out "$OUT/eval" | tail -n 1
+  "${MODEL_ARGS[@]}" --out "$OUT/eval" | tail -n 1
 echo "report: $OUT/eval/report.md  gallery: $OUT/eval/gallery.html  ($(( $(date +%s) - T0 )) s)" >&2

@@ -3,6 +3,8 @@ and k-means clustering; writes EVAL/metrics.json, report.md, plots and gallery.h
 
     python pipelines/evaluate.py --features FEATS --checkpoint RUN --out EVAL [--uniform-checkpoint RUN_U]
     python pipelines/evaluate.py --features FEATS --model scale=RUN --model scale_paper=RUN_P --out EVAL
+    python pipelines/evaluate.py --features FEATS --checkpoint RUN --model scale_sum=RUN \
+        --embedding scale_sum:modality_heads=[] --out EVAL   # the same run with and without its heads
     python pipelines/evaluate.py --out EVAL --rebuild-index      # rebuild the index from saved embeddings
     python pipelines/evaluate.py --out EVAL --add-products EMB.npz   # new products into EVAL/index/catalogue
 
@@ -38,6 +40,9 @@ def main() -> dict:
     ap.add_argument("--model", action="append", default=[], metavar="NAME=RUN",
                     help="another trained model to score in the same run (repeatable), e.g. "
                          "scale_paper=runs/paper; scale=RUN is the default model (what --checkpoint gives)")
+    ap.add_argument("--embedding", action="append", default=[], metavar="NAME:KEY=VALUE",
+                    help="model NAME (not scale) embeds with this embedding setting instead of its "
+                         "checkpoint's (repeatable), e.g. scale_sum:modality_heads=[] for the sum alone")
     ap.add_argument("--out", required=True, help="evaluation output directory")
     ap.add_argument("--media-root", help="media root for the gallery images (default: from the store manifest)")
     ap.add_argument("--rebuild-index", action="store_true",
@@ -68,11 +73,13 @@ def main() -> dict:
         from scalemm.evaluate.run import add_products
 
         return add_products(a.out, a.add_products)
-    from scalemm.evaluate.models import ModelSpecError, model_runs
+    from scalemm.config import ConfigError
+    from scalemm.evaluate.models import embedding_changes, model_runs
 
     try:
         models = model_runs(a.checkpoint, a.uniform_checkpoint, a.model)
-    except ModelSpecError as e:
+        changes = embedding_changes(a.embedding, list(models))
+    except ConfigError as e:
         ap.error(str(e))
     if not a.features:
         ap.error("--features is required (unless --rebuild-index or --add-products)")
@@ -82,7 +89,7 @@ def main() -> dict:
 
     budget = EvalBudget(max_queries=a.max_queries, max_sample=a.max_sample, memory_budget_gb=a.memory_budget_gb)
     m = run_evaluation(EvalJob(a.features, models, a.out, a.media_root, split=a.split, drop_prob=a.drop_prob,
-                               drop_draws=a.drop_draws, budget=budget))
+                               drop_draws=a.drop_draws, budget=budget, embedding=changes))
     print(format_headline(m), file=sys.stderr)
     return {"out": a.out, "items": m["items"], "seconds": m["seconds"], "timings": m["timings"], "index": m["index"],
             "split": m["split"], "seeds": m["seeds"], "models": m["models"], "embedding_dim": m["embedding_dim"],

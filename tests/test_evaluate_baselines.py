@@ -11,7 +11,8 @@ import pytest
 from scalemm.evaluate.baselines import (choose_weights, concat_pca, concat_text_image, concat_weighted,
                                         nearest_neighbour_score)
 from scalemm.evaluate.embeddings import EmbeddingSet
-from scalemm.evaluate.models import ModelSpecError, model_runs, parse_model_spec
+from scalemm.errors import ConfigError
+from scalemm.evaluate.models import ModelSpecError, embedding_changes, model_runs, parse_model_spec
 from scalemm.evaluate.protocol import SplitView
 from scalemm.splits import SplitSpec
 
@@ -236,6 +237,30 @@ def test_model_specs_parse_and_order() -> None:
 def test_bad_model_specs_are_refused_with_a_clear_error(args, words) -> None:
     with pytest.raises(ModelSpecError) as e:
         model_runs(*args)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_embedding_changes_parse_per_model() -> None:
+    names = ["scale", "scale_sum", "scale_paper"]
+    got = embedding_changes(["scale_sum:modality_heads=[]", "scale_paper:modality_heads=text",
+                             "scale_paper:identification_power=0.5", "scale_sum:weighting=sum"], names)
+    assert got == {"scale_sum": {"modality_heads": [], "weighting": "sum"},
+                   "scale_paper": {"modality_heads": ["text"], "identification_power": 0.5}}
+    assert embedding_changes(["scale_sum:modality_heads="], names) == {"scale_sum": {"modality_heads": []}}
+    assert embedding_changes([], names) == {}
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("scale:modality_heads=[]", ["default model 'scale'", "--model scale_sum=RUN"]),
+    ("nobody:modality_heads=[]", ["no model named 'nobody'"]),
+    ("scale_sum", ["expected NAME:KEY=VALUE"]),
+    ("scale_sum:heads=[]", ["expected KEY=VALUE", "modality_heads"]),
+    ("scale_sum:identification_power=high", ["identification_power", "float"]),
+    ("scale_sum:modality_heads=[", ["not YAML"]),
+])
+def test_bad_embedding_changes_are_refused_with_a_clear_error(spec, words) -> None:
+    with pytest.raises(ConfigError) as e:
+        embedding_changes([spec], ["scale", "scale_sum"])
     assert all(w in str(e.value) for w in words), str(e.value)
 
 
