@@ -40,7 +40,7 @@ dev: setup media-packages
 	CORPUS=clipart SEEDS=$(DEV_SEEDS) UNIFORM=1 PAPER=1 bash pipelines/demo.sh $(DEV_OUT) 1200
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
