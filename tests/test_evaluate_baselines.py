@@ -272,3 +272,11 @@ def test_the_command_line_refuses_a_duplicate_model(run_cli, tmp_path) -> None:
                             "--checkpoint", str(tmp_path / "a"), "--out", str(tmp_path / "e"))
     assert rc == 2 and "expected NAME=RUN" in err.strip().splitlines()[-1]
     assert not (tmp_path / "e").exists()
+
+
+def test_the_command_line_refuses_an_embedding_change_of_the_default_model(run_cli, tmp_path) -> None:
+    rc, _, err, _ = run_cli("evaluate.py", "--features", str(tmp_path), "--checkpoint", str(tmp_path / "a"),
+                            "--embedding", "scale:modality_heads=[]", "--out", str(tmp_path / "e"))
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and "Traceback" not in err and "default model 'scale'" in last and "--model scale_sum=RUN" in last
+    assert not (tmp_path / "e").exists()  # refused before anything is written
