@@ -12,7 +12,9 @@ For each size N (default 100,000 and 1,000,000):
   each in its own process: samples/s of the whole loop (the loader's start included) and the
   peak memory of the process and its loader workers (:class:`TreeMemory`). The streaming /
   in-memory ratio is the median over the rounds of each streaming run against the in-memory
-  run just before it, which saw about the same load from the machine's other processes;
+  run just before it, which saw about the same load from the machine's other processes. Only
+  the first run, the one evaluated, fits the modality heads after its loop (:mod:`fuse.heads`:
+  outside the timed loop, inside its peak memory); the others train with ``modality_heads: []``;
 * evaluation: ``pipelines/evaluate.py`` of the first in-memory run on the whole store in its own
   process: minutes (and the embedding, catalogue-index and scoring minutes from metrics.json),
   peak memory, recall@10 of the catalogue index against exact search, the samples drawn.
@@ -174,7 +176,10 @@ def train_runs(work: Path, feats: str, n: int, steps: int, root: Path) -> dict[s
             cfg = {**base, "epochs": 1000, "runtime": {
                 **base["runtime"], "max_steps": steps, "keep_checkpoints": 1,
                 "memory_budget_gb": MEMORY_BUDGET_GB if mode == "memory" else STREAM_BUDGET_GB}}
-            cfg_path = work / f"train-{label(n)}-{mode}.yaml"
+            evaluated = r == 0 and mode == modes[0]  # the run eval_run embeds
+            if not evaluated:  # the heads' fit after the loop (about 50 s) serves only the evaluated run
+                cfg["embedding"] = {**base.get("embedding", {}), "modality_heads": []}
+            cfg_path = work / f"train-{label(n)}-{mode}{'' if evaluated else '-noheads'}.yaml"
             cfg_path.write_text(yaml.safe_dump(cfg))
             run = work / f"train-{label(n)}-{mode}-{r}"
             shutil.rmtree(run, ignore_errors=True)  # a --work reused for its store: runs start afresh
