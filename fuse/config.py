@@ -305,23 +305,18 @@ def embedding_change(spec: str, source: str = "--embedding") -> tuple[str, Any]:
     empty list for a list setting. Raises :class:`ConfigError` saying what is wrong."""
     key, sep, raw = spec.partition("=")
     key = key.strip()
-    names = [f.name for f in dataclasses.fields(EmbedSettings)]
-    if not sep or key not in names:
-        raise ConfigError(f"{source} {spec!r}: expected KEY=VALUE with KEY one of {names} "
+    types = {f.name: f.type for f in dataclasses.fields(EmbedSettings)}
+    if not sep or key not in types:
+        raise ConfigError(f"{source} {spec!r}: expected KEY=VALUE with KEY one of {list(types)} "
                           f"(e.g. modality_heads=[] for the sum alone)")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"{source} {spec!r}: the value is not YAML ({e})") from None
-    types = {f.name: f.type for f in dataclasses.fields(EmbedSettings)}
     return key, _coerce(key, value, types[key], f"{source} {spec!r}")
 
 
 def with_embedding_changes(settings: EmbedSettings, changes: dict[str, Any], source: str = "--embedding") -> EmbedSettings:
-    """``settings`` with ``changes`` ({key: value} from :func:`embedding_change`), validated."""
-    out = dataclasses.replace(settings, **changes)
-    try:
-        out.validate()
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    return out
+    """``settings`` with ``changes`` ({key: value} from :func:`embedding_change`), read and
+    validated as an ``embedding:`` section is."""
+    return _section(EmbedSettings, {**dataclasses.asdict(settings), **changes}, source)
