@@ -67,7 +67,7 @@ def _media_url(root: Path | None, image: str | None) -> str | None:
     return "/media/" + quote(rel.as_posix())
 
 
-def _cards(hits: Sequence[Hit], root: Path | None, show_score: bool = True) -> str:
+def _cards(hits: Sequence[Hit], root: Path | None, show_score: bool = True, grid_id: str = "results") -> str:
     out = []
     for h in hits:
         url = _media_url(root, h.image)
@@ -77,7 +77,7 @@ def _cards(hits: Sequence[Hit], root: Path | None, show_score: bool = True) -> s
                    f'<div>{h.rank}. <a class="pid" href="/?id={quote(h.id)}">{html.escape(h.id)}</a></div>'
                    f'<div class="title">{html.escape(h.title)}</div><div class="label">{html.escape(h.label)}</div>'
                    f'{score}</div>')
-    return '<div class="grid" id="results">' + "".join(out) + "</div>"
+    return f'<div class="grid" id="{grid_id}">' + "".join(out) + "</div>"
 
 
 def _page(body: str, title: str = "") -> str:
@@ -122,7 +122,7 @@ class SearchPage:
         pid = request.query_params.get("id")
         if not pid:
             return HTMLResponse(_page(f"<h2>Catalogue ({len(self.cat.ids)} products): click one</h2>"
-                                      + _cards(self.browse(), self.root, show_score=False)))
+                                      + _cards(self.browse(), self.root, show_score=False, grid_id="catalogue")))
         try:
             hits = await run_in_threadpool(self.by_id, pid)
         except UserError as e:

@@ -139,7 +139,9 @@ def test_browser_upload_finds_the_product(cat, app, tmp_path) -> None:
         driver.get(f"http://127.0.0.1:{port}/")
         driver.find_element(By.NAME, "image").send_keys(str((cat["corpus"] / p.image).resolve()))
         driver.find_element(By.NAME, "title").send_keys(p.title)
+        start = driver.find_element(By.ID, "catalogue")  # the start page lists products, not results
         driver.find_element(By.ID, "go").click()
+        WebDriverWait(driver, 60).until(ec.staleness_of(start))  # the results page has replaced it
         WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.ID, "results")))
         cards = driver.find_elements(By.CSS_SELECTOR, "#results .card")
         assert cards and cards[0].get_attribute("data-id") == p.id
