@@ -34,7 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from scalemm import store
-from scalemm.atomic import remove_stale_temps
+from scalemm.atomic import is_temp, remove_stale_temps
 from scalemm.errors import (ClusterBusyError, ClusterError, ConfigError, MachineError, UserError, machine_message,
                             machine_os_error)
 from scalemm.extract.config import ExtractConfig
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 # manifest fields a store and a job must agree on (a grown corpus is fine, see plan.py)
 MANIFEST_FIELDS = ("schema_version", "code_version", "config", "backbones")
 AHEAD = 2  # shards handed to each model actor at a time: the next one decodes while it encodes
+KILL_WAIT_S = 30.0  # how long a failed job waits for its killed actors' writes to end (clean_after_kill)
 
 
 @dataclass
@@ -95,15 +96,35 @@ def check_writable(out: Path) -> None:
                                f"choose another --out") from e
 
 
+def _store_dirs(out: Path) -> list[Path]:
+    return [out, out / store.FAILURE_PARTS, out / LIVE_DIR, out / M5_DIR, *(out / m for m in store.MODALITIES)]
+
+
 def clean_store_temps(out: Path) -> list[Path]:
     """Delete the temporary files (``<name>.tmp<pid>``) that a killed run left in the store's
     folders (:func:`scalemm.atomic.remove_stale_temps`); files of a process that is still alive
     are kept. They never count as shards (see store.list_shards)."""
-    dirs = [out, out / store.FAILURE_PARTS, out / LIVE_DIR, out / M5_DIR, *(out / m for m in store.MODALITIES)]
-    removed = remove_stale_temps(dirs)
+    removed = remove_stale_temps(_store_dirs(out))
     if removed:
         log.info("removed %d temporary file(s) of an interrupted run under %s", len(removed), out)
     return removed
+
+
+def clean_after_kill(out: Path, wait: float = KILL_WAIT_S) -> list[Path]:
+    """After a failed job killed its model actors: a killed actor may have been writing the next
+    shard (they are handed :data:`AHEAD` at a time), so wait, at most ``wait`` s, for the writers'
+    processes to end and delete their temporary files. Returns those still there (a writer still
+    alive after ``wait`` s; the rerun removes them)."""
+    deadline = time.monotonic() + wait
+    while True:
+        clean_store_temps(out)
+        left = [p for d in _store_dirs(out) if d.is_dir() for p in d.iterdir() if is_temp(p)]
+        if not left or time.monotonic() >= deadline:
+            if left:
+                log.warning("%d temporary file(s) of a killed writer are left under %s; the rerun removes them",
+                            len(left), out)
+            return left
+        time.sleep(0.1)
 
 
 def check_manifest(out: Path, old: dict[str, Any] | None, manifest: dict[str, Any],
@@ -557,6 +578,8 @@ def _run(corpus_path: str | Path, media_root: Path, out: Path, cfg: ExtractConfi
     finally:
         for a in actors:
             ray.kill(a)
+        if actors and lock.lost is None:  # failed with actors at work (and still the store's writer):
+            clean_after_kill(out)  # none may leave a half-written shard behind
         if pg is not None and ray.is_initialized():
             from ray.util.placement_group import remove_placement_group
 

@@ -140,3 +140,33 @@ def test_the_scan_of_byte_ranges_reads_what_read_corpus_reads(demo_corpus, tmp_p
                 assert parse_jsonl_line(raw[off:off + n], line).id == by_line.get(line, whole.products[0].id)
     fps = [f for p in parts for f in p["products"].column("fingerprint").to_pylist()]
     assert fps[0] == fps[-1] and len(set(fps[:-1])) == len(fps) - 1  # same record, same fingerprint
+
+
+def test_a_failed_job_waits_for_its_killed_writers_and_leaves_no_temporary_file(tmp_path) -> None:
+    """A failed job kills its model actors; one may be writing the next shard (handed two at a
+    time). The job waits for the writer's process to end, then deletes what it left; a writer
+    still alive after the wait keeps its file (the rerun removes it)."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from scalemm.extract.job import clean_after_kill
+
+    out = tmp_path / "feats"
+    (out / "image").mkdir(parents=True)
+    committed = out / "image" / "shard-00001.h5"
+    committed.write_bytes(b"whole")
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        half = out / "image" / f"shard-00002.h5.tmp{writer.pid}"
+        half.write_bytes(b"half")
+        assert clean_after_kill(out, wait=0.3) == [half] and half.exists()  # alive: kept
+        threading.Timer(0.5, lambda: (writer.kill(), writer.wait())).start()  # the kill lands while the job waits
+        t0 = time.monotonic()
+        assert clean_after_kill(out, wait=20) == []
+        assert 0.4 < time.monotonic() - t0 < 20
+        assert not half.exists() and committed.read_bytes() == b"whole"
+    finally:
+        writer.kill()
+        writer.wait()
