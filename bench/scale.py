@@ -176,12 +176,14 @@ def train_runs(work: Path, feats: str, n: int, steps: int, root: Path) -> dict[s
             cfg = {**base, "epochs": 1000, "runtime": {
                 **base["runtime"], "max_steps": steps, "keep_checkpoints": 1,
                 "memory_budget_gb": MEMORY_BUDGET_GB if mode == "memory" else STREAM_BUDGET_GB}}
-            evaluated = r == 0 and mode == modes[0]  # the run eval_run embeds
+            evaluated = r == 0 and mode == modes[0]  # the run eval_run embeds: out["evaluated_run"]
             if not evaluated:  # the heads' fit after the loop (about 50 s) serves only the evaluated run
                 cfg["embedding"] = {**base.get("embedding", {}), "modality_heads": []}
             cfg_path = work / f"train-{label(n)}-{mode}{'' if evaluated else '-noheads'}.yaml"
             cfg_path.write_text(yaml.safe_dump(cfg))
             run = work / f"train-{label(n)}-{mode}-{r}"
+            if evaluated:
+                out["evaluated_run"] = str(run)
             shutil.rmtree(run, ignore_errors=True)  # a --work reused for its store: runs start afresh
             res = run_measured([sys.executable, str(root / "pipelines" / "train.py"), "--features", feats,
                                 "--out", str(run), "--config", str(cfg_path), "--no-progress"], root,
@@ -215,7 +217,7 @@ def eval_run(work: Path, feats: str, checkpoint: str, n: int, root: Path) -> dic
                        threads=cpu_threads())  # it runs alone: every core
     m = json.loads((out / "metrics.json").read_text())
     t = m["timings"]
-    return {"minutes": round(res["seconds"] / 60, 2), "peak_rss_gb": res["peak_rss_gb"], "peak_pss_gb": res["peak_pss_gb"],
+    return {"checkpoint": checkpoint, "minutes": round(res["seconds"] / 60, 2), "peak_rss_gb": res["peak_rss_gb"], "peak_pss_gb": res["peak_pss_gb"],
             "embedding_minutes": round(t["embedding_s"] / 60, 2),
             "index_build_minutes": round(t["catalogue_index_s"] / 60, 2),
             "scoring_minutes": round(t["scoring_s"] / 60, 2),
@@ -317,8 +319,7 @@ def run_scale_bench(a: Any, root: Path) -> dict[str, Any]:
             st = store(work, n, root)
             log.info("%s: store %s", tag, st)
             tr = train_runs(work, st["path"], n, a.steps, root)
-            ck = (tr["memory"] or tr["stream"])[0]["run"]
-            ev = eval_run(work, st["path"], ck, n, root)
+            ev = eval_run(work, st["path"], tr["evaluated_run"], n, root)
             r["sizes"][tag] = {"store": st, "train": tr, "eval": ev}
             log.info("%s: eval %.1f min, peak RSS %.2f GB, recall@10 %.4f", tag, ev["minutes"], ev["peak_rss_gb"],
                      ev["ann_recall@10"])

@@ -124,8 +124,10 @@ def test_bench_scale_writes_every_key_and_says_what_it_did_not_measure(tmp_path:
     # the evaluated run (the first in memory) fits the modality heads; the other five skip the fit
     runs = s["train"]["memory"] + s["train"]["stream"]
     heads = {Path(x["run"]).name: json.loads((Path(x["run"]) / "result.json").read_text())["heads"] for x in runs}
+    assert Path(s["train"]["evaluated_run"]).name == "train-2k-memory-0"
     assert len(heads) == 6 and heads["train-2k-memory-0"]["modalities"], heads
     assert not any(h for name, h in heads.items() if name != "train-2k-memory-0"), heads
+    assert s["eval"]["checkpoint"] == s["train"]["evaluated_run"]
     assert 0 < s["train"]["memory_peak_rss_gb"] < 4 and 0 < s["eval"]["peak_rss_gb"] < 12
     assert 0.5 < s["eval"]["ann_recall@10"] <= 1 and s["eval"]["minutes"] > 0
     for tag in ("100k", "1m"):  # sizes not run: null, with the reason, never a number
