@@ -14,7 +14,8 @@ failure part (written last, by the actor) exists and its files read back; a kill
 only the shards in flight, and its rerun makes the same plan and skips what is done.
 
 One job at a time per store, held by the store's writer lock (:mod:`scalemm.store.lock`); the
-stale temporary files a rerun removes are those of dead processes (by pid, on this machine).
+stale temporary files a rerun removes are those of dead processes (by pid, on this machine). A
+job that fails waits for the model actors it kills and removes what they were writing.
 Several jobs on one cluster: each reserves its model actors' and its decode tasks' CPUs together
 in one placement group, so a job runs with all it needs or waits as a whole, saying so
 (:func:`reserve_pool`); without progress for ``--wait-timeout`` s it ends with one error.
