@@ -35,7 +35,7 @@ from typing import Any
 from tqdm import tqdm
 
 from scalemm import store
-from scalemm.atomic import is_temp, remove_stale_temps
+from scalemm.atomic import remove_stale_temps, temp_files
 from scalemm.errors import (ClusterBusyError, ClusterError, ConfigError, MachineError, UserError, machine_message,
                             machine_os_error)
 from scalemm.extract.config import ExtractConfig
@@ -101,11 +101,11 @@ def _store_dirs(out: Path) -> list[Path]:
     return [out, out / store.FAILURE_PARTS, out / LIVE_DIR, out / M5_DIR, *(out / m for m in store.MODALITIES)]
 
 
-def clean_store_temps(out: Path) -> list[Path]:
+def clean_store_temps(out: Path, wait: float = 0.0) -> list[Path]:
     """Delete the temporary files (``<name>.tmp<pid>``) that a killed run left in the store's
     folders (:func:`scalemm.atomic.remove_stale_temps`); files of a process that is still alive
-    are kept. They never count as shards (see store.list_shards)."""
-    removed = remove_stale_temps(_store_dirs(out))
+    (after ``wait`` s) are kept. They never count as shards (see store.list_shards)."""
+    removed = remove_stale_temps(_store_dirs(out), wait)
     if removed:
         log.info("removed %d temporary file(s) of an interrupted run under %s", len(removed), out)
     return removed
@@ -116,16 +116,12 @@ def clean_after_kill(out: Path, wait: float = KILL_WAIT_S) -> list[Path]:
     shard (they are handed :data:`AHEAD` at a time), so wait, at most ``wait`` s, for the writers'
     processes to end and delete their temporary files. Returns those still there (a writer still
     alive after ``wait`` s; the rerun removes them)."""
-    deadline = time.monotonic() + wait
-    while True:
-        clean_store_temps(out)
-        left = [p for d in _store_dirs(out) if d.is_dir() for p in d.iterdir() if is_temp(p)]
-        if not left or time.monotonic() >= deadline:
-            if left:
-                log.warning("%d temporary file(s) of a killed writer are left under %s; the rerun removes them",
-                            len(left), out)
-            return left
-        time.sleep(0.1)
+    clean_store_temps(out, wait)
+    left = [p for p, _ in temp_files(_store_dirs(out))]
+    if left:
+        log.warning("%d temporary file(s) of a killed writer are left under %s; the rerun removes them", len(left),
+                    out)
+    return left
 
 
 def check_manifest(out: Path, old: dict[str, Any] | None, manifest: dict[str, Any],

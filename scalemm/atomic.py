@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -80,21 +81,35 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(dirs: Iterable[str | Path]) -> list[Path]:
-    """Delete the temporary files (``<name>.tmp<pid>``, see :func:`replace_atomic`) that a killed
-    writer left in ``dirs``; those of a process still alive are kept. Returns the files removed."""
-    removed = []
+def temp_files(dirs: Iterable[str | Path]) -> list[tuple[Path, int]]:
+    """The temporary files of :func:`replace_atomic` in ``dirs``, each with its writer's pid."""
+    found = []
     for d in map(Path, dirs):
         for p in sorted(d.iterdir()) if d.is_dir() else []:
             m = _TEMP_RE.search(p.name)
-            if not m or not p.is_file():
-                continue
-            pid = int(m.group(1))
+            if m and p.is_file():
+                found.append((p, int(m.group(1))))
+    return found
+
+
+def remove_stale_temps(dirs: Iterable[str | Path], wait: float = 0.0) -> list[Path]:
+    """Delete the temporary files (``<name>.tmp<pid>``, see :func:`replace_atomic`) that a killed
+    writer left in ``dirs``; those of a process still alive are kept, after waiting at most
+    ``wait`` s for it to end (a writer just killed). Returns the files removed."""
+    dirs = list(map(Path, dirs))
+    deadline = time.monotonic() + wait
+    removed = []
+    while True:
+        alive = False
+        for p, pid in temp_files(dirs):
             if pid != os.getpid() and _alive(pid):
-                continue  # its writer is still running
+                alive = True  # its writer is still running
+                continue
             p.unlink(missing_ok=True)
             removed.append(p)
-    return removed
+        if not alive or time.monotonic() >= deadline:
+            return removed
+        time.sleep(0.1)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
