@@ -217,7 +217,8 @@ def eval_run(work: Path, feats: str, checkpoint: str, n: int, root: Path) -> dic
                        threads=cpu_threads())  # it runs alone: every core
     m = json.loads((out / "metrics.json").read_text())
     t = m["timings"]
-    return {"checkpoint": checkpoint, "minutes": round(res["seconds"] / 60, 2), "peak_rss_gb": res["peak_rss_gb"], "peak_pss_gb": res["peak_pss_gb"],
+    return {"checkpoint": checkpoint, "minutes": round(res["seconds"] / 60, 2), "peak_rss_gb": res["peak_rss_gb"],
+            "peak_pss_gb": res["peak_pss_gb"],
             "embedding_minutes": round(t["embedding_s"] / 60, 2),
             "index_build_minutes": round(t["catalogue_index_s"] / 60, 2),
             "scoring_minutes": round(t["scoring_s"] / 60, 2),
