@@ -2,7 +2,10 @@
 and/or ``--index DIR``: a catalogue index of every product (``DIR/index/catalogue``, as an evaluation
 builds it, with the run that built it) for ``pipelines/search.py`` and ``pipelines/serve.py``.
 
-``--modalities image,text`` embeds with a subset (the others are treated as absent). The
+``--modalities image,text`` embeds with a subset (the others are treated as absent);
+``--embedding KEY=VALUE`` (repeatable) changes one of the checkpoint's embedding settings for the
+``.npz`` (``--embedding modality_heads=[]``: the sum alone, as an evaluation's ``--embedding``
+scores it). The
 ``.npz`` (no pickle) holds ids, labels, instances, vectors (L2-normalized), and also
 modalities, presence, importances and ``pooled`` [N, M, d]: each modality's encoder pooled
 output (the parts the embedding is weighted from; ``--no-pooled`` leaves them out). The last
@@ -12,6 +15,7 @@ stdout line is a JSON summary. The logic lives in fuse/embedder.py
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -27,6 +31,9 @@ def main() -> dict:
     p.add_argument("--index", type=Path, default=None,
                    help="also (or only) build a catalogue index of every product in this folder, for search")
     p.add_argument("--modalities", default=None, help="comma-separated subset (default: all trained)")
+    p.add_argument("--embedding", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one of the checkpoint's embedding settings for --out (repeatable; "
+                        "e.g. modality_heads=[] for the sum alone)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-pooled", action="store_true", help="leave the encoders' per-modality pooled outputs out")
@@ -35,6 +42,7 @@ def main() -> dict:
     args = p.parse_args()
     cli.setup_logging(level=args.log_level)
     from scalemm.config import ConfigError
+    from scalemm.fuse.config import embedding_change, with_embedding_changes
     from scalemm.fuse.embedder import Embedder, write_embeddings
 
     mods = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
@@ -45,8 +53,14 @@ def main() -> dict:
         raise ConfigError("give --out X.npz, --index DIR or both")
     if args.index is not None and mods is not None:
         raise ConfigError("--index embeds every modality the model was trained on; leave --modalities out")
+    if args.index is not None and args.embedding:
+        raise ConfigError("--index embeds with the checkpoint's settings (search embeds its queries so); "
+                          "leave --embedding out")
+    changes = dict(embedding_change(c, "--embedding") for c in args.embedding)
     embedder = Embedder.from_run(args.run, args.device)
-    summary: dict = {"dim": embedder.dim}
+    if changes:
+        embedder.model.set_embedding(with_embedding_changes(embedder.settings, changes, "--embedding"))
+    summary: dict = {"dim": embedder.dim, "embedding": dataclasses.asdict(embedder.settings)}
     if args.out is not None:
         res = embedder.embed_features(args.features, mods, args.batch_size, progress=not args.no_progress)
         path = write_embeddings(res, args.out, with_pooled=not args.no_pooled)

@@ -66,11 +66,6 @@ def _machine_error(e: Exception, path: Path, tmp: Path) -> OSError | None:
     return type(err)(err.errno, err.strerror, str(path))
 
 
-def is_temp(path: str | Path) -> bool:
-    """Whether ``path`` is a temporary file of :func:`replace_atomic`."""
-    return bool(_TEMP_RE.search(Path(path).name))
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -132,6 +132,30 @@ def test_embed_cli_writes_npz_without_pickle(trained, tmp_path, run_cli) -> None
         assert np.allclose(z["pooled"], ref["pooled"])  # the encoders' pooled outputs
 
 
+def test_embed_cli_embedding_changes_the_settings_of_the_npz(trained, tmp_path, run_cli) -> None:
+    """``--embedding KEY=VALUE`` embeds under the checkpoint's settings so changed (the vectors an
+    embedder with those settings makes, not the default's); a bad key is a one-line error, and
+    ``--index`` refuses it (search embeds its queries with the checkpoint's settings)."""
+    feats, run = trained
+    out_path = tmp_path / "sum.npz"
+    rc, out, err, _ = run_cli("embed.py", "--run", str(run), "--features", str(feats), "--out", str(out_path),
+                              "--embedding", "weighting=sum", "--no-progress")
+    assert rc == 0, err
+    assert last_json(out)["embedding"]["weighting"] == "sum"
+    ref = embedder(run, weighting="sum").embed_features(feats)
+    default = embedder(run).embed_features(feats)
+    with np.load(out_path, allow_pickle=False) as z:
+        assert np.allclose(z["vectors"], ref["vectors"], atol=1e-5)
+        assert not np.allclose(z["vectors"], default["vectors"], atol=1e-3)
+    rc, _, err, _ = run_cli("embed.py", "--run", str(run), "--features", str(feats), "--out", str(tmp_path / "x.npz"),
+                            "--embedding", "weigthing=sum", "--no-progress")
+    assert rc != 0 and "weigthing" in err and "Traceback" not in err
+    rc, _, err, _ = run_cli("embed.py", "--run", str(run), "--features", str(feats), "--index", str(tmp_path / "ix"),
+                            "--embedding", "weighting=sum", "--no-progress")
+    assert rc != 0 and "--index" in err and not (tmp_path / "ix").exists()
+    assert not (tmp_path / "x.npz").exists()
+
+
 @pytest.mark.parametrize("case", ["missing_features", "bad_config_key", "corrupt_weights", "corrupt_state",
                                   "resume_nothing"])
 def test_cli_user_errors_are_one_line(case, trained, tmp_path, run_cli) -> None:
