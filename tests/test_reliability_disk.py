@@ -82,7 +82,8 @@ def ray_local(extracted):  # after the session's reference extraction, which run
 
 @pytest.mark.slow
 def test_a_full_disk_during_extraction(ray_local, run_cli, extracted, demo_corpus, small_disk):
-    """The store (0.7 MB) on a 400 kB disk: a model actor's shard write fails in the Ray worker."""
+    """The store (0.7 MB) on a 400 kB disk: a model actor's shard write fails in the Ray worker
+    (a modality's features or the failure part that commits the shard, whichever fills the disk)."""
     from scalemm import store
 
     ref, _ = extracted
@@ -93,14 +94,18 @@ def test_a_full_disk_during_extraction(ray_local, run_cli, extracted, demo_corpu
     rc, _, err, _ = run_cli("extract.py", *args)
     assert rc == 2, err[-3000:]
     line = error_line(err)
-    where = no_space(line, out)
-    assert ".tmp" not in where and where.endswith(".h5")
+    where = Path(no_space(line, out))
+    # the file whose write ran out: one of a shard's modality files or its failure part (written
+    # last, it commits the shard), named as committed, not by its temporary
+    in_flight = [k for k in range(4) if where in [store.shard_path(out, m, k) for m in store.MODALITIES]
+                 + [store.failure_part_path(out, k)]]
+    assert len(in_flight) == 1, where
     assert f"the store {out} is intact (committed shards are kept; the shard in flight is not committed)" in line
     assert line.endswith("free space and rerun: the rerun resumes")
     # nothing half: no temporary file, the committed shards read back, the lock is released
     assert not temps(out) and not (out / ".writer.lock").exists()
     done = store.committed_shards(out)
-    assert 1 <= len(done) < 4, done
+    assert 1 <= len(done) < 4 and in_flight[0] not in done, (done, where)
     for k in done:
         for m in store.MODALITIES:
             store.read_shard(store.shard_path(out, m, k))
