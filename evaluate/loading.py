@@ -103,7 +103,6 @@ def load_models(named: Mapping[str, str | Path], split: str,
     ``embedding`` ``{name: {key: value}}`` (:func:`evaluate.models.embedding_changes`) changes a
     model's embedding settings from its checkpoint's."""
     from scalemm.device import resolve_device
-    from scalemm.fuse.config import with_embedding_changes
     from scalemm.fuse.embedder import Embedder
 
     dev = resolve_device("auto")
@@ -112,7 +111,7 @@ def load_models(named: Mapping[str, str | Path], split: str,
         emb = Embedder.from_run(run, dev)
         changes = dict((embedding or {}).get(name) or {})
         if changes:
-            emb.model.set_embedding(with_embedding_changes(emb.settings, changes, f"--embedding {name}"))
+            emb.change_embedding(changes, f"--embedding {name}")
             log.info("%s (%s) embeds with %s", name, run, changes)
         return Trained(run, emb)
 

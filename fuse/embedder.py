@@ -32,7 +32,7 @@ from scalemm.device import resolve_device, to_device
 from scalemm.store import Provenance, StoreError
 
 from .checkpoint import EMBED_FIELDS, check_provenance, load_weights, resolve_weights
-from .config import EmbedSettings, ScaleConfig
+from .config import EmbedSettings, ScaleConfig, with_embedding_changes
 from .model import ScaleModel
 from .reader import EpochBatchSampler, FeatureDataset, make_loader
 from .variants import Variant, ablation_variants, drop_mask, embed_variants
@@ -92,6 +92,12 @@ class Embedder:
     @property
     def settings(self) -> EmbedSettings:
         return self.model.embedding
+
+    def change_embedding(self, changes: Mapping[str, Any], source: str = "--embedding") -> None:
+        """Embed with this checkpoint's settings changed by ``changes`` ({key: value}, from
+        :func:`fuse.config.embedding_change`), read and validated as an ``embedding:`` section is."""
+        if changes:
+            self.model.set_embedding(with_embedding_changes(self.settings, dict(changes), source))
 
     def describe(self) -> dict[str, Any]:
         """What built a vector: the checkpoint, its step and seed, and the embedding settings."""

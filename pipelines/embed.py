@@ -42,7 +42,7 @@ def main() -> dict:
     args = p.parse_args()
     cli.setup_logging(level=args.log_level)
     from scalemm.config import ConfigError
-    from scalemm.fuse.config import embedding_change, with_embedding_changes
+    from scalemm.fuse.config import embedding_change
     from scalemm.fuse.embedder import Embedder, write_embeddings
 
     mods = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
@@ -58,8 +58,7 @@ def main() -> dict:
                           "leave --embedding out")
     changes = dict(embedding_change(c, "--embedding") for c in args.embedding)
     embedder = Embedder.from_run(args.run, args.device)
-    if changes:
-        embedder.model.set_embedding(with_embedding_changes(embedder.settings, changes, "--embedding"))
+    embedder.change_embedding(changes)
     summary: dict = {"dim": embedder.dim, "embedding": dataclasses.asdict(embedder.settings)}
     if args.out is not None:
         res = embedder.embed_features(args.features, mods, args.batch_size, progress=not args.no_progress)
