@@ -104,10 +104,15 @@ class Head:
         return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free local ports. All ``n`` are held bound until all are picked: ports
+    picked one at a time (bind, read, close) can repeat, since the OS may hand the port just
+    released to the next bind, and Ray refuses a node whose components share a port."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def ray_executable() -> str:
@@ -264,10 +269,10 @@ def start_head(folder: str | Path, num_cpus: int | None = None, extra_args: list
     ray = ray_executable()
     token_path = write_token(folder / TOKEN)
     temp_dir = tempfile.mkdtemp(prefix="scalemm-ray-")
-    gcs, dash, agent = free_port(), free_port(), free_port()
+    gcs, dash, agent, *others = free_ports(7)
     log_path = folder / HEAD_LOG
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(_head_command(ray, temp_dir, gcs, dash, agent, num_cpus, extra_args), stdout=out,
+        proc = subprocess.Popen(_head_command(ray, temp_dir, gcs, dash, agent, others, num_cpus, extra_args), stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_head_env(ray, token_path),
                                 start_new_session=True)
     _children[proc.pid] = proc
@@ -287,14 +292,16 @@ def _refuse_a_running_head(folder: Path) -> None:
                         f"`python pipelines/ray_head.py stop {folder}`")
 
 
-def _head_command(ray: str, temp_dir: str, gcs: int, dash: int, agent: int, num_cpus: int | None,
-                  extra_args: list[str] | tuple[str, ...]) -> list[str]:
-    """``ray start --head`` on free local ports, in the foreground (``--block``)."""
+def _head_command(ray: str, temp_dir: str, gcs: int, dash: int, agent: int, others: list[int],
+                  num_cpus: int | None, extra_args: list[str] | tuple[str, ...]) -> list[str]:
+    """``ray start --head`` on the given free local ports (``others``: client server, agent gRPC,
+    runtime-env agent, metrics export), in the foreground (``--block``)."""
+    client, agent_grpc, runtime_env, metrics = others
     cmd = [ray, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs}",
            f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-           f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={agent}",
-           f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-           f"--metrics-export-port={free_port()}", "--disable-usage-stats"]
+           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+           f"--metrics-export-port={metrics}", "--disable-usage-stats"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     return cmd + list(extra_args)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from scalemm.ray_head import failure_cause
+from scalemm.ray_head import failure_cause, free_ports
 from cli_output import last_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +81,10 @@ def test_the_demo_head_is_private_under_an_empty_home(tmp_path):
         token = token_file.read_text().strip()
         assert info["dashboard"].startswith("http://127.0.0.1:")
         assert not state["temp_dir"].startswith("/tmp/ray")
+        # every port the head was given is its own (Ray refuses a node whose components share one)
+        args = Path(f"/proc/{state['pid']}/cmdline").read_bytes().decode().split("\0")
+        ports = [a.split("=", 1)[1] for a in args if a.startswith("--") and a.split("=", 1)[0].endswith("port")]
+        assert len(ports) == 7 and len(set(ports)) == 7, ports
 
         # a second start for the same folder is refused while the head runs
         again = subprocess.run([sys.executable, str(SCRIPT), "start", str(folder)], env=env, capture_output=True,
@@ -134,6 +138,12 @@ def test_a_head_that_cannot_start_is_one_error_line_at_once(tmp_path):
     assert str(folder / "ray-head.log") in errors[0]
     assert took < 60  # `ray start` exits within seconds; nothing waits for a head that is gone
     assert not (folder / "head.json").exists() and not (home / ".ray").exists()
+
+
+def test_free_ports_are_distinct_even_when_many_are_asked_for():
+    # picked one at a time (bind, close) 300 ports repeat one in most tries; held together they cannot
+    ports = free_ports(300)
+    assert len(set(ports)) == 300 and all(1024 < p < 65536 for p in ports)
 
 
 def test_failure_cause_reads_the_last_exception_of_the_log():
