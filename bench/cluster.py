@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scalemm.ray_head import Head, free_ports, kill_session, ray_executable, start_head, stop_head, terminate_session
+from scalemm.ray_head import Head, free_port_flags, kill_session, ray_executable, start_head, stop_head, terminate_session
 
 
 class LocalCluster:
@@ -52,9 +52,9 @@ class LocalCluster:
         assert self.folder is not None
         tmp = Path(tempfile.mkdtemp(prefix="scalemm-ray-"))  # short: Ray's socket paths are long
         self.worker_tmp.append(tmp)
-        flags = ("dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent", "metrics-export",
-                 "node-manager", "object-manager")
-        ports = [f"--{flag}-port={port}" for flag, port in zip(flags, free_ports(len(flags)))]
+        ports = [f"{flag}={port}" for flag, port in free_port_flags(
+            "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+            "--metrics-export-port", "--node-manager-port", "--object-manager-port").items()]
         with open(self.folder / f"worker-{i}.log", "wb") as out:
             return subprocess.Popen(
                 [ray_executable(), "start", "--block", "--disable-usage-stats", f"--address={self.address}",

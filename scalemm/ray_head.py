@@ -72,6 +72,9 @@ ENV = "env.sh"
 _DROP_ENV = ("RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*)?(?:Error|Exception|Exit)\b[^:\s]*:")
+# every port a head opens at a fixed number by default, each given a free one here
+_HEAD_PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
+                    "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
 # heads started by this process, reaped when stopped (a child that is not waited for stays a zombie)
 _children: dict[int, subprocess.Popen] = {}
 
@@ -113,6 +116,11 @@ def free_ports(n: int) -> list[int]:
         for s in socks:
             s.bind(("127.0.0.1", 0))
         return [s.getsockname()[1] for s in socks]
+
+
+def free_port_flags(*flags: str) -> dict[str, int]:
+    """A distinct free local port for each ``ray start`` port flag (``"--port"``, ...), in order."""
+    return dict(zip(flags, free_ports(len(flags))))
 
 
 def ray_executable() -> str:
@@ -269,10 +277,11 @@ def start_head(folder: str | Path, num_cpus: int | None = None, extra_args: list
     ray = ray_executable()
     token_path = write_token(folder / TOKEN)
     temp_dir = tempfile.mkdtemp(prefix="scalemm-ray-")
-    gcs, dash, agent, *others = free_ports(7)
+    ports = free_port_flags(*_HEAD_PORT_FLAGS)
+    gcs, dash, agent = ports["--port"], ports["--dashboard-port"], ports["--dashboard-agent-listen-port"]
     log_path = folder / HEAD_LOG
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(_head_command(ray, temp_dir, gcs, dash, agent, others, num_cpus, extra_args), stdout=out,
+        proc = subprocess.Popen(_head_command(ray, temp_dir, ports, num_cpus, extra_args), stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_head_env(ray, token_path),
                                 start_new_session=True)
     _children[proc.pid] = proc
@@ -292,16 +301,12 @@ def _refuse_a_running_head(folder: Path) -> None:
                         f"`python pipelines/ray_head.py stop {folder}`")
 
 
-def _head_command(ray: str, temp_dir: str, gcs: int, dash: int, agent: int, others: list[int],
-                  num_cpus: int | None, extra_args: list[str] | tuple[str, ...]) -> list[str]:
-    """``ray start --head`` on the given free local ports (``others``: client server, agent gRPC,
-    runtime-env agent, metrics export), in the foreground (``--block``)."""
-    client, agent_grpc, runtime_env, metrics = others
-    cmd = [ray, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs}",
-           f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
-           f"--metrics-export-port={metrics}", "--disable-usage-stats"]
+def _head_command(ray: str, temp_dir: str, ports: dict[str, int], num_cpus: int | None,
+                  extra_args: list[str] | tuple[str, ...]) -> list[str]:
+    """``ray start --head`` on the given free local ports (``{flag: port}``), in the foreground
+    (``--block``)."""
+    cmd = [ray, "start", "--head", "--block", f"--temp-dir={temp_dir}", *(f"{f}={p}" for f, p in ports.items()),
+           "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     return cmd + list(extra_args)
