@@ -106,11 +106,17 @@ def sample_instances(instances: Sequence[str], ids: Sequence[str], cap: int, see
 
 def fit_heads(z: np.ndarray | Tensor, present: np.ndarray | Tensor, importances: np.ndarray | Tensor,
               instances: Sequence[str], ids: Sequence[str], modalities: Sequence[str], names: Sequence[str],
-              seed: int = 0, steps: int = STEPS) -> tuple[ModalityHeads | None, dict[str, float]]:
+              seed: int = 0, steps: int = STEPS, device: str | torch.device | None = None
+              ) -> tuple[ModalityHeads | None, dict[str, float]]:
     """Heads for the modalities ``names`` fitted on train products' encoder outputs ``z``
     [N, M, d] (with ``present`` / ``importances`` [N, M] in the order ``modalities``; the
     products' ``instances`` and ``ids``). Returns the heads (None when no product carries any
-    of them) and the fit's first and last loss."""
+    of them) and the fit's first and last loss.
+
+    ``device``: where the fit runs (None: the CPU); training passes the model's. The start (the
+    PCA) and the random draws (instances of a step, dropped modalities) are computed on the CPU on
+    every device, so a fit on CUDA sees the same start, batches and views as on the CPU and ends
+    within float rounding of it (checked on an H200: docs/benchmarks.md)."""
     names = [m for m in modalities if m in set(names)]
     z, present, imp = (torch.as_tensor(np.asarray(a)) for a in (z, present, importances))
     cols = [list(modalities).index(m) for m in names]
@@ -123,7 +129,6 @@ def fit_heads(z: np.ndarray | Tensor, present: np.ndarray | Tensor, importances:
     inst = np.array([split_key(instances[i], ids[i]) for i in rows], dtype=object)
     _, codes = np.unique(inst, return_inverse=True)
     codes = torch.as_tensor(codes)
-    positives = codes[:, None] == codes[None, :]
 
     heads = ModalityHeads(names, z.shape[-1], min(HEAD_DIM, z.shape[-1]))
     with torch.no_grad():  # each head starts at the PCA of its modality's outputs
@@ -134,6 +139,12 @@ def fit_heads(z: np.ndarray | Tensor, present: np.ndarray | Tensor, importances:
             k = min(heads.dim, vt.shape[0])
             heads.proj[m].weight.zero_()
             heads.proj[m].weight[:k] = vt[:k]
+    # the start and the draws (a CPU generator; ``codes`` stays here) are the CPU's, so the fit on any
+    # device sees the same start, batches and views (the SVD on CUDA gave another start on an H200)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    heads = heads.to(dev)
+    z, present, imp = z.to(dev), present.to(dev), imp.to(dev)
+    positives = (codes[:, None] == codes[None, :]).to(dev)
     opt = torch.optim.Adam(heads.parameters(), lr=LR)
     losses = []
     sizes = torch.bincount(codes)
@@ -143,8 +154,10 @@ def fit_heads(z: np.ndarray | Tensor, present: np.ndarray | Tensor, importances:
             order = torch.randperm(len(sizes), generator=gen)
             n = max(1, int(torch.searchsorted(torch.cumsum(sizes[order], 0), BATCH, right=True)))
             idx = torch.isin(codes, order[:n]).nonzero().squeeze(1)
-            zb, pb, ib, posb = z[idx], present[idx], imp[idx], codes[idx, None] == codes[None, idx]
-        keep = torch.rand(pb.shape, generator=gen) >= DROP
+            posb = (codes[idx, None] == codes[None, idx]).to(dev)
+            idx = idx.to(dev)
+            zb, pb, ib = z[idx], present[idx], imp[idx]
+        keep = (torch.rand(pb.shape, generator=gen) >= DROP).to(dev)
         dropped = pb & keep
         lost = ~dropped[:, cols].any(1)  # a view keeps at least one headed modality
         dropped[lost] = pb[lost]

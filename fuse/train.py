@@ -270,7 +270,7 @@ def attach_heads(job: TrainJob) -> dict[str, Any]:
     enc = embed_variants(model, make_loader(job.ds, sampler, cfg.runtime.loader_workers), [],
                          next(model.parameters()).device)
     heads, fit = fit_heads(enc["enc_pooled"], enc["presence"], enc["importances"], enc["instances"], enc["ids"],
-                           model.modalities, names, seed=cfg.seed)
+                           model.modalities, names, seed=cfg.seed, device=next(model.parameters()).device)
     model.set_heads(heads)
     if heads is None:
         log.warning("no train product carries any of %s: the embedding is the sum alone", names)

@@ -63,6 +63,21 @@ def test_the_fitted_heads_find_the_other_listing_that_their_pca_start_misses(bat
     assert before < 0.5 and after > floor, (before, after)
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_the_fit_runs_on_the_device_it_is_given_with_the_cpu_draws(device, monkeypatch) -> None:
+    """Training passes the model's device; the start and the draws are the CPU's, so the fit on any
+    device ends where the CPU fit does, within rounding (here with steps that draw instances)."""
+    monkeypatch.setattr(heads_module, "BATCH", 61)
+    z, present, imp, instances, ids, _ = _listings()
+    ref, ref_fit = fit_heads(z, present, imp, instances, ids, MODS, ["text", "image"], steps=20)
+    got, fit = fit_heads(z, present, imp, instances, ids, MODS, ["text", "image"], steps=20, device=device)
+    assert next(got.parameters()).device.type == device
+    assert fit["products"] == ref_fit["products"]
+    assert abs(fit["final_loss"] - ref_fit["final_loss"]) < 1e-3 * max(1.0, ref_fit["final_loss"])
+    for m in ref.names:
+        assert torch.allclose(got.proj[m].weight.cpu(), ref.proj[m].weight, atol=1e-3)
+
+
 def test_no_heads_are_fitted_for_modalities_no_product_carries() -> None:
     z, present, imp, instances, ids, _ = _listings(n_instances=4)
     present[:, :2] = False
