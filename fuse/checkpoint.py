@@ -155,6 +155,10 @@ def resolve_weights(path: str | Path) -> Path:
     if path.is_dir():
         ck = latest_checkpoint(path)
         if ck is None:
+            seeds = sorted(d.name for d in path.glob("seed-*") if checkpoint_dir(d).is_dir())
+            if seeds:  # pipelines/train.py --out: one run per seed below it
+                raise CheckpointError(f"{path} holds one run per seed ({', '.join(seeds)}), not a checkpoint "
+                                      f"of its own; pass one of them, e.g. {path / seeds[0]}")
             raise CheckpointError(f"run directory {path} has no checkpoint ({checkpoint_dir(path) / LATEST} "
                                   f"missing); train first with pipelines/train.py --out {path}")
         return ck.weights

@@ -156,6 +156,23 @@ def test_embed_cli_embedding_changes_the_settings_of_the_npz(trained, tmp_path, 
     assert not (tmp_path / "x.npz").exists()
 
 
+def test_embed_cli_on_the_folder_of_seed_runs_names_the_seed_runs(trained, tmp_path, run_cli) -> None:
+    """pipelines/train.py --out holds one run per seed (seed-0/, ...): embed.py given that folder says
+    which runs it holds, instead of "train first", and the seed's own folder embeds."""
+    import shutil
+
+    feats, run = trained
+    shutil.copytree(run, tmp_path / "runs" / "seed-0")
+    rc, out, err, _ = run_cli("embed.py", "--run", str(tmp_path / "runs"), "--features", str(feats),
+                              "--out", str(tmp_path / "x.npz"), "--no-progress")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and out == "" and len(lines) == 1, err
+    assert "seed-0" in lines[0] and "train first" not in lines[0] and not (tmp_path / "x.npz").exists()
+    rc, _, err, _ = run_cli("embed.py", "--run", str(tmp_path / "runs" / "seed-0"), "--features", str(feats),
+                            "--out", str(tmp_path / "x.npz"), "--no-progress")
+    assert rc == 0 and (tmp_path / "x.npz").is_file(), err
+
+
 @pytest.mark.parametrize("case", ["missing_features", "bad_config_key", "corrupt_weights", "corrupt_state",
                                   "resume_nothing"])
 def test_cli_user_errors_are_one_line(case, trained, tmp_path, run_cli) -> None:
