@@ -135,3 +135,21 @@ def test_bench_scale_writes_every_key_and_says_what_it_did_not_measure(tmp_path:
             assert h[f"{key}_{tag}"] is None and "not run" in h[f"{key}_{tag}_not_measured"]
     assert h["stream_vs_memory_samples_ratio"] is None and h["stream_vs_memory_samples_ratio_100k"] is None
     assert {t["status"] for t in r["targets"]} == {"PASS", "not measured"}
+
+
+def test_the_gpu_benchmark_says_what_it_did_not_measure(tmp_path: Path) -> None:
+    """bench/gpu.py: without CUDA one error line and no file; FAISS without GPU support is recorded
+    as not measured, with the reason, never as a number."""
+    import torch
+
+    from scalemm.bench import gpu
+
+    if not torch.cuda.is_available():
+        r = subprocess.run([sys.executable, "-m", "scalemm.bench.gpu", "--out", str(tmp_path / "g.json")],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "g.json").exists()
+    faiss = pytest.importorskip("faiss")
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        out = gpu.faiss_gpu(n=100, d=8, queries=10)
+        assert set(out) == {"not_measured"} and "GPU" in out["not_measured"]
