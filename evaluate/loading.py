@@ -20,6 +20,7 @@ import numpy as np
 
 from scalemm.errors import ConfigError, StoreError
 from scalemm.modalities import canonical
+from scalemm.runs import seed_runs
 from scalemm.splits import SplitSpec
 from scalemm.store import open_stores
 
@@ -36,8 +37,7 @@ def resolve_runs(path: str | Path) -> list[Path]:
     p = Path(path)
     if (p / "checkpoints").is_dir() or p.is_file():
         return [p]
-    runs = sorted((d for d in p.glob("seed-*") if (d / "checkpoints").is_dir()),
-                  key=lambda d: int(d.name.split("-", 1)[1]) if d.name.split("-", 1)[1].isdigit() else 0)
+    runs = seed_runs(p)
     if not runs:
         from scalemm.fuse.checkpoint import CheckpointError
         raise CheckpointError(f"{p} is neither a training run (no checkpoints/) nor a folder of seed-*/ runs; "

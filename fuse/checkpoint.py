@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from scalemm.atomic import remove_stale_temps
 from scalemm.atomic import replace_atomic, write_json_atomic
 from scalemm.errors import UserError
-from scalemm.runs import CHECKPOINTS, RunFolder
+from scalemm.runs import CHECKPOINTS, RunFolder, seed_runs
 from scalemm.store import Provenance, StoreError
 
 from .config import ConfigError, ScaleConfig
@@ -155,10 +155,10 @@ def resolve_weights(path: str | Path) -> Path:
     if path.is_dir():
         ck = latest_checkpoint(path)
         if ck is None:
-            seeds = sorted(d.name for d in path.glob("seed-*") if checkpoint_dir(d).is_dir())
+            seeds = seed_runs(path)
             if seeds:  # pipelines/train.py --out: one run per seed below it
-                raise CheckpointError(f"{path} holds one run per seed ({', '.join(seeds)}), not a checkpoint "
-                                      f"of its own; pass one of them, e.g. {path / seeds[0]}")
+                raise CheckpointError(f"{path} holds one run per seed ({', '.join(d.name for d in seeds)}), not a "
+                                      f"checkpoint of its own; pass one of them, e.g. {seeds[0]}")
             raise CheckpointError(f"run directory {path} has no checkpoint ({checkpoint_dir(path) / LATEST} "
                                   f"missing); train first with pipelines/train.py --out {path}")
         return ck.weights

@@ -48,6 +48,16 @@ class RunFolder:
         return f"RunFolder({str(self.root)!r})"
 
 
+def seed_runs(folder: str | Path) -> list[Path]:
+    """The runs ``seed-<s>/`` below ``folder`` (the ``--out`` of pipelines/train.py, one run per
+    seed) that hold checkpoints, in seed order; [] when there are none."""
+    def seed(d: Path) -> int:
+        s = d.name.split("-", 1)[1]
+        return int(s) if s.isdigit() else 0
+
+    return sorted((d for d in Path(folder).glob("seed-*") if (d / CHECKPOINTS).is_dir()), key=seed)
+
+
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     """The step records of a ``log.jsonl``, in file order; ``[]`` when the file does not exist.
 
