@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -89,8 +90,6 @@ def _measured(what: str, fn: Callable[[], dict[str, Any]], outputs: tuple[Path, 
     """``fn()``, or ``{"skipped": reason}`` when it raised twice (the figures it gives are then not
     measured). A part that raises once (a private cluster that did not come up on a loaded machine,
     say) runs once more from scratch, its ``outputs`` removed first, and says so under ``retried``."""
-    import shutil
-
     first = None
     for attempt in (1, 2):
         try:

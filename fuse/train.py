@@ -267,10 +267,10 @@ def attach_heads(job: TrainJob) -> dict[str, Any]:
                                          [job.ds.ids[i] for i in train_rows], MAX_ROWS, cfg.seed)]
     sampler = EpochBatchSampler(job.ds, 256, seed=0, shuffle=False, drop_last=False, subset=np.sort(sample))
     model.eval()
-    enc = embed_variants(model, make_loader(job.ds, sampler, cfg.runtime.loader_workers), [],
-                         next(model.parameters()).device)
+    device = next(model.parameters()).device
+    enc = embed_variants(model, make_loader(job.ds, sampler, cfg.runtime.loader_workers), [], device)
     heads, fit = fit_heads(enc["enc_pooled"], enc["presence"], enc["importances"], enc["instances"], enc["ids"],
-                           model.modalities, names, seed=cfg.seed, device=next(model.parameters()).device)
+                           model.modalities, names, seed=cfg.seed, device=device)
     model.set_heads(heads)
     if heads is None:
         log.warning("no train product carries any of %s: the embedding is the sum alone", names)
