@@ -366,6 +366,26 @@ def job_ratios(job_n: dict[str, Any], job_big: dict[str, Any], bare_items_per_s:
     return out, why
 
 
+def image_throughput(make: Any, size: int, batch: int = 256, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
+    """Images/s of the image model ``make()`` (called on a batch of images) in bf16 autocast on
+    CUDA, the model alone (random input: speed does not depend on it)."""
+    import torch
+
+    model = make().cuda().eval()
+    x = torch.randn(batch, 3, size, size, device="cuda")
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for _ in range(warmup):
+            model(x)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(steps):
+            model(x)
+        torch.cuda.synchronize()
+        sec = time.perf_counter() - t
+    return {"batch": batch, "dtype": "bfloat16 autocast", "image_size": size, "steps": steps,
+            "images_per_s": batch * steps / sec, "device": torch.cuda.get_device_name(0)}
+
+
 def vit_b32_throughput(batch: int = 256, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
     """Images/s of open_clip ViT-B-32 (random weights) image encoding in bf16 autocast on CUDA."""
     import open_clip
@@ -373,22 +393,10 @@ def vit_b32_throughput(batch: int = 256, steps: int = 10, warmup: int = 3) -> di
 
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device"}
-    dev = torch.device("cuda")
-    model = open_clip.create_model("ViT-B-32").to(dev).eval()
-    size = model.visual.image_size
+    visual = open_clip.create_model("ViT-B-32").visual
+    size = visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
-    x = torch.randn(batch, 3, size, size, device=dev)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-        for _ in range(warmup):
-            model.encode_image(x)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(steps):
-            model.encode_image(x)
-        torch.cuda.synchronize()
-        sec = time.perf_counter() - t
-    return {"model": "open_clip ViT-B-32 (random weights)", "batch": batch, "dtype": "bfloat16 autocast",
-            "image_size": size, "steps": steps, "images_per_s": batch * steps / sec,
-            "device": torch.cuda.get_device_name(0)}
+    return {"model": "open_clip ViT-B-32 (random weights)",
+            **image_throughput(lambda: visual, size, batch, steps, warmup)}
 
 

@@ -306,22 +306,41 @@ def attention_memory(batch: int = 64, length: int = 213, d_model: int = 256, hea
 
 
 def sdpa_kernels(batch: int = 8, length: int = 213, d_model: int = 256, heads: int = 4,
-                 attn_dropout: float = 0.0, train: bool = False) -> list[str]:
+                 attn_dropout: float = 0.0, train: bool = False, device: str = "cpu") -> list[str]:
     """The aten attention ops one Block's SDPA call runs (with a padding mask), from torch.profiler:
-    tells a fused kernel (``_scaled_dot_product_flash_attention*``) from the math fallback."""
+    tells a fused kernel (``_scaled_dot_product_flash_attention*``) from the math fallback.
+
+    On CUDA: in bf16 autocast, forward and backward (after one warm-up), with the CUDA kernels'
+    names too (cuDNN's, flash, memory-efficient)."""
     from torch.profiler import ProfilerActivity, profile
 
     from scalemm.fuse.attention import Block
 
-    blk = Block(d_model, heads, attn_dropout=attn_dropout)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    blk = Block(d_model, heads, attn_dropout=attn_dropout).to(dev)
     blk.train(train or attn_dropout > 0)
-    x = torch.randn(batch, length, d_model)
-    key = torch.ones(batch, length, dtype=torch.bool)
+    x = torch.randn(batch, length, d_model, device=dev, requires_grad=cuda)
+    key = torch.ones(batch, length, dtype=torch.bool, device=dev)
     key[:, length // 2:] = False
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        blk.attention(x, key, "sdpa")
+
+    def call() -> None:
+        if cuda:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = blk.attention(x, key, "sdpa")
+            out.float().sum().backward()
+            torch.cuda.synchronize(dev)
+        else:
+            blk.attention(x, key, "sdpa")
+
+    if cuda:
+        call()  # warm-up: kernel selection and the cuDNN plan
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        call()
     names = {e.name for e in prof.events()}
-    return sorted(n for n in names if "attention" in n or n in ("aten::softmax", "aten::_softmax", "aten::bmm"))
+    fused = ("flash", "fmha", "efficient", "cudnn") if cuda else ()
+    return sorted(n for n in names if "attention" in n or n in ("aten::softmax", "aten::_softmax", "aten::bmm")
+                  or any(k in n.lower() for k in fused))
 
 
 # ----------------------------------------------------------------------------- loader, train step, reads

@@ -57,44 +57,6 @@ def train_steps(store: Path, steps: int) -> dict[str, Any]:
     return res
 
 
-def cuda_kernels(length: int) -> list[str]:
-    """The CUDA kernels one Block's SDPA call runs in bf16 with a key-padding mask (forward and backward)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from scalemm.fuse.attention import Block
-
-    blk = Block(384, 4).cuda().train()
-    x = torch.randn(64, length, 384, device="cuda", requires_grad=True)
-    key = torch.ones(64, length, dtype=torch.bool, device="cuda")
-    key[:, length // 2:] = False
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        blk.attention(x, key, "sdpa").float().sum().backward()  # warm-up
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            blk.attention(x, key, "sdpa").float().sum().backward()
-        torch.cuda.synchronize()
-    names = {e.name for e in prof.events()}
-    keep = ("attention", "flash", "fmha", "efficient", "cudnn", "softmax", "bmm")
-    return sorted(n for n in names if any(k in n.lower() for k in keep))
-
-
-def image_throughput(make: Callable[[], torch.nn.Module], size: int, batch: int = 256, steps: int = 10) -> dict[str, Any]:
-    model = make().cuda().eval()
-    x = torch.randn(batch, 3, size, size, device="cuda")
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-        for _ in range(3):
-            model(x)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(steps):
-            model(x)
-        torch.cuda.synchronize()
-        sec = time.perf_counter() - t
-    return {"batch": batch, "image_size": size, "steps": steps, "dtype": "bfloat16 autocast",
-            "images_per_s": batch * steps / sec}
-
-
 def faiss_gpu(n: int = 1_000_000, d: int = 512, queries: int = 10_000, k: int = 10) -> dict[str, Any]:
     try:
         import faiss
@@ -128,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device: this benchmark measures the CUDA paths only")
-    from scalemm.bench.fuse import attention_benchmark, attention_op_benchmark, fusion_length
+    from scalemm.bench.extract import image_throughput, vit_b32_throughput
+    from scalemm.bench.fuse import attention_benchmark, attention_op_benchmark, fusion_length, sdpa_kernels
     from scalemm.corpora.scalestore import ScaleStoreSpec, write_scale_store
 
     work = a.work or Path(tempfile.mkdtemp(prefix="scale-gpu-"))
@@ -142,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                                shapes=dict(DEV_SHAPES)),
                                                          progress=False), a.out)
         _section(out, "train_step", lambda: train_steps(store, a.steps), a.out)
-        _section(out, "sdpa_cuda_kernels", lambda: cuda_kernels(L), a.out)
+        _section(out, "sdpa_cuda_kernels", lambda: sdpa_kernels(64, L, 384, 4, train=True, device="cuda"), a.out)
         _section(out, "attention_op", lambda: attention_op_benchmark(64, L, 4, 64, repeats=10, device="cuda"), a.out)
         _section(out, "attention_model", lambda: attention_benchmark(64, L, 384, 4, 2, repeats=10, device="cuda"), a.out)
 
@@ -150,12 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             import timm
             return image_throughput(lambda: timm.create_model("efficientnet_lite0", pretrained=False), 224)
 
-        def vit() -> dict[str, Any]:
-            import open_clip
-            return image_throughput(lambda: open_clip.create_model("ViT-B-32").visual, 224)
-
         _section(out, "efficientnet_lite0", lite0, a.out)
-        _section(out, "vit_b32", vit, a.out)
+        _section(out, "vit_b32", vit_b32_throughput, a.out)
         _section(out, "faiss_gpu", faiss_gpu, a.out)
     finally:
         if a.work is None:
