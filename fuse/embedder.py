@@ -68,8 +68,10 @@ class Embedder:
 
     @classmethod
     def untrained(cls, like: "Embedder") -> "Embedder":
-        """The same architecture, config and seed at initialisation (:func:`fuse.step.init_model`,
-        what training starts from: ``scale_untrained``); the global RNG states are left as they were."""
+        """The same architecture, config and seed at initialisation (:func:`fuse.step.init_model`)
+        with ``like``'s frozen skip maps, fixed before the first step (:mod:`fuse.skip`): what
+        training started from, ``scale_untrained``. The global RNG states are left as they were."""
+        from .skip import copy_skip_maps
         from .step import init_model
 
         state = random.getstate()
@@ -78,6 +80,7 @@ class Embedder:
                 model = init_model(like.config, like.model.shapes)
         finally:
             random.setstate(state)
+        copy_skip_maps(like.model, model)  # fixed from the train split before the first step
         return cls(model.to(like.device).eval(), like.config, like.provenance, like.weights, 0, like.device)
 
     # ------------------------------------------------------------------ what it is

@@ -210,6 +210,14 @@ class SelfHarmonizer(nn.Module):
         updates.add_(has.to(updates.dtype))
 
 
+def random_skip_map(dim: int, d: int, index: int) -> Tensor:
+    """The fixed random orthonormal map [dim, d] of modality number ``index`` (drawn from its own
+    seed: the same in every run), the frozen skip's map before it is fitted (:mod:`fuse.skip`)."""
+    g = torch.Generator().manual_seed(0x5CA1E + index)
+    q, _ = torch.linalg.qr(torch.randn(max(dim, d), min(dim, d), generator=g))
+    return q if dim >= d else q.T.contiguous()
+
+
 class ModalityEncoder(nn.Module):
     """Input projection, first token, mask embedding, positions and encoder of one modality,
     plus its fusion-side embeddings and masked-modelling head."""
@@ -220,11 +228,13 @@ class ModalityEncoder(nn.Module):
         self.max_tokens, self.dim = max_tokens, dim
         self.skip = float(cfg.frozen_skip)
         if self.skip > 0:
-            # a fixed orthonormal map of the frozen global vector into d_model (see forward);
-            # drawn from its own seed, so it is the same in every run and needs no checkpoint slot
-            g = torch.Generator().manual_seed(0x5CA1E + index)
-            q, _ = torch.linalg.qr(torch.randn(max(dim, d), min(dim, d), generator=g))
-            self.register_buffer("skip_map", q if dim >= d else q.T.contiguous(), persistent=False)
+            # the frozen global vector's fixed map into d_model (see forward): training sets it to
+            # the train split's principal directions before its first step (fuse/skip.py); until
+            # then, and in checkpoints from before it was kept, a fixed random orthonormal map
+            # drawn from its own seed with mean 0
+            self.register_buffer("skip_map", random_skip_map(dim, d, index))
+            self.register_buffer("skip_mu", torch.zeros(dim))
+            self.index = index
         self.in_norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, d)
         self.cls = nn.Parameter(torch.randn(d) * 0.02)
@@ -234,6 +244,18 @@ class ModalityEncoder(nn.Module):
         self.type_emb = nn.Parameter(torch.randn(d) * 0.02)
         self.fusion_pos = nn.Parameter(torch.randn(max_tokens + 1, d) * 0.02)
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, dim))
+
+    def set_skip(self, mu: Tensor, w: Tensor) -> None:
+        """Fix the skip's centre ``mu`` [dim] and map ``w`` [dim, d_model] (:mod:`fuse.skip`)."""
+        if tuple(mu.shape) != tuple(self.skip_mu.shape) or tuple(w.shape) != tuple(self.skip_map.shape):
+            raise ValueError(f"skip map of shape {tuple(w.shape)} / centre {tuple(mu.shape)} for an encoder of "
+                             f"{tuple(self.skip_map.shape)} / {tuple(self.skip_mu.shape)}")
+        self.skip_mu.copy_(mu)
+        self.skip_map.copy_(w)
+
+    def reset_skip(self) -> None:
+        """Back to the fixed random map with centre 0 (what checkpoints from before the fit used)."""
+        self.set_skip(torch.zeros_like(self.skip_mu), random_skip_map(self.dim, self.skip_map.shape[1], self.index))
 
     def forward(self, tokens: Tensor, valid: Tensor, masked: Tensor | None) -> tuple[Tensor, Tensor]:
         """tokens [B, T, D], valid Bool [B, T], masked Bool [B, T] or None.
@@ -252,14 +274,16 @@ class ModalityEncoder(nn.Module):
         key = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=valid.device), valid], dim=1)
         out = self.encoder(h, key)
         if self.skip > 0:
-            # The frozen backbone's global vector (the mean of the visible tokens, which is what the
-            # stores' pooled vector is) joins the first token through the fixed map: the modality's
+            # The frozen backbone's global vector (the mean of the visible tokens), as a unit vector
+            # centred on the train split's mean, joins the first token through the fixed map
+            # (fuse/skip.py: its principal directions, in columns of its own): the modality's
             # output starts as the frozen feature, whose neighbourhoods it keeps, and the encoder
             # learns what to add. A few hundred products cannot teach a transformer from scratch
             # what the backbone already knows.
             seen = valid if masked is None else valid & ~masked
             mean = (x.float() * seen[..., None]).sum(1) / seen.sum(1, keepdim=True).clamp_min(1)
-            first = out[:, 0] + self.skip * F.normalize(mean @ self.skip_map, dim=-1).to(out.dtype)
+            z = torch.where(seen.any(1, keepdim=True), F.normalize(mean, dim=-1) - self.skip_mu, 0.0)
+            first = out[:, 0] + self.skip * F.normalize(z @ self.skip_map, dim=-1).to(out.dtype)
             out = torch.cat([first[:, None], out[:, 1:]], dim=1)
         return out, key
 
@@ -330,16 +354,23 @@ class ScaleModel(nn.Module):
 
     def load_trained(self, tensors: Mapping[str, Tensor]) -> None:
         """Load a checkpoint's weights, strictly, except that the harmonizer's running statistics
-        may be missing (checkpoints from before they were always kept): those stay zero. Fitted
-        heads in the weights are attached."""
+        may be missing (checkpoints from before they were always kept): those stay zero; and the
+        frozen skip's maps (checkpoints from before they were fitted, :mod:`fuse.skip`): those
+        keep the fixed random map they were trained with. Fitted heads in the weights are attached."""
         self.set_heads(ModalityHeads.from_tensors(dict(tensors)))
         running = {f"harmonizer.{name}" for name in SelfHarmonizer.RUNNING}
         retired = {f"harmonizer.{name}" for name in SelfHarmonizer.RETIRED}
         missing, unexpected = self.load_state_dict({k: v for k, v in tensors.items() if k not in retired},
                                                    strict=False)
-        bad = [k for k in missing if k not in running]
+        # an encoder whose skip map and centre are both missing comes from before they were kept
+        unfitted = [m for m in self.modalities if getattr(self.encoders[m], "skip", 0) > 0
+                    and {f"encoders.{m}.skip_map", f"encoders.{m}.skip_mu"} <= set(missing)]
+        bad = [k for k in missing if k not in running
+               and k not in {f"encoders.{m}.{b}" for m in unfitted for b in ("skip_map", "skip_mu")}]
         if bad or unexpected:
             raise RuntimeError(f"weights do not fit the model: missing {bad[:5]}, unexpected {list(unexpected)[:5]}")
+        for m in unfitted:
+            self.encoders[m].reset_skip()
 
     def set_attention(self, impl: str) -> None:
         """Run every block with ``"sdpa"`` (default) or the ``"naive"`` reference."""

@@ -39,6 +39,7 @@ from .config import ConfigError, RunSettings, ScaleConfig
 from .plot import plot_training
 from .reader import EpochBatchSampler, FeatureDataset, make_loader
 from .runlog import RunLog
+from .skip import fit_skip_maps
 from .step import Learner, NonFiniteStep, build_learner, train_step
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,8 @@ def prepare(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | No
         log.info("resuming %s from step %d (epoch %d, batch %d)", run.root, counters.step, counters.epoch + 1,
                  counters.batch_in_epoch)
     split = assign(ds.instances, ds.ids, cfg.split_spec())
+    if saved is None and cfg.frozen_skip > 0:
+        fit_skip_maps(learner.model, ds, rows_of(split, cfg.train_split), cfg.seed)
     sampler = EpochBatchSampler(ds, cfg.batch_size, cfg.seed, rank=dist.rank, world=dist.world,
                                 subset=rows_of(split, cfg.train_split), group_instances=cfg.instance_positives)
     loader = make_loader(ds, sampler, cfg.runtime.loader_workers)
