@@ -84,6 +84,7 @@ class TrainResult:
     resumed_from_step: int | None = None
     epoch_losses: list[float] = field(default_factory=list)
     heads: dict[str, Any] = field(default_factory=dict)  # the modality heads' fit (fuse.heads), {}: none
+    skip_maps: dict[str, Any] = field(default_factory=dict)  # this call's fit of the frozen skip (fuse.skip), {}: none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,6 +178,7 @@ class TrainJob:
     pbar: Any
     last_ck: Checkpoint | None
     resumed_from: int | None
+    skip_maps: dict[str, Any]  # the frozen skip's fit of a fresh run ({}: resumed, the checkpoint holds the maps)
 
 
 def prepare(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | None, resume: bool,
@@ -199,8 +201,9 @@ def prepare(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | No
         log.info("resuming %s from step %d (epoch %d, batch %d)", run.root, counters.step, counters.epoch + 1,
                  counters.batch_in_epoch)
     split = assign(ds.instances, ds.ids, cfg.split_spec())
+    skip_maps = {}
     if saved is None and cfg.frozen_skip > 0:
-        fit_skip_maps(learner.model, ds, rows_of(split, cfg.train_split), cfg.seed)
+        skip_maps = fit_skip_maps(learner.model, ds, rows_of(split, cfg.train_split), cfg.seed)
     sampler = EpochBatchSampler(ds, cfg.batch_size, cfg.seed, rank=dist.rank, world=dist.world,
                                 subset=rows_of(split, cfg.train_split), group_instances=cfg.instance_positives)
     loader = make_loader(ds, sampler, cfg.runtime.loader_workers)
@@ -211,7 +214,7 @@ def prepare(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | No
     max_steps = cfg.runtime.max_steps
     pbar = tqdm(total=min(total, max_steps) if max_steps else total, initial=counters.step, unit="step",
                 desc="train SCALE", disable=not (progress and dist.is_main), dynamic_ncols=True)
-    return TrainJob(run, cfg, dist, ds, learner, counters, sampler, loader, runlog, pbar, ck, resumed_from)
+    return TrainJob(run, cfg, dist, ds, learner, counters, sampler, loader, runlog, pbar, ck, resumed_from, skip_maps)
 
 
 def run_loop(job: TrainJob) -> int:
@@ -305,7 +308,8 @@ def finish_run(job: TrainJob, t0: float, loop_s: float, n_samples: int,
         samples_per_s=n_samples / loop_s if loop_s > 0 else 0.0,
         importances={k: float(v) for k, v in importances.items()},
         run_dir=str(job.run.root), checkpoint=str(job.last_ck.weights) if job.last_ck else "",
-        resumed_from_step=job.resumed_from, epoch_losses=[float(x) for x in losses], heads=dict(heads or {}))
+        resumed_from_step=job.resumed_from, epoch_losses=[float(x) for x in losses], heads=dict(heads or {}),
+        skip_maps=dict(job.skip_maps))
     if job.dist.is_main:
         write_json_atomic(job.run.result, result.to_dict())
     return result

@@ -3,6 +3,8 @@ the checkpoint, given to the untrained baseline; checkpoints from before keep th
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -70,6 +72,15 @@ def test_training_fixes_the_maps_from_the_train_split_and_the_checkpoint_keeps_t
     train_rows = rows_of(assign(ds.instances, ds.ids, cfg.split_spec()), "train")
     assert 0 < len(train_rows) < len(ds)
     cols = blocks(emb.model.modalities, cfg.d_model)
+    # the run's result says what the fit read: every train product here (fewer than MAX_ROWS),
+    # per modality the ones that have it, and each modality's columns
+    fit = json.loads((tmp_path / "run" / "result.json").read_text())["skip_maps"]
+    assert fit["products"] == len(train_rows)
+    for m in emb.model.modalities:
+        has = len(_token_means(ds, train_rows, m))
+        assert fit["rows"][m] == has
+        assert fit["columns"][m] == [cols[m].start, cols[m].stop]
+    assert min(fit["rows"].values()) < len(train_rows)  # some products lack a modality
     for m in emb.model.modalities:
         enc = emb.model.encoders[m]
         # the centre is the train products' mean unit vector, not every product's
@@ -91,6 +102,13 @@ def test_training_fixes_the_maps_from_the_train_split_and_the_checkpoint_keeps_t
         assert torch.equal(blank.model.encoders[m].skip_map, emb.model.encoders[m].skip_map)
         assert torch.equal(blank.model.encoders[m].skip_mu, emb.model.encoders[m].skip_mu)
     assert not torch.equal(blank.model.encoders["text"].proj.weight, emb.model.encoders["text"].proj.weight)
+
+    # a resumed run keeps the checkpoint's maps and fits nothing: its result says so
+    more = train(feats, tmp_path / "run", None, resume=True, epochs=2, progress=False)
+    assert more.resumed_from_step == res.steps and more.steps > res.steps and more.skip_maps == {}
+    again = Embedder.from_run(tmp_path / "run", "cpu")
+    for m in emb.model.modalities:
+        assert torch.equal(again.model.encoders[m].skip_map, emb.model.encoders[m].skip_map)
 
 
 def test_a_checkpoint_from_before_the_fit_embeds_with_the_fixed_random_map() -> None:
