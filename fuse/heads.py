@@ -29,7 +29,7 @@ Measured on validation (docs/decisions.md, "Narrow heads beside the sum").
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -102,6 +102,13 @@ def sample_instances(instances: Sequence[str], ids: Sequence[str], cap: int, see
     sizes = np.bincount(inv, minlength=len(uniq))[order]
     chosen = order[: max(1, int(np.searchsorted(np.cumsum(sizes), cap, side="right")))]
     return np.flatnonzero(np.isin(inv, chosen))
+
+
+def sample_rows(ds: Any, rows: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """The rows among ``rows`` of ``ds`` (:class:`fuse.reader.FeatureDataset`) that
+    :func:`sample_instances` draws from their instances: whole instances, at most ``cap`` products."""
+    rows = np.asarray(rows, np.int64)
+    return rows[sample_instances([ds.instances[i] for i in rows], [ds.ids[i] for i in rows], cap, seed)]
 
 
 def fit_heads(z: np.ndarray | Tensor, present: np.ndarray | Tensor, importances: np.ndarray | Tensor,
@@ -182,4 +189,4 @@ def _multi_positive(logits: Tensor, positives: Tensor) -> Tensor:
 
 
 __all__ = ["BATCH", "DROP", "HEAD_DIM", "LR", "MAX_ROWS", "ModalityHeads", "STEPS", "SUM_SHARE", "TEMPERATURE",
-           "fit_heads", "sample_instances", "with_heads"]
+           "fit_heads", "sample_instances", "sample_rows", "with_heads"]

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .heads import sample_instances
+from .heads import sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,10 @@ def fit_skip_maps(model: Any, ds: Any, train_rows: np.ndarray, seed: int = 0) ->
     """Set every modality encoder's skip map of ``model`` (:class:`fuse.model.ScaleModel` with
     ``frozen_skip`` > 0) from the train split's products ``train_rows`` of ``ds``: a sample of
     whole instances, at most :data:`MAX_ROWS` products. A modality no sampled product has keeps
-    its fixed random map. Returns what the fit did (``metrics``: products, per-modality rows)."""
+    its fixed random map. Returns what the fit did: products read, per modality the ones that have
+    it, each modality's columns, seconds (``result.json``'s ``skip_maps``)."""
     t0 = time.perf_counter()
-    train_rows = np.asarray(train_rows, np.int64)
-    pick = train_rows[sample_instances([ds.instances[i] for i in train_rows], [ds.ids[i] for i in train_rows],
-                                       MAX_ROWS, seed)]
+    pick = sample_rows(ds, train_rows, MAX_ROWS, seed)
     means = token_means(ds, pick, model.modalities)
     cols = blocks(model.modalities, model.cfg.d_model)
     used: dict[str, int] = {}

@@ -200,12 +200,12 @@ def prepare(features_dir: str | Path, run_dir: str | Path, cfg: ScaleConfig | No
     if ck is not None:
         log.info("resuming %s from step %d (epoch %d, batch %d)", run.root, counters.step, counters.epoch + 1,
                  counters.batch_in_epoch)
-    split = assign(ds.instances, ds.ids, cfg.split_spec())
+    train_rows = rows_of(assign(ds.instances, ds.ids, cfg.split_spec()), cfg.train_split)
     skip_maps = {}
     if saved is None and cfg.frozen_skip > 0:
-        skip_maps = fit_skip_maps(learner.model, ds, rows_of(split, cfg.train_split), cfg.seed)
+        skip_maps = fit_skip_maps(learner.model, ds, train_rows, cfg.seed)
     sampler = EpochBatchSampler(ds, cfg.batch_size, cfg.seed, rank=dist.rank, world=dist.world,
-                                subset=rows_of(split, cfg.train_split), group_instances=cfg.instance_positives)
+                                subset=train_rows, group_instances=cfg.instance_positives)
     loader = make_loader(ds, sampler, cfg.runtime.loader_workers)
     if dist.is_main:
         start_run_folder(run, cfg, ds)
@@ -260,7 +260,7 @@ def attach_heads(job: TrainJob) -> dict[str, Any]:
     process only). Returns what the fit did ({} when no head is asked for or fitted)."""
     import numpy as np
 
-    from .heads import MAX_ROWS, fit_heads, sample_instances
+    from .heads import MAX_ROWS, fit_heads, sample_rows
     from .variants import embed_variants
 
     cfg, model = job.cfg, job.learner.model
@@ -269,8 +269,7 @@ def attach_heads(job: TrainJob) -> dict[str, Any]:
         return {}
     t0 = time.perf_counter()
     train_rows = rows_of(assign(job.ds.instances, job.ds.ids, cfg.split_spec()), cfg.train_split)
-    sample = train_rows[sample_instances([job.ds.instances[i] for i in train_rows],
-                                         [job.ds.ids[i] for i in train_rows], MAX_ROWS, cfg.seed)]
+    sample = sample_rows(job.ds, train_rows, MAX_ROWS, cfg.seed)
     sampler = EpochBatchSampler(job.ds, 256, seed=0, shuffle=False, drop_last=False, subset=np.sort(sample))
     model.eval()
     device = next(model.parameters()).device

@@ -76,15 +76,13 @@ def test_training_fixes_the_maps_from_the_train_split_and_the_checkpoint_keeps_t
     # per modality the ones that have it, and each modality's columns
     fit = json.loads((tmp_path / "run" / "result.json").read_text())["skip_maps"]
     assert fit["products"] == len(train_rows)
-    for m in emb.model.modalities:
-        has = len(_token_means(ds, train_rows, m))
-        assert fit["rows"][m] == has
-        assert fit["columns"][m] == [cols[m].start, cols[m].stop]
     assert min(fit["rows"].values()) < len(train_rows)  # some products lack a modality
     for m in emb.model.modalities:
+        u = _token_means(ds, train_rows, m)  # the unit vectors of the train products that have m
+        assert fit["rows"][m] == len(u)
+        assert fit["columns"][m] == [cols[m].start, cols[m].stop]
         enc = emb.model.encoders[m]
         # the centre is the train products' mean unit vector, not every product's
-        u = _token_means(ds, train_rows, m)
         assert np.allclose(enc.skip_mu.numpy(), u.mean(0), atol=1e-5)
         assert not np.allclose(enc.skip_mu.numpy(), _token_means(ds, np.arange(len(ds)), m).mean(0), atol=1e-4)
         w = enc.skip_map.numpy()
