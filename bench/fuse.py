@@ -8,7 +8,8 @@ It is for benchmark scripts (``pipelines/bench.py``), not for tests.
 Also here, for the same scripts: the peak memory of both paths (:func:`attention_memory`),
 which aten kernel SDPA runs (:func:`sdpa_kernels`), the training loader's samples/s
 (:func:`loader_benchmark`), the samples/s of the train step (:func:`train_step_benchmark`,
-which times :func:`fuse.step.train_step` itself) and
+which times :func:`fuse.step.train_step` itself), the embedding forward with every token
+encoded against the first tokens alone (:func:`embedding_pass_benchmark`) and
 HDF5 shard reads against raw file reads (:func:`store_read_benchmark`).
 """
 
@@ -413,6 +414,67 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
                 "samples": n, "seconds": sec, "samples_per_s": n / sec, "step_s": sec / steps,
                 "parameters": count_parameters(learner.model), "fusion_length": seq, "dropout": cfg.dropout,
                 "attn_dropout": ATTN_DROPOUT, "attention": attention}
+    finally:
+        torch.set_num_threads(prev)
+
+
+def embedding_pass_benchmark(features_dir: str | Path, cfg: Any = None, batch_size: int = 256, batches: int = 4,
+                             repeats: int = 5, device: str = "auto") -> dict[str, Any]:
+    """Seconds per 1,000 products of the embedding forward (the encoders, then the product vector)
+    of ScaleModel (the default config unless ``cfg``; at initialisation: the arithmetic does not
+    depend on the weights) on the store's first batches, with every token encoded and with each
+    modality's first token alone (:meth:`fuse.model.ScaleModel.encode` ``first_only``, what
+    embedding runs without a joint transformer), interleaved ``repeats`` times; their ratio and
+    the largest difference between the two paths' product vectors."""
+    from scalemm.device import resolve_device, to_device
+    from scalemm.fuse.config import ScaleConfig
+    from scalemm.fuse.model import product_embedding
+    from scalemm.fuse.reader import EpochBatchSampler, FeatureDataset, make_loader
+    from scalemm.fuse.step import init_model
+
+    cfg = cfg or ScaleConfig()
+    prev = torch.get_num_threads()
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    try:
+        dev = resolve_device(device)
+        ds = FeatureDataset(features_dir, cfg.modalities, stream=True)  # a few batches of the first shard
+        loader = make_loader(ds, EpochBatchSampler(ds, batch_size, 0, shuffle=False, drop_last=False), 0)
+        data = [to_device(b, dev) for _, b in zip(range(batches), loader)]
+        model = init_model(cfg, {m: (s.max_tokens, s.dim) for m, s in ds.shapes.items()}).to(dev).eval()
+        if not model.first_tokens_suffice:
+            return {"not_measured": f"the config has a joint transformer ({cfg.fusion_layers} layers): "
+                                    f"embedding encodes every token"}
+        autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+        @torch.no_grad()
+        def run(first_only: bool) -> tuple[float, list[Tensor]]:
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t = time.perf_counter()
+            with autocast:
+                out = [product_embedding(model.fuse(model.encode(b, first_only=first_only)), model.embedding)
+                       for b in data]
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            return time.perf_counter() - t, out
+
+        times: dict[bool, list[float]] = {False: [], True: []}
+        vecs: dict[bool, list[Tensor]] = {}
+        for flag in (False, True):  # warm-up
+            run(flag)
+        for _ in range(repeats):
+            for flag in (False, True):
+                sec, vecs[flag] = run(flag)
+                times[flag].append(sec)
+        n = sum(len(b["ids"]) for b in data)
+        med = {k: sorted(v)[len(v) // 2] * 1000 / n for k, v in times.items()}
+        diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(vecs[False], vecs[True]))
+        return {"device": str(dev), "threads": torch.get_num_threads(), "products": n, "batch_size": batch_size,
+                "encoder_layers": cfg.encoder_layers, "d_model": cfg.d_model,
+                "max_tokens": {m: s.max_tokens for m, s in ds.shapes.items()},
+                "every_token_s_per_1k": med[False], "first_tokens_s_per_1k": med[True],
+                "every_over_first": med[False] / med[True], "max_abs_vector_difference": diff}
     finally:
         torch.set_num_threads(prev)
 

@@ -232,6 +232,14 @@ def _fusion_rows(r: dict[str, Any]) -> list[Row]:
         rows += [("train step s, SDPA / naive attention (ScaleModel, batch 64)",
                   f"{ts['sdpa']['step_s']:.2f} / {ts['naive']['step_s']:.2f}"),
                  ("train-step speedup from SDPA", ts["naive_over_sdpa"])]
+    ep = fu.get("embedding_pass")
+    if ep and "not_measured" not in ep:
+        rows += [("embedding forward s per 1,000 products, every token / first tokens alone (default model)",
+                  f"{ep['every_token_s_per_1k']:.2f} / {ep['first_tokens_s_per_1k']:.2f}"),
+                 ("embedding speedup from encoding the first tokens alone (same vectors: max difference "
+                  f"{ep['max_abs_vector_difference']:.1e})", ep["every_over_first"])]
+    elif ep:
+        rows.append(("embedding speedup from encoding the first tokens alone", f"not measured: {ep['not_measured']}"))
     return rows + [("training samples/s (ScaleModel, batch 64)", h["train_samples_per_s"])]
 
 
@@ -354,8 +362,8 @@ def store_benchmarks(feats: Path, quick: bool) -> dict[str, Any]:
 def fusion_benchmarks(r: dict[str, Any], feats: Path, configs: Path, quick: bool) -> dict[str, Any]:
     """SDPA against naive attention at the fusion length of the real (offline) backbones,
     whatever store the quick run made; the full run adds the whole model and the train step."""
-    from scalemm.bench.fuse import (attention_benchmark, attention_memory, attention_op_benchmark, fusion_length,
-                                    sdpa_kernels, train_step_benchmark)
+    from scalemm.bench.fuse import (attention_benchmark, attention_memory, attention_op_benchmark,
+                                    embedding_pass_benchmark, fusion_length, sdpa_kernels, train_step_benchmark)
     from scalemm.extract.config import load_config
 
     if quick:
@@ -393,6 +401,8 @@ def fusion_benchmarks(r: dict[str, Any], feats: Path, configs: Path, quick: bool
     # the real training step (ScaleModel, default config), SDPA vs naive, one after the other
     steps = {impl: train_step_benchmark(feats, steps=8, batch_size=64, attention=impl) for impl in ("sdpa", "naive")}
     fu["train_step"] = {**steps, "naive_over_sdpa": steps["naive"]["step_s"] / steps["sdpa"]["step_s"]}
+    # the embedding forward (default model): every token encoded against the first tokens alone
+    fu["embedding_pass"] = embedding_pass_benchmark(feats)
     return fu
 
 

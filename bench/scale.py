@@ -15,6 +15,9 @@ For each size N (default 100,000 and 1,000,000):
   run just before it, which saw about the same load from the machine's other processes. Only
   the first run, the one evaluated, fits the modality heads after its loop (:mod:`fuse.heads`:
   outside the timed loop, inside its peak memory); the others train with ``modality_heads: []``;
+* the embedding forward of that model with every token encoded and with the first tokens alone,
+  side by side (:func:`embedding_pass`: what the evaluation's passes gain from encoding only what
+  the embedding reads);
 * evaluation: ``pipelines/evaluate.py`` of the first in-memory run on the whole store in its own
   process: minutes (and the embedding, catalogue-index and scoring minutes from metrics.json),
   peak memory, recall@10 of the catalogue index against exact search, the samples drawn.
@@ -208,6 +211,16 @@ def train_runs(work: Path, feats: str, n: int, steps: int, root: Path) -> dict[s
     return out
 
 
+def embedding_pass(feats: str, root: Path) -> dict[str, Any]:
+    """The embedding forward of the benchmark's model (``configs/scale_small.yaml``, one thread)
+    with every token encoded against the first tokens alone, side by side
+    (:func:`bench.fuse.embedding_pass_benchmark`): what the evaluation's passes gain from it."""
+    from scalemm.bench.fuse import embedding_pass_benchmark
+    from scalemm.fuse.config import ScaleConfig
+
+    return embedding_pass_benchmark(feats, ScaleConfig.from_yaml(root / "configs" / "scale_small.yaml"))
+
+
 def eval_run(work: Path, feats: str, checkpoint: str, n: int, root: Path) -> dict[str, Any]:
     """``pipelines/evaluate.py`` of ``checkpoint`` on the store; see the module doc."""
     out = work / f"eval-{label(n)}"
@@ -284,6 +297,10 @@ def table(r: dict[str, Any]) -> str:
         else:
             add("training samples/s, streaming", f"{tr['stream_samples_per_s']:.0f}")
             add("training peak RSS GB, streaming", tr["stream_peak_rss_gb"])
+        ep = s.get("embedding_pass", {})
+        if "every_over_first" in ep:
+            add("embedding forward s per 1,000 products, every token / first tokens alone (one thread)",
+                f"{ep['every_token_s_per_1k']:.2f} / {ep['first_tokens_s_per_1k']:.2f} ({ep['every_over_first']:.2f}x)")
         add("evaluation minutes (embedding / catalogue index / scoring)",
             f"{ev['minutes']} ({ev['embedding_minutes']} / {ev['index_build_minutes']} / {ev['scoring_minutes']})")
         add("evaluation peak RSS GB (PSS)", f"{ev['peak_rss_gb']} ({ev['peak_pss_gb']})")
@@ -320,8 +337,9 @@ def run_scale_bench(a: Any, root: Path) -> dict[str, Any]:
             st = store(work, n, root)
             log.info("%s: store %s", tag, st)
             tr = train_runs(work, st["path"], n, a.steps, root)
+            ep = embedding_pass(st["path"], root)
             ev = eval_run(work, st["path"], tr["evaluated_run"], n, root)
-            r["sizes"][tag] = {"store": st, "train": tr, "eval": ev}
+            r["sizes"][tag] = {"store": st, "train": tr, "embedding_pass": ep, "eval": ev}
             log.info("%s: eval %.1f min, peak RSS %.2f GB, recall@10 %.4f", tag, ev["minutes"], ev["peak_rss_gb"],
                      ev["ann_recall@10"])
     finally:

@@ -256,7 +256,7 @@ def _embed_others(job: EvalJob, models: Models, store: Store, k: int, emb: SeedE
             continue
         udrops = [Variant(f"u@drop{j}", drop=job.drop_prob, drop_seed=d) for j, d in enumerate(emb.drop_seeds)]
         ures = runs_of[k].embedder.embed(store.loader, [Variant("u"), *udrops], progress=job.progress,
-                                         rows=store.work,
+                                         rows=store.work, pooled=(),  # its vectors alone are read
                                          subsets={v.name: store.loader_rows("queries") for v in udrops})
         emb.sets[name] = store.embeddings(ures["vectors"]["u"])
         emb.dropped[name] = [ures["vectors"][v.name] for v in udrops]
@@ -267,7 +267,8 @@ def _embed_untrained(job: EvalJob, m: Trained, store: Store, emb: SeedEmbeddings
     from scalemm.fuse.embedder import Embedder, Variant
 
     blank = Embedder.untrained(m.embedder)
-    res = blank.embed(store.loader, [Variant("u")], progress=job.progress, rows=store.work)
+    # its vectors alone are read: no encoder outputs kept (at 1M, 5 x 384 floats of 300k products: 2.3 GB)
+    res = blank.embed(store.loader, [Variant("u")], progress=job.progress, rows=store.work, pooled=())
     emb.sets[UNTRAINED] = store.embeddings(res["vectors"]["u"])
 
 

@@ -68,9 +68,15 @@ class Block(nn.Module):
         self.attn_dropout = attn_dropout  # on the attention probabilities
         self.drop = nn.Dropout(dropout)  # on the residual branches
 
-    def attention(self, x: Tensor, key_mask: Tensor | None, impl: str = "sdpa") -> Tensor:
+    def attention(self, x: Tensor, key_mask: Tensor | None, impl: str = "sdpa", first_only: bool = False) -> Tensor:
         B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if first_only:  # the first position's query alone, against every key
+            W, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :1], W[:D], b[:D]).view(B, 1, self.heads, D // self.heads).transpose(1, 2)
+            k, v = F.linear(x, W[D:], b[D:]).view(B, L, 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+            L = 1
+        else:
+            q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, L]
         p = self.attn_dropout if self.training else 0.0
         if impl == "sdpa":
@@ -81,8 +87,12 @@ class Block(nn.Module):
             raise ValueError(f"unknown attention impl {impl!r}; choose from {IMPLS}")
         return self.out(o.transpose(1, 2).reshape(B, L, D))
 
-    def forward(self, x: Tensor, key_mask: Tensor | None = None, impl: str = "sdpa") -> Tensor:
-        x = x + self.drop(self.attention(self.ln1(x), key_mask, impl))
+    def forward(self, x: Tensor, key_mask: Tensor | None = None, impl: str = "sdpa",
+                first_only: bool = False) -> Tensor:
+        """x [B, L, d] -> [B, L, d]; ``first_only``: the first position's output alone, [B, 1, d]
+        (the same numbers: every position attends to all of x, and the rest is per position)."""
+        a = self.attention(self.ln1(x), key_mask, impl, first_only)
+        x = (x[:, :1] if first_only else x) + self.drop(a)
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -96,10 +106,14 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.impl = "sdpa"
 
-    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """x [B, L, d]; key_mask Bool [B, L] (True = a valid key). Returns [B, L, d]."""
+    def forward(self, x: Tensor, key_mask: Tensor | None = None, first_only: bool = False) -> Tensor:
+        """x [B, L, d]; key_mask Bool [B, L] (True = a valid key). Returns [B, L, d], or with
+        ``first_only`` the first position's output alone, [B, 1, d]: its last block then computes
+        that one query (every key and value still), about a quarter of the block's arithmetic
+        over a modality's few tokens, for the same numbers."""
         if key_mask is not None:
             key_mask = ensure_one_key(key_mask)
-        for blk in self.blocks:
-            x = blk(x, key_mask, self.impl)
-        return self.norm(x)
+        last = len(self.blocks) - 1
+        for j, blk in enumerate(self.blocks):
+            x = blk(x, key_mask, self.impl, first_only and j == last)
+        return self.norm(x[:, :1] if first_only else x)

@@ -73,6 +73,7 @@ class Encoded:
     seqs: dict[str, Tensor]  # m -> [B, 1 + T_m, d] (first token = the modality's pooled output)
     keys: dict[str, Tensor]  # m -> Bool [B, 1 + T_m] valid keys
     masks: dict[str, Tensor] = field(default_factory=dict)  # tokens hidden for masked modelling
+    first_only: bool = False  # seqs hold each modality's first token alone ([B, 1, d]; keys [B, 1])
 
 
 class SelfHarmonizer(nn.Module):
@@ -257,10 +258,13 @@ class ModalityEncoder(nn.Module):
         """Back to the fixed random map with centre 0 (what checkpoints from before the fit used)."""
         self.set_skip(torch.zeros_like(self.skip_mu), random_skip_map(self.dim, self.skip_map.shape[1], self.index))
 
-    def forward(self, tokens: Tensor, valid: Tensor, masked: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, tokens: Tensor, valid: Tensor, masked: Tensor | None,
+                first_only: bool = False) -> tuple[Tensor, Tensor]:
         """tokens [B, T, D], valid Bool [B, T], masked Bool [B, T] or None.
 
-        Returns the encoder output [B, 1 + T, d] and its key mask Bool [B, 1 + T].
+        Returns the encoder output [B, 1 + T, d] and its key mask Bool [B, 1 + T]; with
+        ``first_only`` the first token's output alone, [B, 1, d], and its key [B, 1]
+        (:meth:`Transformer.forward`).
         """
         B, T, _ = tokens.shape
         if T != self.max_tokens or tokens.shape[2] != self.dim:
@@ -272,7 +276,9 @@ class ModalityEncoder(nn.Module):
             h = torch.where(masked[..., None], self.mask_emb.to(h.dtype), h)
         h = torch.cat([self.cls.to(h.dtype).expand(B, 1, -1), h], dim=1) + self.pos.to(h.dtype)
         key = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=valid.device), valid], dim=1)
-        out = self.encoder(h, key)
+        out = self.encoder(h, key, first_only=first_only)
+        if first_only:
+            key = key[:, :1]
         if self.skip > 0:
             # The frozen backbone's global vector (the mean of the visible tokens), as a unit vector
             # centred on the train split's mean, joins the first token through the fixed map
@@ -378,11 +384,23 @@ class ScaleModel(nn.Module):
             if isinstance(mod, Transformer):
                 mod.impl = impl
 
-    def encode(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> Encoded:
+    @property
+    def first_tokens_suffice(self) -> bool:
+        """Whether the product embedding reads the modalities' first tokens alone: without a joint
+        transformer (``fusion_layers: 0``) each fused first token is its encoder's first token,
+        normalised, whichever source the embedding takes; with one, every token feeds it."""
+        return self.cfg.fusion_layers == 0
+
+    def encode(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None,
+               first_only: bool = False) -> Encoded:
         """Run each modality's encoder (they do not see each other): ``batch`` as from
         :func:`fuse.reader.collate` (on the model's device); ``masks`` {m: Bool [B, T_m]} marks
-        the tokens to hide for masked modelling (None: none)."""
+        the tokens to hide for masked modelling (None: none). ``first_only`` keeps each modality's
+        first token alone, computed with a quarter of the last layer's arithmetic (embedding, when
+        :attr:`first_tokens_suffice`; not with ``masks``, whose predictions read every token)."""
         masks = masks or {}
+        if first_only and masks:
+            raise ValueError("masked modelling reads every token's output: encode them all (first_only=False)")
         mods = [m for m in self.modalities if m in batch["tokens"]]
         if not mods:
             raise ValueError(f"the batch carries none of the model's modalities {self.modalities}")
@@ -394,9 +412,9 @@ class ScaleModel(nn.Module):
         for m in mods:
             pres = batch["present"][m]
             present[:, self.modalities.index(m)] = pres
-            h, key = self.encoders[m](batch["tokens"][m], batch["mask"][m] & pres[:, None], masks.get(m))
+            h, key = self.encoders[m](batch["tokens"][m], batch["mask"][m] & pres[:, None], masks.get(m), first_only)
             seqs[m], keys[m] = h, key
-        return Encoded(mods, present, seqs, keys, dict(masks))
+        return Encoded(mods, present, seqs, keys, dict(masks), first_only)
 
     def fuse(self, enc: Encoded, present: Tensor | None = None, masked_targets: Mapping[str, Any] | None = None
              ) -> ModelOutput:
@@ -405,6 +423,9 @@ class ScaleModel(nn.Module):
         is exactly the model on a batch without them: that is how ablations and dropped-query
         variants come from one pass of the encoders. ``masked_targets`` (the batch) enables the
         masked-modelling predictions for the tokens ``enc`` was encoded with hidden."""
+        if enc.first_only and not self.first_tokens_suffice:
+            raise ValueError(f"the joint transformer ({self.cfg.fusion_layers} layers) reads every token: "
+                             f"encode them all (first_only=False)")
         present = enc.present if present is None else present & enc.present
         mods = [m for m in enc.modalities if bool(present[:, self.modalities.index(m)].any())]
         if not mods:
@@ -416,7 +437,7 @@ class ScaleModel(nn.Module):
         for m in mods:
             h = enc.seqs[m]
             e = self.encoders[m]
-            seq.append(h + (e.type_emb + e.fusion_pos).to(h.dtype))
+            seq.append(h + (e.type_emb + e.fusion_pos[: h.shape[1]]).to(h.dtype))
             keys.append(enc.keys[m] & present[:, self.modalities.index(m)][:, None])
             starts[m] = L
             L += h.shape[1]

@@ -71,7 +71,7 @@ def _encoder_pooled(model: ScaleModel, enc: Encoded) -> torch.Tensor:
 def _rows_of(enc: Encoded, sel: torch.Tensor) -> Encoded:
     """The samples ``sel`` of an encoded batch."""
     return Encoded(enc.modalities, enc.present[sel], {m: s[sel] for m, s in enc.seqs.items()},
-                   {m: k[sel] for m, k in enc.keys.items()})
+                   {m: k[sel] for m, k in enc.keys.items()}, first_only=enc.first_only)
 
 
 @torch.no_grad()
@@ -97,11 +97,13 @@ def embed_variants(model: ScaleModel, loader: Any, variants: Sequence[Variant], 
     alone (the ablation) or on its queries alone (dropped modalities) need not hold the probe's
     training products.
 
-    The encoders run once per batch. Variants embedded from the encoders' pooled outputs (the
-    default source) need no joint transformer: their embedding depends on the fusion
-    side only through the harmonizer, which sees the encoders' outputs (the same numbers as
-    :meth:`ScaleModel.fuse` would give). The joint transformer runs once per batch for the
-    variants embedded from the fused tokens, on the kept rows only.
+    The encoders run once per batch; without a joint transformer they compute each modality's
+    first token alone (:attr:`ScaleModel.first_tokens_suffice`), the only output then read.
+    Variants embedded from the encoders' pooled outputs (the default source) need no joint
+    transformer: their embedding depends on the fusion side only through the harmonizer, which
+    sees the encoders' outputs (the same numbers as :meth:`ScaleModel.fuse` would give). The
+    joint transformer runs once per batch for the variants embedded from the fused tokens, on
+    the kept rows only.
     """
     from tqdm.auto import tqdm
 
@@ -213,7 +215,7 @@ def _embed_batch(model: ScaleModel, batch: Mapping[str, Any], keep: np.ndarray, 
     needs (every row for a writer; else the rows ``keep``, of a variant with a mask the kept
     rows marked), added to ``out``."""
     mods, B = list(model.modalities), len(batch["ids"])
-    enc = model.encode(batch)
+    enc = model.encode(batch, first_only=model.first_tokens_suffice)  # no variant reads the other tokens
     present = enc.present
     z = _encoder_pooled(model, enc)
     with torch.autocast(device_type=device.type, enabled=False):

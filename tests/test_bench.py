@@ -130,6 +130,11 @@ def test_bench_scale_writes_every_key_and_says_what_it_did_not_measure(tmp_path:
     assert len(heads) == 6 and heads["train-2k-memory-0"]["modalities"], heads
     assert not any(h for name, h in heads.items() if name != "train-2k-memory-0"), heads
     assert s["eval"]["checkpoint"] == s["train"]["evaluated_run"]
+    # the embedding forward, every token against the first tokens alone: the same vectors, both timed
+    ep = s["embedding_pass"]
+    assert ep["products"] > 0 and ep["every_token_s_per_1k"] > 0 and ep["first_tokens_s_per_1k"] > 0
+    assert ep["max_abs_vector_difference"] < 1e-4 and ep["every_over_first"] == pytest.approx(
+        ep["every_token_s_per_1k"] / ep["first_tokens_s_per_1k"])
     assert 0 < s["train"]["memory_peak_rss_gb"] < 4 and 0 < s["eval"]["peak_rss_gb"] < 12
     assert 0.5 < s["eval"]["ann_recall@10"] <= 1 and s["eval"]["minutes"] > 0
     for tag in ("100k", "1m"):  # sizes not run: null, with the reason, never a number

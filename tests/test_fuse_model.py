@@ -326,3 +326,55 @@ def test_attention_benchmark_times_both_paths() -> None:
     r = attention_benchmark(batch=2, length=9, d_model=16, heads=2, layers=1, repeats=1)
     assert r["sdpa_s"] > 0 and r["naive_s"] > 0
     assert r["naive_over_sdpa"] == pytest.approx(r["naive_s"] / r["sdpa_s"])
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "naive"])
+def test_first_only_is_the_first_position_of_the_whole_pass(impl) -> None:
+    """Embedding reads each modality's first token alone: the last block computes that one query
+    (every key still), which must give the full pass's first position, padding masked or not."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 9, 32)
+    key = torch.rand(5, 9) > 0.4
+    key[3] = False  # a row with no valid key (ensure_one_key switches position 0 on)
+    for layers in (0, 1, 2):
+        tr = Transformer(32, 4, layers).eval()
+        tr.impl = impl
+        with torch.no_grad():
+            for mask in (key, None):
+                full, first = tr(x, mask), tr(x, mask, first_only=True)
+                assert first.shape == (5, 1, 32)
+                assert torch.allclose(first, full[:, :1], atol=1e-5), (layers, mask is None)
+
+
+def test_model_encodes_first_tokens_alone_without_a_joint_transformer() -> None:
+    """Without a joint transformer (fusion_layers 0) the embedding's every output (the encoders'
+    and the fused first tokens, the importances, every variant of fuse.variants) comes from the
+    first tokens alone, with or without the frozen skip; with one, the shortcut is refused."""
+    from scalemm.fuse.variants import Variant, embed_variants, variant_presence
+
+    batch = random_batch(4, present=PRESENCE, seed=5)
+    for skip in (0.0, 2.0):
+        model = _model(fusion_layers=0, frozen_skip=skip, masked_losses=False)
+        assert model.first_tokens_suffice
+        with torch.no_grad():
+            enc_all, enc_first = model.encode(batch), model.encode(batch, first_only=True)
+            assert {m: s.shape[1] for m, s in enc_first.seqs.items()} == {m: 1 for m in enc_all.seqs}
+            a, b = model.fuse(enc_all), model.fuse(enc_first)
+        for name in ("pooled", "enc_pooled", "importances", "weights"):
+            assert torch.allclose(getattr(a, name), getattr(b, name), atol=1e-5), (skip, name)
+        variants = [Variant("scale"), Variant("fused", source="fusion"), Variant("t+i", ("text", "image")),
+                    Variant("drop", drop=0.4, drop_seed=3)]
+        res = embed_variants(model, [batch], variants, torch.device("cpu"))
+        for v in variants:
+            keep = torch.from_numpy(variant_presence(v, model.modalities, batch["ids"]))
+            with torch.no_grad():
+                ref = product_embedding(model.fuse(enc_all, keep),
+                                        EmbedSettings(source=v.source or model.embedding.source,
+                                                      weighting=model.embedding.weighting))
+            assert torch.allclose(torch.from_numpy(res["vectors"][v.name]), ref, atol=1e-5), (skip, v.name)
+        with pytest.raises(ValueError, match="masked modelling reads every token"):
+            model.encode(batch, {m: batch["mask"][m] for m in SMALL_SHAPES}, first_only=True)
+    joint = _model(fusion_layers=1)
+    assert not joint.first_tokens_suffice
+    with torch.no_grad(), pytest.raises(ValueError, match="joint transformer"):
+        joint.fuse(joint.encode(batch, first_only=True))
