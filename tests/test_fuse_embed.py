@@ -300,6 +300,11 @@ def test_every_variant_equals_the_model_on_the_batch_with_those_modalities(train
     assert np.allclose(alone["enc_pooled"], res["enc_pooled"][rows][:, cols], atol=1e-5)
     for v in variants:
         assert np.allclose(alone["vectors"][v.name], res["vectors"][v.name][rows], atol=1e-5), v.name
+    # no encoder outputs kept (a pass whose vectors alone are read), the same vectors
+    none = emb.embed(loader, variants, rows=rows, pooled=())
+    assert none["pooled_modalities"] == [] and none["enc_pooled"].shape == (len(rows), 0, model.cfg.d_model)
+    for v in variants:
+        assert np.allclose(none["vectors"][v.name], res["vectors"][v.name][rows], atol=1e-5), v.name
     with pytest.raises(ValueError, match="yielded 0 of the 2 rows"):  # rows past the loader's end
         emb.embed(loader, variants, rows=np.array([len(ds) + 1, len(ds) + 2]))
     # some variants kept for fewer rows (the evaluated split, its queries), with and without a writer
