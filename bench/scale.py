@@ -8,7 +8,7 @@ For each size N (default 100,000 and 1,000,000):
 * training: ``pipelines/train.py`` with the scaled-down model (``configs/scale_small.yaml``) for a
   fixed number of steps (``--steps``, not full epochs; the steps' batches come from shards all
   over the store, in the shuffled shard order of streaming), once in memory (a budget the store
-  fits) and once streaming (a budget the store exceeds: 0.25 GB), alternated ``ROUNDS`` times,
+  fits) and once streaming (a budget the store exceeds: 0.25 GB), alternated ``--rounds`` times,
   each in its own process: samples/s of the whole loop (the loader's start included) and the
   peak memory of the process and its loader workers (:class:`TreeMemory`). The streaming /
   in-memory ratio is the median over the rounds of each streaming run against the in-memory
@@ -50,7 +50,6 @@ from scalemm.device import cpu_threads
 
 log = logging.getLogger("bench.scale")
 
-ROUNDS = 3  # in-memory / streaming training runs alternated this many times per size
 STREAM_BUDGET_GB = 0.25  # the streaming runs' memory budget: below every benchmarked store
 MEMORY_BUDGET_GB = 64.0  # the in-memory runs': above every benchmarked store
 # (key, comparison, threshold, description)
@@ -159,8 +158,8 @@ def store(work: Path, n: int, root: Path) -> dict[str, Any]:
     return {"path": str(out), "reused": False, **r["result"], "peak_rss_gb": r["peak_rss_gb"]}
 
 
-def train_runs(work: Path, feats: str, n: int, steps: int, root: Path) -> dict[str, Any]:
-    """``ROUNDS`` x (in memory, streaming) training runs of ``steps`` steps; see the module doc."""
+def train_runs(work: Path, feats: str, n: int, steps: int, root: Path, rounds: int = 3) -> dict[str, Any]:
+    """``rounds`` x (in memory, streaming) training runs of ``steps`` steps; see the module doc."""
     from scalemm.fuse.config import ScaleConfig
     from scalemm.fuse.reader import FeatureDataset
 
@@ -174,7 +173,7 @@ def train_runs(work: Path, feats: str, n: int, steps: int, root: Path) -> dict[s
         out["memory_not_measured"] = (f"the store's {store_gb:.1f} GB of tokens do not fit the {avail:.1f} GB of "
                                       f"memory available")
         modes = ["stream"]
-    for r in range(ROUNDS):
+    for r in range(rounds):
         for mode in modes:
             cfg = {**base, "epochs": 1000, "runtime": {
                 **base["runtime"], "max_steps": steps, "keep_checkpoints": 1,
@@ -336,7 +335,7 @@ def run_scale_bench(a: Any, root: Path) -> dict[str, Any]:
             tag = label(n)
             st = store(work, n, root)
             log.info("%s: store %s", tag, st)
-            tr = train_runs(work, st["path"], n, a.steps, root)
+            tr = train_runs(work, st["path"], n, a.steps, root, a.rounds)
             ep = embedding_pass(st["path"], root)
             ev = eval_run(work, st["path"], tr["evaluated_run"], n, root)
             r["sizes"][tag] = {"store": st, "train": tr, "embedding_pass": ep, "eval": ev}

@@ -30,6 +30,8 @@ def main() -> dict:
     ap.add_argument("--scale", action="store_true",
                     help="the scale benchmark instead: training and evaluation at --sizes products (default 100000,1000000)")
     ap.add_argument("--steps", type=cli.int_at_least(1), default=200, help="--scale: training steps per run (default 200)")
+    ap.add_argument("--rounds", type=cli.int_at_least(1), default=3,
+                    help="--scale: in-memory / streaming training pairs per size (default 3)")
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args()
     cli.setup_logging(a.verbose)

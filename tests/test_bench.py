@@ -115,7 +115,7 @@ def test_within_bounds_nulls_every_impossible_ratio():
 def test_bench_scale_writes_every_key_and_says_what_it_did_not_measure(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     p = subprocess.run([sys.executable, str(ROOT / "pipelines" / "bench.py"), "--scale", "--sizes", "2000",
-                        "--steps", "4", "--out", str(out), "--work", str(tmp_path / "w")],
+                        "--steps", "4", "--rounds", "2", "--out", str(out), "--work", str(tmp_path / "w")],
                        cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -123,11 +123,13 @@ def test_bench_scale_writes_every_key_and_says_what_it_did_not_measure(tmp_path:
     assert h["gathered_negatives_equal"] is True
     s = r["sizes"]["2k"]
     assert s["train"]["memory_samples_per_s"] > 0 and s["train"]["stream_samples_per_s"] > 0
-    # the evaluated run (the first in memory) fits the modality heads; the other five skip the fit
+    # two rounds (--rounds): the evaluated run (the first in memory) fits the modality heads; the
+    # other three skip the fit
     runs = s["train"]["memory"] + s["train"]["stream"]
     heads = {Path(x["run"]).name: json.loads((Path(x["run"]) / "result.json").read_text())["heads"] for x in runs}
     assert Path(s["train"]["evaluated_run"]).name == "train-2k-memory-0"
-    assert len(heads) == 6 and heads["train-2k-memory-0"]["modalities"], heads
+    assert len(heads) == 4 and heads["train-2k-memory-0"]["modalities"], heads
+    assert len(s["train"]["paired_ratios"]) == 2
     assert not any(h for name, h in heads.items() if name != "train-2k-memory-0"), heads
     assert s["eval"]["checkpoint"] == s["train"]["evaluated_run"]
     # the embedding forward, every token against the first tokens alone: the same vectors, both timed
