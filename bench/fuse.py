@@ -369,6 +369,18 @@ def loader_benchmark(features_dir: str | Path, batch_size: int = 64, min_seconds
             "shapes": {m: [s.max_tokens, s.dim] for m, s in ds.shapes.items()}}
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` (0: left as they are), restored on exit."""
+    prev = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: int = 64,
                          cfg: Any = None, device: str = "auto", attention: str = "sdpa") -> dict[str, Any]:
     """Samples/s of :func:`fuse.step.train_step`, the step training runs (masks, forward and
@@ -382,10 +394,7 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
     from scalemm.fuse.step import build_learner, train_step
 
     cfg = cfg or ScaleConfig()
-    prev = torch.get_num_threads()
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    try:
+    with torch_threads(cfg.runtime.threads):
         dev = resolve_device(device)
         ds = FeatureDataset(features_dir, cfg.modalities)
         sampler = EpochBatchSampler(ds, batch_size, cfg.seed)
@@ -414,8 +423,6 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
                 "samples": n, "seconds": sec, "samples_per_s": n / sec, "step_s": sec / steps,
                 "parameters": count_parameters(learner.model), "fusion_length": seq, "dropout": cfg.dropout,
                 "attn_dropout": ATTN_DROPOUT, "attention": attention}
-    finally:
-        torch.set_num_threads(prev)
 
 
 def embedding_pass_benchmark(features_dir: str | Path, cfg: Any = None, batch_size: int = 256, batches: int = 4,
@@ -433,10 +440,7 @@ def embedding_pass_benchmark(features_dir: str | Path, cfg: Any = None, batch_si
     from scalemm.fuse.step import init_model
 
     cfg = cfg or ScaleConfig()
-    prev = torch.get_num_threads()
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    try:
+    with torch_threads(cfg.runtime.threads):
         dev = resolve_device(device)
         ds = FeatureDataset(features_dir, cfg.modalities, stream=True)  # a few batches of the first shard
         loader = make_loader(ds, EpochBatchSampler(ds, batch_size, 0, shuffle=False, drop_last=False), 0)
@@ -475,8 +479,6 @@ def embedding_pass_benchmark(features_dir: str | Path, cfg: Any = None, batch_si
                 "max_tokens": {m: s.max_tokens for m, s in ds.shapes.items()},
                 "every_token_s_per_1k": med[False], "first_tokens_s_per_1k": med[True],
                 "every_over_first": med[False] / med[True], "max_abs_vector_difference": diff}
-    finally:
-        torch.set_num_threads(prev)
 
 
 def store_read_benchmark(features_dir: str | Path, min_seconds: float = 0.5, min_file_mb: float = 1.0) -> dict[str, Any]:

@@ -158,7 +158,7 @@ def store(work: Path, n: int, root: Path) -> dict[str, Any]:
     return {"path": str(out), "reused": False, **r["result"], "peak_rss_gb": r["peak_rss_gb"]}
 
 
-def train_runs(work: Path, feats: str, n: int, steps: int, root: Path, rounds: int = 3) -> dict[str, Any]:
+def train_runs(work: Path, feats: str, n: int, steps: int, root: Path, rounds: int) -> dict[str, Any]:
     """``rounds`` x (in memory, streaming) training runs of ``steps`` steps; see the module doc."""
     from scalemm.fuse.config import ScaleConfig
     from scalemm.fuse.reader import FeatureDataset
