@@ -116,6 +116,7 @@ def test_browser_upload_finds_the_product(cat, app, tmp_path) -> None:
     import uvicorn
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -139,17 +140,20 @@ def test_browser_upload_finds_the_product(cat, app, tmp_path) -> None:
         driver.get(f"http://127.0.0.1:{port}/")
         driver.find_element(By.NAME, "image").send_keys(str((cat["corpus"] / p.image).resolve()))
         driver.find_element(By.NAME, "title").send_keys(p.title)
-        start = driver.find_element(By.ID, "catalogue")  # the start page lists products, not results
+        assert driver.find_elements(By.ID, "catalogue") and not driver.find_elements(By.ID, "results")
         driver.find_element(By.ID, "go").click()
-        WebDriverWait(driver, 60).until(ec.staleness_of(start))  # the results page has replaced it
-        WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.ID, "results")))
+        # While a page is replaced, chromedriver may answer a poll with "Node with given id does not
+        # belong to the document" (a WebDriverException, not a stale-element one): a navigation
+        # race, not a failure, so the waits poll through it and time out if the page never comes.
+        wait = WebDriverWait(driver, 60, ignored_exceptions=(WebDriverException,))
+        wait.until(ec.presence_of_element_located((By.ID, "results")))  # only the results page has it
         cards = driver.find_elements(By.CSS_SELECTOR, "#results .card")
         assert cards and cards[0].get_attribute("data-id") == p.id
         assert cards[0].find_element(By.TAG_NAME, "img").get_attribute("naturalWidth") not in (None, "0")
         # a click on a neighbour searches from it
         second = cards[1].get_attribute("data-id")
         cards[1].find_element(By.CSS_SELECTOR, "a.pid").click()
-        WebDriverWait(driver, 60).until(ec.text_to_be_present_in_element((By.ID, "query"), second))
+        wait.until(ec.text_to_be_present_in_element((By.ID, "query"), second))
     finally:
         driver.quit()
         server.should_exit = True
