@@ -93,6 +93,7 @@ def bare_rates(corpus: Path, media_root: Path, cfg: ExtractConfig, n: int, threa
     backbones' ``encode_rows`` on the decoded items with ``threads`` torch threads."""
     import torch
 
+    from scalemm.device import torch_threads
     from scalemm.extract.decoding import decode_product
     from scalemm.extract.encode import Backbones
 
@@ -106,9 +107,7 @@ def bare_rates(corpus: Path, media_root: Path, cfg: ExtractConfig, n: int, threa
         log.warning("decoding failed for %s of %d items: %s", failed, len(rows),
                     "; ".join(sorted({e for d in decoded for e in d["errors"].values()}))[:300])
 
-    prev = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads))
-    try:
+    with torch_threads(max(1, threads)):
         bb = Backbones(cfg, device=None)
         bs = cfg.batch_size
         bb.encode_rows(decoded[:bs])  # warm-up (first-call allocations, lazy init)
@@ -119,8 +118,6 @@ def bare_rates(corpus: Path, media_root: Path, cfg: ExtractConfig, n: int, threa
             torch.cuda.synchronize()
         model_s = time.perf_counter() - t
         device = bb.device
-    finally:
-        torch.set_num_threads(prev)
     return {"items": len(rows), "decode_failures": failed, "decode_s": decode_s,
             "decode_items_per_s": len(rows) / decode_s,
             "model_s": model_s, "model_items_per_s": len(rows) / model_s, "torch_threads": threads,

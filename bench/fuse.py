@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scalemm.device import torch_threads
 from scalemm.fuse.attention import Transformer
 
 
@@ -367,18 +368,6 @@ def loader_benchmark(features_dir: str | Path, batch_size: int = 64, min_seconds
     return {"items": len(ds), "batch_size": batch_size, "in_memory": ds.in_memory, "workers": workers,
             "open_s": open_s, "epochs": epochs, "samples": n, "seconds": sec, "samples_per_s": n / sec,
             "shapes": {m: [s.max_tokens, s.dim] for m, s in ds.shapes.items()}}
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``threads`` (0: left as they are), restored on exit."""
-    prev = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: int = 64,

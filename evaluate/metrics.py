@@ -255,6 +255,8 @@ def linear_probe_minibatch(train_x: np.ndarray, train_y: Sequence[str], test_x: 
     import torch
     from sklearn.metrics import accuracy_score, f1_score
 
+    from scalemm.device import torch_threads
+
     ytr, yte = np.asarray(list(train_y), dtype=object), np.asarray(list(test_y), dtype=object)
     if len(ytr) != len(train_x) or len(yte) != len(test_x):
         raise ValueError("vectors and labels differ in length")
@@ -281,19 +283,17 @@ def linear_probe_minibatch(train_x: np.ndarray, train_y: Sequence[str], test_x: 
     # them to zero is a per-thread flag, and torch's worker threads, started earlier, keep the
     # default; so the fit runs flushed on the calling thread alone (23 s, against 93 s on two
     # threads with one flushed and 168 s unflushed; the same accuracy), then both are reset.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    try:
-        for _ in tqdm(range(epochs), desc="probe", leave=False, disable=n < 200_000):
-            for idx in torch.randperm(n, generator=g).split(batch):
-                loss = torch.nn.functional.cross_entropy(X[idx] @ W + b, Y[idx]) + l2 * (W * W).sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    finally:
-        torch.set_flush_denormal(False)
-        torch.set_num_threads(threads)
+    with torch_threads(1):
+        torch.set_flush_denormal(True)
+        try:
+            for _ in tqdm(range(epochs), desc="probe", leave=False, disable=n < 200_000):
+                for idx in torch.randperm(n, generator=g).split(batch):
+                    loss = torch.nn.functional.cross_entropy(X[idx] @ W + b, Y[idx]) + l2 * (W * W).sum()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        finally:
+            torch.set_flush_denormal(False)
     with torch.no_grad():
         pred = classes[(torch.from_numpy((xte - mean) / std) @ W + b).argmax(1).numpy()]
     _record_correct(per_item, kte, pred == yte_s)
