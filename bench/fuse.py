@@ -371,11 +371,14 @@ def loader_benchmark(features_dir: str | Path, batch_size: int = 64, min_seconds
 
 
 def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: int = 64,
-                         cfg: Any = None, device: str = "auto", attention: str = "sdpa") -> dict[str, Any]:
+                         cfg: Any = None, device: str = "auto", attention: str = "sdpa",
+                         every_token: bool = False) -> dict[str, Any]:
     """Samples/s of :func:`fuse.step.train_step`, the step training runs (masks, forward and
     loss, finite check, backward, clip, AdamW and schedule steps), on ScaleModel (default config
     unless ``cfg``) and batches from the training loader (collected beforehand, so loading is
-    not timed); ``attention`` "naive" runs the same model through the reference attention."""
+    not timed); ``attention`` "naive" runs the same model through the reference attention,
+    ``every_token`` encodes every token where the first ones suffice (the reference path of
+    :meth:`fuse.model.ScaleModel.forward`)."""
     from scalemm.fuse.config import ScaleConfig
     from scalemm.device import resolve_device, to_device
     from scalemm.fuse.model import ATTN_DROPOUT, count_parameters
@@ -395,6 +398,7 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
             epoch += 1
         learner = build_learner(cfg, {m: (s.max_tokens, s.dim) for m, s in ds.shapes.items()}, dev)
         learner.model.set_attention(attention)
+        learner.model.every_token = every_token
         learner.model.train()
         train_step(learner, batches[0], 0)  # warm-up
         if dev.type == "cuda":
@@ -411,7 +415,10 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
         return {"device": str(dev), "threads": torch.get_num_threads(), "steps": steps, "batch_size": batch_size,
                 "samples": n, "seconds": sec, "samples_per_s": n / sec, "step_s": sec / steps,
                 "parameters": count_parameters(learner.model), "fusion_length": seq, "dropout": cfg.dropout,
-                "attn_dropout": ATTN_DROPOUT, "attention": attention}
+                "attn_dropout": ATTN_DROPOUT, "attention": attention,
+                # what ScaleModel.forward encodes: the first tokens alone without a joint
+                # transformer and masked modelling (whose predictions read every token)
+                "first_tokens_alone": learner.model.first_tokens_suffice and not cfg.masked_losses and not every_token}
 
 
 def embedding_pass_benchmark(features_dir: str | Path, cfg: Any = None, batch_size: int = 256, batches: int = 4,

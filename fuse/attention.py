@@ -92,8 +92,20 @@ class Block(nn.Module):
         """x [B, L, d] -> [B, L, d]; ``first_only``: the first position's output alone, [B, 1, d]
         (the same numbers: every position attends to all of x, and the rest is per position)."""
         a = self.attention(self.ln1(x), key_mask, impl, first_only)
-        x = (x[:, :1] if first_only else x) + self.drop(a)
+        if first_only:
+            length = x.shape[1]
+            x = x[:, :1] + self.drop_first(a, length)
+            return x + self.drop_first(self.mlp(self.ln2(x)), length)
+        x = x + self.drop(a)
         return x + self.drop(self.mlp(self.ln2(x)))
+
+    def drop_first(self, y: Tensor, length: int) -> Tensor:
+        """Dropout on the first position's y [B, 1, d], drawing the random numbers dropout on all
+        ``length`` positions would (y padded with zeros), so that a training run's dropout masks,
+        and with them its weights, are the same whichever path encodes its batches."""
+        if not (self.training and self.drop.p > 0) or length == 1:
+            return self.drop(y)
+        return self.drop(F.pad(y, (0, 0, 0, length - 1)))[:, :1]
 
 
 class Transformer(nn.Module):

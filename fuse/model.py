@@ -313,6 +313,9 @@ class ScaleModel(nn.Module):
         self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, MLP_RATIO, cfg.dropout, ATTN_DROPOUT)
         self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.importance, len(self.modalities))
         self.heads: ModalityHeads | None = None  # fitted once training ends (fuse.heads)
+        # the reference path: forward encodes every token even where the first ones suffice
+        # (benchmarks time the two side by side; see :meth:`forward`)
+        self.every_token = False
         self.embedding = cfg.embedding
         self.set_embedding(cfg.embedding)
 
@@ -481,8 +484,15 @@ class ScaleModel(nn.Module):
             return weighted_embedding(enc_pooled, present, imp, weighting)
 
     def forward(self, batch: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> ModelOutput:
-        """``encode`` then ``fuse`` (see both): the training and embedding forward pass."""
-        return self.fuse(self.encode(batch, masks), masked_targets=batch)
+        """``encode`` then ``fuse`` (see both): the training forward pass. Without masked
+        modelling and without a joint transformer every output it returns (the pooled outputs,
+        W, the importances) comes from the modalities' first tokens, so it encodes those alone
+        (:attr:`first_tokens_suffice`): the same function, with each encoder's last block
+        computed for one position, whose dropout draws the random numbers the every-token path
+        draws (:meth:`fuse.attention.Block.drop_first`), so a seed trains the same weights on
+        either path, to rounding (``every_token`` runs the every-token path)."""
+        first_only = not masks and self.first_tokens_suffice and not self.every_token
+        return self.fuse(self.encode(batch, masks, first_only), masked_targets=batch)
 
 
 def importance_shares(present: Tensor, importances: Tensor) -> Tensor:

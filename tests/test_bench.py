@@ -61,6 +61,11 @@ def test_bench_quick_writes_all_figures_and_no_impossible_ratio(tmp_path: Path) 
     assert r["headline"]["append_equal"] is True and r["headline"]["two_node_equal"] is True
     for section in ("machine", "extract", "store", "fusion", "index"):
         assert section in r
+    # the train step, first tokens alone (the default) against every token, both timed
+    tp = r["store"]["train_pass"]
+    assert r["store"]["train"]["first_tokens_alone"] and tp["every_token_step_s"] > 0
+    assert tp["every_over_first"] == pytest.approx(tp["every_token_step_s"] / tp["first_tokens_step_s"])
+    assert "train-step speedup from encoding the first tokens alone" in p.stdout
     assert r["mode"] == "quick" and "Mode: quick" in p.stdout
     assert r["machine"]["cores"] >= 1 and r["machine"]["torch"]
     last = last_json(p.stdout)  # the CLI ends with its JSON summary

@@ -378,3 +378,42 @@ def test_model_encodes_first_tokens_alone_without_a_joint_transformer() -> None:
     assert not joint.first_tokens_suffice
     with torch.no_grad(), pytest.raises(ValueError, match="joint transformer"):
         joint.fuse(joint.encode(batch, first_only=True))
+
+
+def test_training_forward_encodes_first_tokens_alone_with_the_same_loss_and_gradients() -> None:
+    """Without masked modelling and a joint transformer, the training forward (fuse.step's
+    Objective) encodes each modality's first token alone: with dropout on and the same seed, the
+    loss and every parameter's gradient equal the every-token path's (its dropout draws the same
+    random numbers). With masked modelling it encodes every token, whose predictions read them."""
+    from scalemm.fuse.step import Objective
+
+    batch = random_batch(4, present=PRESENCE, seed=7)
+    batch["instances"] = ["a", "a", "b", "c"]
+    cfg = tiny_config(fusion_layers=0, encoder_layers=2, masked_losses=False, dropout=0.3, frozen_skip=2.0,
+                      simcl_weight=1.0, subset_weight=1.0)
+    torch.manual_seed(0)
+    model = ScaleModel(cfg, SMALL_SHAPES).train()
+    objective = Objective(model, cfg)
+    seen: list[int] = []
+    hook = model.encoders["text"].register_forward_hook(lambda mod, args, out: seen.append(out[0].shape[1]))
+    grads, losses = {}, {}
+    for every in (True, False):
+        model.every_token = every
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        total, _ = objective(batch, None)
+        total.backward()
+        losses[every] = float(total.detach())
+        grads[every] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert seen == [1 + SMALL_SHAPES["text"][0], 1]  # every token, then the first alone
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert grads[True].keys() == grads[False].keys() and len(grads[True]) > 10
+    for n, g in grads[True].items():
+        assert torch.allclose(g, grads[False][n], atol=1e-5, rtol=1e-4), n
+    torch.manual_seed(2)  # other dropout masks: another loss, so the equality above is the masks'
+    assert float(objective(batch, None)[0].detach()) != pytest.approx(losses[False], rel=1e-3)
+    masked = {m: batch["mask"][m] & (torch.rand(batch["mask"][m].shape) < 0.5) for m in SMALL_SHAPES}
+    model.every_token = False
+    model(batch, masked)
+    assert seen[-1] == 1 + SMALL_SHAPES["text"][0]
+    hook.remove()
