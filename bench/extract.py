@@ -164,8 +164,8 @@ def _pipeline_worker(rows: list[Any], root: str, cfg_dict: dict[str, Any], threa
         results.put((0, 0, 0.0, 0.0, f"{type(e).__name__}: {e}"))
     finally:
         # the isolated decoder child outlives a multiprocessing child that just returns
-        from scalemm.extract.isolated import _reset_pool
-        _reset_pool()
+        from scalemm.extract.isolated import reset
+        reset()
 
 
 def bare_pipeline(corpus: Path, media_root: Path, cfg: ExtractConfig, processes: int,
