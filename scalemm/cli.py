@@ -65,9 +65,26 @@ def apply_offline_env() -> None:
         os.environ.setdefault(k, v)
 
 
+class ProgressAwareHandler(logging.StreamHandler):
+    """A stream handler that writes each record through ``tqdm.write``: a progress bar drawn on
+    the same stream is cleared and drawn again below the line, instead of the line landing in
+    the middle of the bar (training logs each epoch under its bar, evaluation each seed)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(verbose: bool = False, level: str | None = None) -> None:
     lvl = getattr(logging, str(level).upper(), logging.INFO) if level else (logging.DEBUG if verbose else logging.INFO)
-    logging.basicConfig(level=lvl, stream=sys.stderr,
+    logging.basicConfig(level=lvl, handlers=[ProgressAwareHandler(sys.stderr)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("urllib3", "filelock", "matplotlib", "PIL", "h5py", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
