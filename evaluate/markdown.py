@@ -21,7 +21,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-OWN_SECTIONS = ("paired", "paired_bootstrap", "baselines", "dims", "embedding_dim", "models", "embedding_changes")
+OWN_SECTIONS = ("paired", "paired_bootstrap", "ablation_paired", "baselines", "dims", "embedding_dim", "models", "embedding_changes")
 PAIRED_COLUMNS = (("coarse", "coarse mAP@1"), ("fine", "fine mAP@1"), ("classification", "accuracy"))
 
 
@@ -105,10 +105,19 @@ def render_markdown(metrics: Mapping[str, Any], images: Mapping[str, str] | None
     parts += _paired_section(metrics)
     parts += _baselines_section(metrics)
     ablation = metrics.get("ablation", {})
+    steps = metrics.get("ablation_paired") or {}
     cols = ["mAP@1", "mAP@5", "mAP@10"]
-    parts += ["", "## Modality ablation", "", _table(
-        ["modalities", *(f"coarse {c}" for c in cols), *(f"fine {c}" for c in cols)],
-        [[name, *(_pct(a["coarse"][c]) for c in cols), *(_pct(a["fine"][c]) for c in cols)]
+    parts += ["", "## Modality ablation", ""]
+    if steps:
+        parts += ["The last two columns: each row minus the row above, in points, with the paired bootstrap "
+                  "interval (the same resamples of the evaluated products for both subsets; bold: it excludes 0).",
+                  ""]
+    parts += [_table(
+        ["modalities", *(f"coarse {c}" for c in cols), *(f"fine {c}" for c in cols),
+         *(["coarse mAP@1 added", "fine mAP@1 added"] if steps else [])],
+        [[name, *(_pct(a["coarse"][c]) for c in cols), *(_pct(a["fine"][c]) for c in cols),
+          *([_interval(steps.get(name, {}).get("coarse")), _interval(steps.get(name, {}).get("fine"))]
+            if steps else [])]
          for name, a in ablation.items()])]
     index = metrics.get("index", {})
     if index:

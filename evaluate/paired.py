@@ -98,6 +98,19 @@ def paired_bootstrap(per_product: Mapping[str, Sequence[Mapping[str, np.ndarray]
     return out
 
 
+def paired_steps(per_product: Mapping[str, Sequence[Mapping[str, np.ndarray]]], order: Sequence[str], *,
+                 tasks: Sequence[str] = ("coarse", "fine"), n_boot: int = N_BOOT, seed: int = 0,
+                 level: float = LEVEL) -> dict[str, Any]:
+    """``{step: {task: {"diff", "lo", "hi"}}}``: each step of a sequence (the modality ablation's
+    nested subsets) minus the step before it, with the paired bootstrap interval of
+    :func:`paired_bootstrap` (the same products drawn for both). Steps without outcomes are
+    left out."""
+    have = [name for name in order if name in per_product]
+    return {cur: paired_bootstrap({cur: per_product[cur], prev: per_product[prev]}, cur, [prev], tasks=tasks,
+                                  n_boot=n_boot, seed=seed, level=level)[prev]
+            for prev, cur in zip(have, have[1:])}
+
+
 def describe(n_products: int, n_boot: int = N_BOOT, seeds: Sequence[int] = (), level: float = LEVEL) -> dict[str, Any]:
     """What ``metrics.json`` ``paired_bootstrap`` records beside the intervals."""
     return {"resamples": int(n_boot), "level": level, "products": int(n_products), "seeds": list(seeds),

@@ -54,7 +54,7 @@ from typing import Any, Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
-from scalemm.modalities import ABLATION_ORDER
+from scalemm.modalities import ABLATION_NAMES, ABLATION_ORDER
 from scalemm.runs import RunFolder
 
 from .baselines import UNTRAINED, fair_baselines
@@ -67,7 +67,7 @@ from .index import load_index, rebuild_index, search
 from .loading import Models, Store, Trained, load_models, planted_wrong_titles, product_info, read_store
 from .metrics import retrieval_scores
 from .models import DEFAULT, UNIFORM
-from .paired import N_BOOT, paired_bootstrap
+from .paired import N_BOOT, paired_bootstrap, paired_steps
 from .paired import describe as describe_paired
 from .protocol import evaluate_on_split, mean_over_draws, mean_std, robustness
 from .report import write_report
@@ -122,6 +122,7 @@ class Tally:
         "methods": {}, "ablation": {}, "robustness": {}, "robustness_draws": {}, "importance": [],
         "cross_modal": []})
     per_product: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)  # method -> seed -> task
+    ablation_per_product: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)  # subset -> seed -> task
     dims: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=lambda: {"embedding_s": 0.0, "scoring_s": 0.0})
     peak: dict[str, float] = field(default_factory=dict)  # this process's peak RSS (GB) after each stage
@@ -340,8 +341,14 @@ def _score_diagnostics(job: EvalJob, store: Store, emb: SeedEmbeddings, results:
     """The scale model's modality ablation, importances and (with text and image) cross-modal recall."""
     local, res = store.local, emb.result
     for v in emb.ablation:
-        tally.per_seed["ablation"].setdefault(v.name, []).append(
-            evaluate_retrieval(store.evaluated(res["vectors"][v.name]), K, seed=emb.seed, query_rows=local.queries))
+        hits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        tally.per_seed["ablation"].setdefault(v.name, []).append(evaluate_retrieval(
+            store.evaluated(res["vectors"][v.name]), K, seed=emb.seed, query_rows=local.queries, per_query=hits))
+        outcome = {}
+        for task, (rows, hit) in hits.items():  # per evaluated product, as evaluate_on_split's per_product
+            outcome[task] = np.full(len(local.eval_rows), np.nan)
+            outcome[task][rows] = hit
+        tally.ablation_per_product.setdefault(v.name, []).append(outcome)
     tally.per_seed["importance"].append(importance_figures(res, local, dict(results), planted))
     if "text" in emb.trained and "image" in emb.trained:
         tally.per_seed["cross_modal"].append(cross_modal_figures(res, local, emb.trained, job.budget.max_queries,
@@ -361,11 +368,14 @@ def aggregate(job: EvalJob, models: Models, store: Store, baselines: Baselines, 
     for outcome in tally.per_product[DEFAULT]:
         for v in outcome.values():
             scored |= ~np.isnan(v)
+    # each modality added minus the subset before it (the ablation's rows), paired the same way
+    ablation_paired = paired_steps(tally.ablation_per_product, ABLATION_NAMES, n_boot=job.n_boot, seed=spec.seed)
     tally.timings["paired_bootstrap_s"] = time.perf_counter() - t
     store.drawn.save(job.out / SAMPLES_FILE)
     metrics: dict[str, Any] = {
         "methods": {n: mean_std(v) for n, v in per_seed["methods"].items()},
         "ablation": {n: mean_std(v) for n, v in per_seed["ablation"].items()},
+        "ablation_paired": ablation_paired,
         "robustness": {"drop_prob": job.drop_prob, "draws": int(job.drop_draws),
                        "queries": "each modality of each query product dropped with drop_prob; gallery intact; "
                        "per seed the mean over `draws` independent drops (per_seed.robustness_draws has each)",

@@ -14,7 +14,9 @@
      "baselines": {how each fair baseline was built}, "models": [names of the trained models],
      "paired":   {NAME: {"coarse" | "fine" | "classification": {"diff", "lo", "hi"}}}
                  (scale minus NAME and its paired bootstrap interval, floats in [-1, 1]; checked),
-     "paired_bootstrap": {resamples, level, products, ...}}
+     "paired_bootstrap": {resamples, level, products, ...},
+     "ablation_paired": {SUBSET: {"coarse" | "fine": {"diff", "lo", "hi"}}}
+                 (each ablation subset minus the one before it, paired the same way; checked)}
 
 All values are floats in [0, 1] except ``index.type``; a figure averaged over seeds is
 ``{"mean": float in [0, 1], "std": float >= 0}`` instead.
@@ -106,29 +108,29 @@ def validate_metrics(metrics: Mapping[str, Any]) -> list[str]:
             problems.append("index.type is not a string")
         if "ann_recall@10" in index:
             _check_unit(index["ann_recall@10"], "index.ann_recall@10", problems)
-    paired = metrics.get("paired")
-    if paired is not None:
-        _check_paired(paired, problems)
+    for key in ("paired", "ablation_paired"):
+        if metrics.get(key) is not None:
+            _check_paired(metrics[key], problems, key)
     return problems
 
 
-def _check_paired(paired: Any, problems: list[str]) -> None:
-    """``paired.<name>.<task>`` = ``{"diff", "lo", "hi"}``, numbers in [-1, 1] (NaN: not measurable)."""
+def _check_paired(paired: Any, problems: list[str], key: str = "paired") -> None:
+    """``<key>.<name>.<task>`` = ``{"diff", "lo", "hi"}``, numbers in [-1, 1] (NaN: not measurable)."""
     if not isinstance(paired, Mapping):
-        problems.append("paired is not an object")
+        problems.append(f"{key} is not an object")
         return
     for name, tasks in paired.items():
         if not isinstance(tasks, Mapping):
-            problems.append(f"paired.{name} is not an object")
+            problems.append(f"{key}.{name} is not an object")
             continue
         for task, cell in tasks.items():
             if not isinstance(cell, Mapping) or set(cell) != {"diff", "lo", "hi"}:
-                problems.append(f"paired.{name}.{task} is not {{diff, lo, hi}}")
+                problems.append(f"{key}.{name}.{task} is not {{diff, lo, hi}}")
                 continue
             for k, v in cell.items():
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
                         math.isnan(v) or -1.0 <= v <= 1.0):
-                    problems.append(f"paired.{name}.{task}.{k} = {v!r} is not a number in [-1, 1]")
+                    problems.append(f"{key}.{name}.{task}.{k} = {v!r} is not a number in [-1, 1]")
 
 
 def assemble_metrics(methods: Mapping[str, Any], ablation: Mapping[str, Any],

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from scalemm.evaluate.paired import paired_bootstrap, pooled
+from scalemm.evaluate.paired import paired_bootstrap, paired_steps, pooled
 
 TASKS = ("coarse", "fine", "classification")
 
@@ -117,3 +117,18 @@ def test_per_product_outcomes_average_to_the_reported_figures(sampled: bool) -> 
         res["classification"]["accuracy"])
     if sampled:
         assert (~np.isnan(per["coarse"])).sum() <= 30 and (~np.isnan(per["classification"])).sum() == 40
+
+
+def test_each_step_is_paired_with_the_one_before_it() -> None:
+    """The ablation's steps: each subset minus the previous one present, on the same products; a
+    step that adds nothing gets an interval of exactly 0, one that wins every query one above 0."""
+    rng = np.random.default_rng(5)
+    a = [{t: (rng.random(120) < 0.5).astype(float) for t in ("coarse", "fine")} for _ in range(2)]
+    b = [dict(s) for s in a]  # adds nothing
+    c = [{t: np.ones(120) for t in ("coarse", "fine")} for _ in range(2)]  # right on every query
+    got = paired_steps({"a": a, "b": b, "c": c}, ["a", "x", "b", "c"], n_boot=500)
+    assert list(got) == ["b", "c"]  # "x" has no outcomes: b is paired with a
+    for t in ("coarse", "fine"):
+        assert got["b"][t] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+        want = 1.0 - pooled(b, t).mean()
+        assert got["c"][t]["diff"] == pytest.approx(want) and 0 < got["c"][t]["lo"] <= want <= got["c"][t]["hi"]

@@ -100,6 +100,15 @@ def test_metrics_json_keys_split_and_seeds(runs, run_cli, tmp_path) -> None:
         assert m["methods"][name]["coarse"]["mAP@1"]["mean"] == pytest.approx(np.mean(per))
     assert set(m["ablation"]) == {"text", "text+image", "text+image+table", "text+image+table+video",
                                   "text+image+table+video+audio"}
+    # each modality added: the subset minus the one before it, paired over the same products
+    steps = ["text", "text+image", "text+image+table", "text+image+table+video", "text+image+table+video+audio"]
+    assert list(m["ablation_paired"]) == steps[1:]
+    for prev, cur in zip(steps, steps[1:]):
+        for task in ("coarse", "fine"):
+            c = m["ablation_paired"][cur][task]
+            want = m["ablation"][cur][task]["mAP@1"]["mean"] - m["ablation"][prev][task]["mAP@1"]["mean"]
+            assert c["diff"] == pytest.approx(want, abs=1e-9) and -1 <= c["lo"] <= c["hi"] <= 1, (cur, task, c)
+    assert "fine mAP@1 added" in report
     # the split: by instance, recorded with its sizes; every instance in one split only
     sp = m["split"]
     assert sp["by"] == "instance" and sp["evaluated_on"] == "test" and sum(sp["sizes"].values()) == m["items"]
