@@ -54,6 +54,8 @@ def _serve(conn: Any, parent: int) -> None:
             reply = (False, e)
         try:
             conn.send(reply)
+        except OSError:  # the parent is gone
+            return
         except Exception as e:  # an exception (or a result) that does not pickle
             conn.send((False, RuntimeError(f"{type(e).__name__} sending the decoder's reply: {e}")))
 

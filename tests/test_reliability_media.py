@@ -398,3 +398,19 @@ def test_a_worker_whose_children_ray_killed_exits_without_a_word(tmp_path):
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) >= 1  # the decoder child at least (and the tracker, where one runs)
     assert done.stderr == ""
+
+
+def test_a_decoders_own_error_comes_back_as_itself_from_the_same_child():
+    """An exception the decoder raises in the child (a bad value, a missing file: an OSError) is
+    raised again in the worker as itself, not taken for a crash, and the child is kept."""
+    from scalemm.extract import isolated
+
+    assert isolated._isolated(max, 1, 2, timeout=60) == 2
+    pid = isolated.decoder_pid()
+    with pytest.raises(ValueError, match="invalid literal"):
+        isolated._isolated(int, "not a number", 10, timeout=60)
+    with pytest.raises(FileNotFoundError):
+        isolated._isolated(open, "/nonexistent/scalemm/video.mp4", "rb", timeout=60)
+    assert isolated.decoder_pid() == pid
+    isolated.reset()
+    assert isolated.decoder_pid() is None
