@@ -37,6 +37,15 @@ class RayHead:
             raise
         return self
 
+    def log_tails(self, pattern: str = "runtime_env_agent*", lines: int = 30) -> str:
+        """The last lines of this head's Ray logs matching ``pattern``, for a failing test's
+        message (the head's temp dir goes with it)."""
+        assert self.head is not None
+        root = Path(self.head.temp_dir) / "session_latest" / "logs"
+        tails = [f"== {f}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-lines:])
+                 for f in sorted(root.glob(pattern))]
+        return "\n".join(tails) or f"(no {pattern} under {root})"
+
     def submit(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
         cmd = [ray_executable(), "job", "submit", "--address", self.address, "--working-dir", str(ROOT), "--", "python", *args]
         return subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)

@@ -281,7 +281,9 @@ def test_two_jobs_submitted_together_to_a_2_cpu_cluster_both_finish(extracted, d
         try:
             deadline = time.time() + 300
             while not any((o / ".writer.lock").exists() for o in outs):
-                assert time.time() < deadline and all(j.poll() is None for j in jobs), "no job took its store"
+                assert time.time() < deadline and all(j.poll() is None for j in jobs), (
+                    "no job took its store\n" + "\n".join((tmp_path / f"{o.name}.log").read_text()[-1500:] for o in outs)
+                    + "\n" + head.log_tails())
                 time.sleep(0.2)
             busy = next(o for o in outs if (o / ".writer.lock").exists())
             t1 = time.time()
