@@ -418,7 +418,7 @@ def train_step_benchmark(features_dir: str | Path, steps: int = 6, batch_size: i
                 "attn_dropout": ATTN_DROPOUT, "attention": attention,
                 # what ScaleModel.forward encodes: the first tokens alone without a joint
                 # transformer and masked modelling (whose predictions read every token)
-                "first_tokens_alone": learner.model.first_tokens_suffice and not cfg.masked_losses and not every_token}
+                "first_tokens_alone": learner.model.encodes_first_tokens_alone(bool(cfg.masked_losses))}
 
 
 def embedding_pass_benchmark(features_dir: str | Path, cfg: Any = None, batch_size: int = 256, batches: int = 4,

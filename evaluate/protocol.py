@@ -91,14 +91,23 @@ def evaluate_on_split(es: EmbeddingSet, view: SplitView, seed: int, *, queries: 
         out["classification"] = probe(train.vectors, train.labels, probe_test.vectors, probe_test.labels, seed=seed,
                                       per_item=correct)
         if per_product is not None:
-            for task, (rows, hit) in hits.items():
-                per_product[task] = np.full(len(test), np.nan)
-                per_product[task][rows] = hit
+            per_product.update(hits_per_product(hits, len(test)))
             per_product["classification"] = np.full(len(test), np.nan)
             at = np.arange(len(test)) if samples is None or samples.probe_test is None else samples.probe_test
             per_product["classification"][at] = correct["correct"]
         cl = test if samples is None or samples.cluster is None else test.subset(samples.cluster)
         out["clustering"] = clustering(cl.vectors, cl.labels, seed=seed)
+    return out
+
+
+def hits_per_product(hits: dict[str, tuple[np.ndarray, np.ndarray]], n: int) -> dict[str, np.ndarray]:
+    """Retrieval's ``per_query`` (task -> (query rows, hit at rank 1)) as float [n] per task over
+    the evaluated products, NaN where a product is not that task's query: what the paired
+    bootstrap (:mod:`evaluate.paired`) resamples."""
+    out = {}
+    for task, (rows, hit) in hits.items():
+        out[task] = np.full(n, np.nan)
+        out[task][rows] = hit
     return out
 
 

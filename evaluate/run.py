@@ -69,7 +69,7 @@ from .metrics import retrieval_scores
 from .models import DEFAULT, UNIFORM
 from .paired import N_BOOT, paired_bootstrap, paired_steps
 from .paired import describe as describe_paired
-from .protocol import evaluate_on_split, mean_over_draws, mean_std, robustness
+from .protocol import evaluate_on_split, hits_per_product, mean_over_draws, mean_std, robustness
 from .report import write_report
 from .tasks import K, evaluate_retrieval
 
@@ -344,11 +344,7 @@ def _score_diagnostics(job: EvalJob, store: Store, emb: SeedEmbeddings, results:
         hits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         tally.per_seed["ablation"].setdefault(v.name, []).append(evaluate_retrieval(
             store.evaluated(res["vectors"][v.name]), K, seed=emb.seed, query_rows=local.queries, per_query=hits))
-        outcome = {}
-        for task, (rows, hit) in hits.items():  # per evaluated product, as evaluate_on_split's per_product
-            outcome[task] = np.full(len(local.eval_rows), np.nan)
-            outcome[task][rows] = hit
-        tally.ablation_per_product.setdefault(v.name, []).append(outcome)
+        tally.ablation_per_product.setdefault(v.name, []).append(hits_per_product(hits, len(local.eval_rows)))
     tally.per_seed["importance"].append(importance_figures(res, local, dict(results), planted))
     if "text" in emb.trained and "image" in emb.trained:
         tally.per_seed["cross_modal"].append(cross_modal_figures(res, local, emb.trained, job.budget.max_queries,

@@ -491,8 +491,13 @@ class ScaleModel(nn.Module):
         computed for one position, whose dropout draws the random numbers the every-token path
         draws (:meth:`fuse.attention.Block.drop_first`), so a seed trains the same weights on
         either path, to rounding (``every_token`` runs the every-token path)."""
-        first_only = not masks and self.first_tokens_suffice and not self.every_token
-        return self.fuse(self.encode(batch, masks, first_only), masked_targets=batch)
+        return self.fuse(self.encode(batch, masks, self.encodes_first_tokens_alone(bool(masks))),
+                         masked_targets=batch)
+
+    def encodes_first_tokens_alone(self, masked: bool) -> bool:
+        """Whether :meth:`forward` encodes the first tokens alone, with (``masked``) or without
+        masked modelling's masks."""
+        return not masked and self.first_tokens_suffice and not self.every_token
 
 
 def importance_shares(present: Tensor, importances: Tensor) -> Tensor:
