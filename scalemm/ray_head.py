@@ -108,13 +108,20 @@ class Head:
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free local ports. All ``n`` are held bound until all are picked: ports
-    picked one at a time (bind, read, close) can repeat, since the OS may hand the port just
-    released to the next bind, and Ray refuses a node whose components share a port."""
+    """``n`` distinct ports free on every local address. All ``n`` are held bound until all are
+    picked: ports picked one at a time (bind, read, close) can repeat, since the OS may hand the
+    port just released to the next bind, and Ray refuses a node whose components share a port.
+
+    Each is bound on the wildcard address, which no port is free on while anything listens on it
+    at any address. Ray binds its agents to the node's address (the runtime-env agent listens on
+    192.0.2.2:PORT, not on 127.0.0.1), so a port free on 127.0.0.1 alone could be another Ray's
+    agent's: the new head's agent then failed to bind it and its raylet asked the other head's
+    agent for the job's runtime env (``runtime_env setup failed ... 403 Invalid authentication
+    token``, a CI failure of the two-jobs test)."""
     with contextlib.ExitStack() as stack:
         socks = [stack.enter_context(socket.socket()) for _ in range(n)]
         for s in socks:
-            s.bind(("127.0.0.1", 0))
+            s.bind(("", 0))
         return [s.getsockname()[1] for s in socks]
 
 

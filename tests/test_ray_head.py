@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -144,6 +145,26 @@ def test_free_ports_are_distinct_even_when_many_are_asked_for():
     # picked one at a time (bind, close) 300 ports repeat one in most tries; held together they cannot
     ports = free_ports(300)
     assert len(set(ports)) == 300 and all(1024 < p < 65536 for p in ports)
+
+
+def test_free_ports_are_free_on_every_address_not_only_on_loopback():
+    # Ray's agents listen on the node's address; a port another head's agent holds there must never
+    # be picked for a new head (its raylet would reach the other agent: 403). 127.0.0.2 stands in
+    # for the node's address (any 127/8 address is local on Linux): bound there, a port is still
+    # free on 127.0.0.1, which is all the old pick checked
+    held = []
+    try:
+        for _ in range(1500):  # 5 % of the usual ephemeral range
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.listen()
+            held.append(s)
+        taken = {s.getsockname()[1] for s in held}
+        picked = [p for _ in range(200) for p in free_ports(7)]
+        assert not taken & set(picked), f"{len(taken & set(picked))} picked ports are listened on at 127.0.0.2"
+    finally:
+        for s in held:
+            s.close()
 
 
 def test_failure_cause_reads_the_last_exception_of_the_log():
