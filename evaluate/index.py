@@ -278,8 +278,16 @@ def build_index(vectors: np.ndarray, ids: list[str] | None = None, spec: IndexSp
         built.set_search_params(spec.search_params())
     if spec.approximate and tune:
         tune_search_params(built, x, target_recall=target_recall, seed=seed)
-    log.info("built %s index over %d vectors (dim %d): %s", spec.kind, n, d, built.spec.params)
+    # an exact index is built at once, and the evaluation builds one per method and seed: those
+    # lines would bury the approximate builds' (the catalogue's), which take minutes
+    log.log(_level(spec), "built %s index over %d vectors (dim %d): %s", spec.kind, n, d, built.spec.params)
     return built
+
+
+def _level(spec: IndexSpec) -> int:
+    """The log level of an index's build and save lines: INFO for an approximate index, DEBUG
+    for an exact one."""
+    return logging.INFO if spec.approximate else logging.DEBUG
 
 
 def training_rows(n: int, spec: IndexSpec, seed: int = 0) -> np.ndarray | None:
@@ -430,7 +438,7 @@ def save_index(built: IdIndex, out_dir: str | Path) -> Path:
     replace_atomic(out / INDEX_FILE, lambda tmp: faiss.write_index(built.index, str(tmp)))
     write_text_atomic(out / IDS_FILE, json.dumps(built.ids))
     write_json_atomic(out / SPEC_FILE, built.spec.to_json())
-    log.info("saved %s index (%d vectors) to %s", built.spec.kind, built.ntotal, out)
+    log.log(_level(built.spec), "saved %s index (%d vectors) to %s", built.spec.kind, built.ntotal, out)
     return out
 
 

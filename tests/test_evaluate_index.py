@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -135,6 +136,20 @@ def test_save_load_and_rebuild_give_identical_results(tmp_path, force) -> None:
     assert rebuilt.spec.kind == built.spec.kind
     s3, i3 = search(load_index(tmp_path / "idx2"), q, 10)
     assert np.array_equal(i0, i3)
+
+
+def test_only_an_approximate_index_logs_its_build_and_save_at_info(tmp_path, caplog) -> None:
+    # the evaluation builds an exact index per method and seed (24 lines in the demo); the
+    # catalogue's approximate build, which takes minutes at scale, is the one a user looks for
+    x, _ = clustered(800, 16, n_clusters=10)
+    for force, kind in ((False, "flat"), (True, "hnsw")):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="scalemm.evaluate.index"):
+            save_index(build_index(x, force_approximate=force), tmp_path / kind)
+        lines = {r.getMessage().split()[0]: r.levelno for r in caplog.records
+                 if r.getMessage().startswith(("built", "saved"))}
+        level = logging.INFO if force else logging.DEBUG
+        assert lines == {"built": level, "saved": level}, (kind, lines)
 
 
 def test_load_index_errors(tmp_path) -> None:
