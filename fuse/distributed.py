@@ -69,7 +69,9 @@ def run_workers(loop: Callable[[dict[str, Any]], None], conf: dict[str, Any], st
 
     started = False
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+        # with a dashboard: Ray Train's placement-group cleaner asks the State API (served by the
+        # dashboard) every second whether the controller lives, and warned each time without one
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=True,
                  log_to_driver=True, configure_logging=False)
         started = True
     try:
