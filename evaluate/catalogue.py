@@ -155,6 +155,7 @@ def catalogue_record(run: str | Path, weights: str | Path, seed: int, features: 
     go through the same backbones and the same model."""
     from safetensors import safe_open
 
+    from scalemm.fuse.model import EMBEDDING_RULE
     from scalemm.store import read_manifest
 
     weights = Path(weights).resolve()
@@ -163,7 +164,8 @@ def catalogue_record(run: str | Path, weights: str | Path, seed: int, features: 
     man = read_manifest(features) or {}
     root = media_root or man.get("media_root") or (Path(man["corpus"]).parent if man.get("corpus") else None)
     return {"format": RECORD_FORMAT, "run": str(Path(run).resolve()), "seed": int(seed), "weights": str(weights),
-            "step": step, "weights_sha256": weights_digest(weights), "features": str(Path(features).resolve()),
+            "step": step, "weights_sha256": weights_digest(weights), "embedding_rule": EMBEDDING_RULE,
+            "features": str(Path(features).resolve()),
             "media_root": None if root is None else str(Path(root).resolve()),
             "extract_config": man.get("config"), "backbones": man.get("backbones")}
 
@@ -193,8 +195,10 @@ def check_checkpoint(record: dict[str, Any], checkpoint: str | Path) -> Path:
     A run directory resumed after the evaluation is fine: its checkpoint of the recorded step is
     used while it is kept."""
     from scalemm.fuse.embedder import resolve_weights
+    from scalemm.fuse.model import EMBEDDING_RULE
     from scalemm.runs import CHECKPOINTS
 
+    check_rule(record, EMBEDDING_RULE, "this version of the code embeds")
     p = Path(checkpoint)
     seeds = p / f"seed-{record['seed']}"
     if p.is_dir() and not (p / CHECKPOINTS).is_dir() and (seeds / CHECKPOINTS).is_dir():
@@ -226,7 +230,18 @@ def check_added(index_dir: str | Path, embeddings: str | Path,
             f"{embeddings} was embedded by {'an unrecorded checkpoint' if not digest else 'another checkpoint'}, "
             f"not by the catalogue's (run {record['run']}, seed {record['seed']}, step {record['step']}); "
             f"embed the new products with that run")
+    check_rule(record, int(arrays["embedding_rule"]) if "embedding_rule" in arrays else 1, f"{embeddings} was embedded")
     return record
+
+
+def check_rule(record: Mapping[str, Any], rule: int, what: str) -> None:
+    """Refuse vectors embedded under another embedding rule than the catalogue's
+    (:data:`fuse.model.EMBEDDING_RULE`; a record or file without one: rule 1), with one line."""
+    built = int(record.get("embedding_rule", 1))
+    if rule != built:
+        raise CatalogueRunError(
+            f"the catalogue's vectors were embedded under embedding rule {built}, and {what} under rule {rule}: "
+            f"the same checkpoint gives other vectors; rebuild the catalogue with pipelines/evaluate.py")
 
 
 def record_added_store(index_dir: str | Path, embeddings: str | Path,

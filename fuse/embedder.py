@@ -33,7 +33,7 @@ from scalemm.store import Provenance, StoreError
 
 from .checkpoint import EMBED_FIELDS, check_provenance, load_weights, resolve_weights
 from .config import EmbedSettings, ScaleConfig, with_embedding_changes
-from .model import ScaleModel
+from .model import EMBEDDING_RULE, ScaleModel
 from .reader import EpochBatchSampler, FeatureDataset, make_loader
 from .variants import Variant, ablation_variants, drop_mask, embed_variants
 
@@ -193,8 +193,10 @@ def write_embeddings(result: Mapping[str, Any], path: str | Path, with_pooled: b
 
     extras = {"modalities": result["modalities"], "presence": result["presence"],
               "importances": result["importances"],
-              # which checkpoint embedded them: a catalogue refuses products another one embedded
-              "weights_sha256": np.array(file_fingerprint(result["weights"]))}
+              # which checkpoint embedded them, under which rule: a catalogue refuses products
+              # another one embedded, or the same under another rule
+              "weights_sha256": np.array(file_fingerprint(result["weights"])),
+              "embedding_rule": np.array(EMBEDDING_RULE, dtype=np.int64)}
     if result.get("features"):  # the store they came from: a catalogue they join shows their titles
         extras["features"] = np.array(str(result["features"]))
     if with_pooled:

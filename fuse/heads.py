@@ -9,9 +9,11 @@ floats; the embedding is the sum beside the heads:
 
     [ sqrt(SUM_SHARE) * sum  ,  sqrt(1 - SUM_SHARE) * heads ]   (L2-normalised)
 
-where ``heads`` is each head's normalised output times the modality's share of the product's
-importances among the headed modalities, side by side, normalised. A product with none of the
-headed modalities has the sum alone.
+where ``heads`` is each present head's normalised output, side by side, at equal weight,
+normalised. A product with none of the headed modalities has the sum alone. The heads do not
+read the importances: with them, a third modality's presence (a table) moved the balance of the
+title and the picture (the harmonizer judges each by its agreement with the others) and with it
+the instance (docs/decisions.md, "Heads at equal weight, witnesses by their identification").
 
 The heads are fitted once training ends (:func:`fit_heads`), on the encoder outputs of the
 train split's products, with the model frozen; no category label is read. The objective is a
@@ -67,19 +69,15 @@ class ModalityHeads(nn.Module):
         w = tensors[keys[0]]
         return cls(list(dict.fromkeys(names)), int(w.shape[1]), int(w.shape[0]))
 
-    def forward(self, z: Tensor, present: Tensor, importances: Tensor, modalities: Sequence[str],
+    def forward(self, z: Tensor, present: Tensor, modalities: Sequence[str],
                 names: Sequence[str] | None = None) -> Tensor:
-        """Float32 [B, H * dim]: the heads of ``names`` (default: all) side by side, each normalised
-        and weighed by the modality's share of the product's importances among them, the whole
-        L2-normalised (zero where a product has none of them). ``z`` [B, M, d], ``present`` and
-        ``importances`` [B, M] are in the model's modality order ``modalities``."""
-        from .model import importance_shares
-
+        """Float32 [B, H * dim]: the heads of ``names`` (default: all) side by side, each normalised,
+        zero where its modality is absent, the whole L2-normalised (zero where a product has none of
+        them). ``z`` [B, M, d] and ``present`` [B, M] are in the model's modality order ``modalities``."""
         names = self.names if names is None else [m for m in self.names if m in names]
         cols = [list(modalities).index(m) for m in names]
-        shares = importance_shares(present[:, cols], importances[:, cols])
-        parts = [F.normalize(self.proj[m](z[:, c].float()), dim=-1) * shares[:, j:j + 1]
-                 for j, (m, c) in enumerate(zip(names, cols))]
+        parts = [F.normalize(self.proj[m](z[:, c].float()), dim=-1) * present[:, c:c + 1].float()
+                 for m, c in zip(names, cols)]
         h = torch.cat(parts, dim=-1)
         return h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
@@ -111,13 +109,13 @@ def sample_rows(ds: Any, rows: np.ndarray, cap: int, seed: int) -> np.ndarray:
     return rows[sample_instances([ds.instances[i] for i in rows], [ds.ids[i] for i in rows], cap, seed)]
 
 
-def fit_heads(z: np.ndarray | Tensor, present: np.ndarray | Tensor, importances: np.ndarray | Tensor,
+def fit_heads(z: np.ndarray | Tensor, present: np.ndarray | Tensor,
               instances: Sequence[str], ids: Sequence[str], modalities: Sequence[str], names: Sequence[str],
               seed: int = 0, steps: int = STEPS, device: str | torch.device | None = None
               ) -> tuple[ModalityHeads | None, dict[str, float]]:
     """Heads for the modalities ``names`` fitted on train products' encoder outputs ``z``
-    [N, M, d] (with ``present`` / ``importances`` [N, M] in the order ``modalities``; the
-    products' ``instances`` and ``ids``). Returns the heads (None when no product carries any
+    [N, M, d] (with ``present`` [N, M] in the order ``modalities``; the products' ``instances``
+    and ``ids``). Returns the heads (None when no product carries any
     of them) and the fit's first and last loss.
 
     ``device``: where the fit runs (None: the CPU); training passes the model's. The start (the
@@ -125,14 +123,14 @@ def fit_heads(z: np.ndarray | Tensor, present: np.ndarray | Tensor, importances:
     every device, so a fit on CUDA sees the same start, batches and views as on the CPU and ends
     within float rounding of it (checked on an H200: docs/benchmarks.md)."""
     names = [m for m in modalities if m in set(names)]
-    z, present, imp = (torch.as_tensor(np.asarray(a)) for a in (z, present, importances))
+    z, present = (torch.as_tensor(np.asarray(a)) for a in (z, present))
     cols = [list(modalities).index(m) for m in names]
     if not cols or not bool(present[:, cols].any()):
         return None, {}
     gen = torch.Generator().manual_seed(int(seed))
     rows = sample_instances(instances, ids, MAX_ROWS, seed)
     rows = rows[present[rows][:, cols].any(1).numpy()]
-    z, present, imp = z[rows].float(), present[rows].bool(), imp[rows].float()
+    z, present = z[rows].float(), present[rows].bool()
     inst = np.array([split_key(instances[i], ids[i]) for i in rows], dtype=object)
     _, codes = np.unique(inst, return_inverse=True)
     codes = torch.as_tensor(codes)
@@ -150,26 +148,26 @@ def fit_heads(z: np.ndarray | Tensor, present: np.ndarray | Tensor, importances:
     # device sees the same start, batches and views (the SVD on CUDA gave another start on an H200)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     heads = heads.to(dev)
-    z, present, imp = z.to(dev), present.to(dev), imp.to(dev)
+    z, present = z.to(dev), present.to(dev)
     positives = (codes[:, None] == codes[None, :]).to(dev)
     opt = torch.optim.Adam(heads.parameters(), lr=LR)
     losses = []
     sizes = torch.bincount(codes)
     for _ in range(steps):
-        zb, pb, ib, posb = z, present, imp, positives
+        zb, pb, posb = z, present, positives
         if len(rows) > BATCH:  # whole instances in random order, up to BATCH products
             order = torch.randperm(len(sizes), generator=gen)
             n = max(1, int(torch.searchsorted(torch.cumsum(sizes[order], 0), BATCH, right=True)))
             idx = torch.isin(codes, order[:n]).nonzero().squeeze(1)
             posb = (codes[idx, None] == codes[None, idx]).to(dev)
             idx = idx.to(dev)
-            zb, pb, ib = z[idx], present[idx], imp[idx]
+            zb, pb = z[idx], present[idx]
         keep = (torch.rand(pb.shape, generator=gen) >= DROP).to(dev)
         dropped = pb & keep
         lost = ~dropped[:, cols].any(1)  # a view keeps at least one headed modality
         dropped[lost] = pb[lost]
-        a = heads(zb, pb, ib, modalities)
-        b = heads(zb, dropped, ib, modalities)
+        a = heads(zb, pb, modalities)
+        b = heads(zb, dropped, modalities)
         logits = a @ b.T / TEMPERATURE
         loss = 0.5 * (_multi_positive(logits, posb) + _multi_positive(logits.T, posb))
         opt.zero_grad(set_to_none=True)

@@ -76,6 +76,15 @@ class Encoded:
     first_only: bool = False  # seqs hold each modality's first token alone ([B, 1, d]; keys [B, 1])
 
 
+# What turns a trained model's outputs into the product embedding, as a version: an embeddings
+# file and a catalogue record carry it, and a catalogue refuses vectors of another (the same
+# checkpoint embeds differently under another rule). 1: until 2026-12-05, the heads weighed by the
+# importances and the agreement's witnesses equal; 2: the heads at equal weight and the witnesses
+# weighed by their identification (docs/decisions.md, "Heads at equal weight, witnesses by their
+# identification").
+EMBEDDING_RULE = 2
+
+
 class SelfHarmonizer(nn.Module):
     """Self-harmonized modality weights, per sample, as in SCALE.
 
@@ -108,10 +117,15 @@ class SelfHarmonizer(nn.Module):
 
     ``identification`` = p > 0 (the embedding's ``identification_power``): the identification
     rate is how often a modality's output alone finds its own product among the batch by the
-    rest of the product; outside training importances are multiplied by (rate / best rate) ** p. Agreement says whether
-    a modality fits the rest of its product; a shop's table template fits every product of the
-    category and tells none apart, and weighed by agreement alone it blurred the instance
-    (docs/decisions.md).
+    rest of the product. Outside training, with rates measured, each modality's identification
+    factor f = (rate / best rate) ** p acts twice. Importances are multiplied by f: agreement
+    says whether a modality fits the rest of its product; a shop's table template fits every
+    product of the category and tells none apart, and weighed by agreement alone it blurred the
+    instance. And the agreement itself hears the other modalities as witnesses weighed by f ** 2,
+    leaving out the closest only where three or more others are present: with the old rule (and
+    equal witnesses) a title beside a picture and a table was judged by the table alone, so a
+    table's presence moved the balance of the title and the picture and cost fine retrieval
+    (docs/decisions.md, "Heads at equal weight, witnesses by their identification").
 
     ``uniform=True`` gives W = 1 for every present pair and importance 1 (no harmonizing).
     """
@@ -154,22 +168,32 @@ class SelfHarmonizer(nn.Module):
             return W, torch.diagonal(W, dim1=1, dim2=2)
         others = pair & ~torch.eye(pair.shape[1], dtype=torch.bool, device=pair.device)
         n = others.sum(-1)
-        total = torch.where(others, S, torch.zeros_like(S)).sum(-1)
+        factor = self.identification_factor()  # None in training or without the correction
         # corroborated: leave out the closest other modality where two or more are present (a
-        # picture's near-copy, the video or a second photo, cannot vouch for it alone)
-        closest = torch.where(others, S, torch.full_like(S, -2.0)).amax(-1)
-        drop = n >= 2
-        total = torch.where(drop, total - closest, total)
-        n = torch.where(drop, n - 1, n)
-        agree = total / n.clamp_min(1)
+        # picture's near-copy, the video or a second photo, cannot vouch for it alone); where the
+        # witnesses are weighed by their identification, where three or more are
+        drop = n >= (2 if factor is None else 3)
+        closest = torch.where(others, S, torch.full_like(S, -2.0)).argmax(-1, keepdim=True)
+        witness = others & ~(torch.zeros_like(others).scatter_(-1, closest, True) & drop[..., None])
+        weight = witness.to(S.dtype) * (1.0 if factor is None else factor.to(S.dtype) ** 2)
+        wsum = weight.sum(-1)
+        agree = torch.where(wsum > 0, (weight * S).sum(-1) / wsum.clamp_min(1e-30), torch.zeros_like(wsum))
         if self.importance == "gated":
             agree = torch.sigmoid(agree * F.softplus(self.gate_scale) + self.gate_bias)
         imp = torch.where(n > 0, agree, torch.ones_like(agree))
-        if self.identification > 0 and not self.training:
-            rate = self.identification_rate.to(imp.dtype).clamp_min(1e-3)
-            factor = (rate / rate.max()) ** self.identification
-            imp = imp * torch.where(self.identification_updates > 0, factor, torch.ones_like(factor))
+        if factor is not None:
+            imp = imp * factor.to(imp.dtype)
         return W, torch.where(present, imp, torch.zeros_like(imp))
+
+    def identification_factor(self) -> Tensor | None:
+        """Float32 [M]: each modality's (identification rate / the best rate) ** p, 1 where no rate
+        was measured; None in training, where p is 0 or where no rate was measured (a checkpoint
+        from before they were kept): see the class doc."""
+        if not (self.identification > 0 and not self.training) or not bool((self.identification_updates > 0).any()):
+            return None
+        rate = self.identification_rate.float().clamp_min(1e-3)
+        factor = (rate / rate.max()) ** self.identification
+        return torch.where(self.identification_updates > 0, factor, torch.ones_like(factor))
 
     @torch.no_grad()
     def update_identification(self, pooled: Tensor, importances: Tensor, present: Tensor) -> None:
@@ -358,7 +382,7 @@ class ScaleModel(nn.Module):
         names = self.active_heads
         if not names:
             return summed
-        h = self.heads(z if enc_pooled is None else enc_pooled, present, importances, self.modalities, names)
+        h = self.heads(z if enc_pooled is None else enc_pooled, present, self.modalities, names)
         return with_heads(summed, h)
 
     def load_trained(self, tensors: Mapping[str, Tensor]) -> None:

@@ -274,7 +274,7 @@ def attach_heads(job: TrainJob) -> dict[str, Any]:
     model.eval()
     device = next(model.parameters()).device
     enc = embed_variants(model, make_loader(job.ds, sampler, cfg.runtime.loader_workers), [], device)
-    heads, fit = fit_heads(enc["enc_pooled"], enc["presence"], enc["importances"], enc["instances"], enc["ids"],
+    heads, fit = fit_heads(enc["enc_pooled"], enc["presence"], enc["instances"], enc["ids"],
                            model.modalities, names, seed=cfg.seed, device=device)
     model.set_heads(heads)
     if heads is None:

@@ -12,8 +12,9 @@ Arrays (no pickles: strings are unicode arrays, so ``np.load(allow_pickle=False)
 and, from ``pipelines/embed.py``, extras beside them: ``modalities`` [M] unicode,
 ``presence`` bool [N, M], ``importances`` float32 [N, M], ``pooled`` float32 [N, M, d],
 ``weights_sha256`` unicode scalar (the checkpoint that embedded them: a catalogue index takes
-only its own model's vectors) and ``features`` unicode scalar (the store they came from: search
-shows added products' titles from it).
+only its own model's vectors), ``embedding_rule`` int64 scalar (how the model's outputs became
+the vectors, ``fuse.model.EMBEDDING_RULE``; absent: rule 1) and ``features`` unicode scalar (the
+store they came from: search shows added products' titles from it).
 An evaluation's ``EVAL/embeddings/<method>.npz`` holds the required arrays only, and is
 enough to rebuild that method's index.
 """

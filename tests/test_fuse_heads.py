@@ -40,9 +40,9 @@ def _listings(n_instances: int = 40, d: int = 128, seed: int = 0):
     return z, present, importances, [f"i{i}" for i in inst], [f"p{i}" for i in range(n)], inst
 
 
-def _sibling_found(heads: ModalityHeads, z, present, importances, inst) -> float:
+def _sibling_found(heads: ModalityHeads, z, present, inst) -> float:
     with torch.no_grad():
-        h = heads(torch.as_tensor(z), torch.as_tensor(present), torch.as_tensor(importances), MODS).numpy()
+        h = heads(torch.as_tensor(z), torch.as_tensor(present), MODS).numpy()
     sim = h @ h.T
     np.fill_diagonal(sim, -np.inf)
     return float(np.mean(inst[sim.argmax(1)] == inst))
@@ -55,11 +55,11 @@ def test_the_fitted_heads_find_the_other_listing_that_their_pca_start_misses(bat
     if batch is not None:
         monkeypatch.setattr(heads_module, "BATCH", batch)
     z, present, imp, instances, ids, inst = _listings()
-    start, _ = fit_heads(z, present, imp, instances, ids, MODS, ["text", "image"], steps=0)
-    fitted, fit = fit_heads(z, present, imp, instances, ids, MODS, ["text", "image"])
+    start, _ = fit_heads(z, present, instances, ids, MODS, ["text", "image"], steps=0)
+    fitted, fit = fit_heads(z, present, instances, ids, MODS, ["text", "image"])
     assert fitted.names == ["image", "text"] and fitted.dim == HEAD_DIM
     assert fit["final_loss"] < fit["first_loss"] and fit["products"] == len(ids)
-    before, after = _sibling_found(start, z, present, imp, inst), _sibling_found(fitted, z, present, imp, inst)
+    before, after = _sibling_found(start, z, present, inst), _sibling_found(fitted, z, present, inst)
     assert before < 0.5 and after > floor, (before, after)
 
 
@@ -69,8 +69,8 @@ def test_the_fit_runs_on_the_device_it_is_given_with_the_cpu_draws(device, monke
     device ends where the CPU fit does, within rounding (here with steps that draw instances)."""
     monkeypatch.setattr(heads_module, "BATCH", 61)
     z, present, imp, instances, ids, _ = _listings()
-    ref, ref_fit = fit_heads(z, present, imp, instances, ids, MODS, ["text", "image"], steps=20)
-    got, fit = fit_heads(z, present, imp, instances, ids, MODS, ["text", "image"], steps=20, device=device)
+    ref, ref_fit = fit_heads(z, present, instances, ids, MODS, ["text", "image"], steps=20)
+    got, fit = fit_heads(z, present, instances, ids, MODS, ["text", "image"], steps=20, device=device)
     assert next(got.parameters()).device.type == device
     assert fit["products"] == ref_fit["products"]
     assert abs(fit["final_loss"] - ref_fit["final_loss"]) < 1e-3 * max(1.0, ref_fit["final_loss"])
@@ -81,7 +81,7 @@ def test_the_fit_runs_on_the_device_it_is_given_with_the_cpu_draws(device, monke
 def test_no_heads_are_fitted_for_modalities_no_product_carries() -> None:
     z, present, imp, instances, ids, _ = _listings(n_instances=4)
     present[:, :2] = False
-    heads, fit = fit_heads(z, present, imp, instances, ids, MODS, ["text", "image"])
+    heads, fit = fit_heads(z, present, instances, ids, MODS, ["text", "image"])
     assert heads is None and fit == {}
 
 
@@ -92,7 +92,7 @@ def test_the_embedding_puts_the_sum_beside_the_heads_and_keeps_the_sum_where_non
     zt, pt, it = torch.as_tensor(z), torch.as_tensor(present), torch.as_tensor(imp)
     with torch.no_grad():
         summed = weighted_embedding(zt, pt, it, "importance")
-        h = heads(zt, pt, it, MODS)
+        h = heads(zt, pt, MODS)
         emb = with_heads(summed, h)
     d = z.shape[-1]
     assert emb.shape == (len(z), d + 2 * HEAD_DIM)
@@ -100,6 +100,25 @@ def test_the_embedding_puts_the_sum_beside_the_heads_and_keeps_the_sum_where_non
     assert torch.allclose(emb[0, :d], summed[0], atol=1e-6) and float(emb[0, d:].abs().max()) == 0.0
     # elsewhere the sum holds SUM_SHARE of the squared norm
     assert torch.allclose(emb[1:, :d].pow(2).sum(1), torch.full((len(z) - 1,), SUM_SHARE), atol=1e-5)
+
+
+def test_the_heads_weigh_the_present_headed_modalities_equally_whatever_else_is_present() -> None:
+    """Each present head at equal weight: a product's heads do not move when a modality without a
+    head (a table) joins or leaves it, and an absent headed modality gives its block zero."""
+    z, present, *_ = _listings(n_instances=3)
+    heads = ModalityHeads(["image", "text"], z.shape[-1])
+    zt, pt = torch.as_tensor(z), torch.as_tensor(present)
+    no_table = pt.clone()
+    no_table[:, MODS.index("table")] = False
+    no_text = pt.clone()
+    no_text[:, MODS.index("text")] = False
+    with torch.no_grad():
+        h, h_no_table, h_no_text = heads(zt, pt, MODS), heads(zt, no_table, MODS), heads(zt, no_text, MODS)
+        img = torch.nn.functional.normalize(heads.proj["image"](zt[:, 0]), dim=-1)
+    assert torch.equal(h, h_no_table)
+    block = [b.norm(dim=1) for b in h.split(HEAD_DIM, dim=1)]  # image, text: 1/sqrt(2) each
+    assert torch.allclose(block[0], block[1]) and torch.allclose(block[0], torch.full_like(block[0], 0.5 ** 0.5))
+    assert torch.allclose(h_no_text[:, :HEAD_DIM], img, atol=1e-6) and float(h_no_text[:, HEAD_DIM:].abs().max()) == 0
 
 
 def test_instances_are_sampled_whole_up_to_the_cap() -> None:

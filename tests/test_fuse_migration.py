@@ -3,12 +3,14 @@
 The fixtures in tests/data/scale-fuse-1/ were written by the code before the config rework
 (format ``scale-fuse-1``, with its flat 49-key config; tests/data/scale-fuse-1/make_fixtures.py
 wrote them and the embeddings that code gave a fixed batch). Today's code must load them, embed
-that batch to the same vectors, and refuse a removed option set to a value it cannot reproduce,
+that batch to the same vectors (under the embedding rule of their day where it has changed since:
+fuse.model.EMBEDDING_RULE), and refuse a removed option set to a value it cannot reproduce,
 naming it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -56,9 +58,21 @@ def test_an_old_checkpoint_loads_and_embeds_as_it_did(name) -> None:
     assert cfg.embedding.source == old["embed_from"] and cfg.embedding.weighting == old["embed_weighting"]
     assert not hasattr(cfg.embedding, "importance_shrink")  # removed; the weights never depended on it
     assert cfg.embedding.identification_power == old["identification_power"]
+    expected = np.load(DATA / "expected_embeddings.npz", allow_pickle=False)[name]
+    h = model.harmonizer
     with torch.no_grad():
-        emb = product_embedding(model(random_batch(B=6, seed=1)), model.embedding).numpy()
-    np.testing.assert_allclose(emb, np.load(DATA / "expected_embeddings.npz", allow_pickle=False)[name], atol=1e-5)
+        out = model(random_batch(B=6, seed=1))
+        emb = product_embedding(out, model.embedding).numpy()
+        factor = h.identification_factor()
+        if factor is not None:  # embedding rule 2 weighs the agreement's witnesses (fuse.model.EMBEDDING_RULE)
+            # under rule 1, the plain agreement (the training one) times the factor, it embeds as it did
+            plain = h.train()(out.enc_pooled.float(), out.present)[1] * factor
+            h.eval()
+            before = product_embedding(dataclasses.replace(out, importances=plain), model.embedding).numpy()
+            np.testing.assert_allclose(before, expected, atol=1e-5)
+            assert np.abs(emb - expected).max() > 1e-3  # and the rule did change the vectors
+            return
+    np.testing.assert_allclose(emb, expected, atol=1e-5)
 
 
 def test_running_statistics_a_checkpoint_lacks_stay_zero() -> None:

@@ -204,10 +204,55 @@ def test_identification_rate_finds_the_modality_that_tells_products_apart() -> N
         _, scaled = h.eval()(x, torch.ones(4, 3, dtype=torch.bool))
         assert torch.equal(h.train()(x, torch.ones(4, 3, dtype=torch.bool))[1], raw)  # never in training
     rate = h.identification_rate
-    assert torch.allclose(scaled, raw * (rate / rate.max()) ** p, atol=1e-6)
-    assert torch.allclose(scaled[:, :2], raw[:, :2]) and (scaled[:, 2] < 0.5 * raw[:, 2]).all()
+    factor = (rate / rate.max()) ** p
+    with torch.no_grad():  # by the definition: two others each, none left out, witnesses weighed by factor ** 2
+        f = torch.nn.functional.normalize(torch.relu(h.proj(x)), dim=-1)
+        S = f @ f.transpose(1, 2)
+        for m in range(3):
+            n = [k for k in range(3) if k != m]
+            w = factor[n] ** 2
+            agree = (S[:, m, n] * w).sum(-1) / w.sum()
+            assert torch.allclose(scaled[:, m], _gate(h, m, agree) * factor[m], atol=1e-6)
+            # the plain importance: the closest of the two others left out, the factor unused
+            assert torch.allclose(raw[:, m], _gate(h, m, S[:, m, n].min(-1).values), atol=1e-6)
+    assert (scaled[:, 2] < raw[:, 2]).all()  # the template weighs less
     with torch.no_grad():
         assert torch.equal(before, plain.eval()(xb, present)[1])
+
+
+def test_a_weak_witness_does_not_move_the_importance_of_the_others_outside_training() -> None:
+    """A title beside a picture and a shop's table: under the plain rule (training) the title's
+    agreement leaves out the closest other, the picture, and rests on the table alone, so adding
+    the table moves the title's importance; outside training the witnesses are weighed by their
+    identification factor squared and the closest is left out only among three or more others, so a
+    table that identifies little leaves it almost where it was without the table."""
+    image, title, table, video = [1, 0, 0, .3], [.7, .2, .7, .1], [0, 1, 0, .3], [1, .05, 0, .3]
+    x = torch.tensor([[image, title, table, video]])
+    h = _identity_harmonizer(identification=2.0)
+    with torch.no_grad():
+        h.identification_rate.copy_(torch.tensor([0.9, 0.8, 0.1, 0.7]))
+        h.identification_updates.fill_(5)
+    factor = (h.identification_rate / 0.9) ** 2
+    two = torch.tensor([[True, True, False, False]])
+    three = torch.tensor([[True, True, True, False]])
+    with torch.no_grad():
+        trained_two, trained_three = h.train()(x, two)[1], h.train()(x, three)[1]
+        eval_two, eval_three = h.eval()(x, two)[1], h.eval()(x, three)[1]
+        full = h.eval()(x, torch.ones(1, 4, dtype=torch.bool))[1]
+    # the plain rule: the table moves the title's importance by a lot
+    assert abs(float(trained_three[0, 1] - trained_two[0, 1])) > 0.1
+    # witnesses by their identification: it barely moves
+    assert abs(float(eval_three[0, 1] - eval_two[0, 1])) < 0.01
+    assert torch.allclose(eval_two[0, 1], trained_two[0, 1] * factor[1], atol=1e-6)
+    # three others: the closest is left out, the other two weighed by factor ** 2
+    fn = torch.nn.functional.normalize(x[0], dim=-1)
+    S = fn @ fn.T
+    for m in range(4):
+        others = [n for n in range(4) if n != m]
+        kept = [n for n in others if n != max(others, key=lambda n: float(S[m, n]))]
+        w = factor[kept] ** 2
+        agree = (S[m, kept] * w).sum() / w.sum()
+        assert torch.isclose(full[0, m], _gate(h, m, agree) * factor[m], atol=1e-5), m
 
 
 def test_only_full_training_passes_update_the_running_statistics() -> None:

@@ -68,6 +68,32 @@ def test_check_added_refuses_other_checkpoints(tmp_path) -> None:
         check_added(tmp_path / "nothing", npz("ok.npz", weights_sha256=np.array("a" * 64)))
 
 
+def test_a_catalogue_refuses_vectors_of_another_embedding_rule(tmp_path) -> None:
+    """The same checkpoint embeds differently under another embedding rule: products embedded by
+    this version are refused by a catalogue built under an older rule (a record without one: rule
+    1), and so is a search of it; a catalogue of this rule takes them."""
+    from scalemm.embedfile import save_embeddings
+    from scalemm.evaluate.catalogue import RECORD_FILE, RECORD_FORMAT, CatalogueRunError, check_added, check_checkpoint
+    from scalemm.fuse.model import EMBEDDING_RULE
+
+    assert EMBEDDING_RULE > 1
+    new = save_embeddings(tmp_path / "new.npz", ["n1"], np.ones((1, 4), np.float32), ["c"], [""],
+                          weights_sha256=np.array("a" * 64), embedding_rule=np.array(EMBEDDING_RULE))
+    old = save_embeddings(tmp_path / "old.npz", ["n1"], np.ones((1, 4), np.float32), ["c"], [""],
+                          weights_sha256=np.array("a" * 64))
+    rec = {"format": RECORD_FORMAT, "weights_sha256": "a" * 64, "run": "/runs/seed-0", "seed": 0, "step": 12}
+    (tmp_path / RECORD_FILE).write_text(json.dumps(rec))  # built before the rule was recorded
+    with pytest.raises(CatalogueRunError, match=f"embedding rule 1, and .*new.npz was embedded under rule {EMBEDDING_RULE}"):
+        check_added(tmp_path, new)
+    assert check_added(tmp_path, old)["seed"] == 0
+    with pytest.raises(CatalogueRunError, match=f"rule 1, and this version of the code embeds under rule {EMBEDDING_RULE}"):
+        check_checkpoint(rec, tmp_path / "run")
+    (tmp_path / RECORD_FILE).write_text(json.dumps({**rec, "embedding_rule": EMBEDDING_RULE}))
+    assert check_added(tmp_path, new)["seed"] == 0
+    with pytest.raises(CatalogueRunError, match=f"rule {EMBEDDING_RULE}, and .*old.npz was embedded under rule 1"):
+        check_added(tmp_path, old)
+
+
 def test_single_product_rows_are_the_store_rows(demo_corpus, tiny_config) -> None:
     """A product featurized alone, from loose files, has the rows a store holds: the same
     shapes, counts and bits whatever else is encoded beside it."""
