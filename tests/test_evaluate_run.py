@@ -194,7 +194,7 @@ def test_sampled_evaluation_records_its_samples_and_new_products_join_the_catalo
     rc, _, err, _ = run_cli("evaluate.py", "--out", str(out), "--add-products", str(tmp_path / "other.npz"))
     assert rc == 2 and "error:" in err.strip().splitlines()[-1]  # refused: not known to be the catalogue's model
     save_embeddings(tmp_path / "new.npz", ids, z["vectors"], z["labels"], z["instances"],
-                    weights_sha256=z["weights_sha256"])
+                    weights_sha256=z["weights_sha256"], embedding_rule=z["embedding_rule"])
     rc, stdout, err, _ = run_cli("evaluate.py", "--out", str(out), "--add-products", str(tmp_path / "new.npz"))
     assert rc == 0, err
     assert last_json(stdout)["products"] == 180
