@@ -158,9 +158,11 @@ def mean_std(values: Sequence[Any]) -> Any:
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation of two equally long sequences (average ranks for ties)."""
+    """Spearman rank correlation of two equally long sequences (average ranks for ties); NaN
+    where it is not defined: fewer than two values, or one sequence constant (a tiny evaluation
+    where every modality scores alike), said so rather than warned by scipy."""
     from scipy.stats import spearmanr
 
-    if len(a) < 2:
+    if len(a) < 2 or len(set(map(float, a))) < 2 or len(set(map(float, b))) < 2:
         return float("nan")
     return float(spearmanr(a, b).statistic)

@@ -132,3 +132,21 @@ def test_each_step_is_paired_with_the_one_before_it() -> None:
         assert got["b"][t] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
         want = 1.0 - pooled(b, t).mean()
         assert got["c"][t]["diff"] == pytest.approx(want) and 0 < got["c"][t]["lo"] <= want <= got["c"][t]["hi"]
+
+
+def test_spearman_is_nan_without_a_warning_where_a_sequence_is_constant() -> None:
+    """The importances' rank correlation with the frozen modalities' scores: defined where both
+    vary; where one is constant (a tiny evaluation where every modality scores alike) it is NaN,
+    and scipy's warning is not printed."""
+    import math
+    import warnings
+
+    from scalemm.evaluate.protocol import spearman
+
+    assert spearman([0.1, 0.5, 0.3], [1.0, 3.0, 2.0]) == 1.0
+    assert spearman([0.1, 0.5, 0.3], [3.0, 1.0, 2.0]) == -1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(spearman([0.1, 0.5, 0.3], [1.0, 1.0, 1.0]))
+        assert math.isnan(spearman([0.2, 0.2], [1.0, 2.0]))
+        assert math.isnan(spearman([0.2], [1.0]))
