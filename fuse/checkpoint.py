@@ -47,6 +47,10 @@ REMOVED = {"mlp_ratio": 4.0, "attn_dropout": 0.0, "harmonizer_dim": 0, "mask_los
            "block_weight": 0.0, "frozen_blocks": 0.0}
 TRAINED_BEFORE = {"agreement": "mean", "block_weight": 0.0, "frozen_blocks": 0.0,
                   "importance_shrink": 0.0, "identification_power": 0.0, "instance_positives": False}
+# in every format: training keys added since a checkpoint may have been written (absent: the value
+# it was trained with), and options retired since (the only value that still loads)
+ADDED_SINCE = {"frozen_prediction": 0.0}
+RETIRED = {"contrast_on": "encoder"}
 # moved into the embedding section (new name), and the runtime settings a checkpoint no longer keeps
 MOVED = {"embed_from": "source", "embed_weighting": "weighting", "identification_power": "identification_power"}
 # embedding-time settings removed: the weights never depended on them, so any value loads
@@ -195,17 +199,15 @@ def migrate(saved: dict[str, Any], fmt: str, where: str) -> dict[str, Any]:
     """A checkpoint's saved config, written in format ``fmt``, as the current format's: the one
     place that knows every older format. Raises CheckpointError naming a removed option the
     checkpoint was trained with at a value this version cannot reproduce."""
+    saved = dict(saved)
+    for key, value in ADDED_SINCE.items():
+        saved.setdefault(key, value)
+    _drop_removed(saved, RETIRED, where)
     if fmt == FORMAT:
         return saved
-    saved = dict(saved)
     for key, value in TRAINED_BEFORE.items():
         saved.setdefault(key, value)
-    for key, kept in REMOVED.items():
-        value = saved.pop(key, kept)
-        if value != kept:
-            raise CheckpointError(f"{where} was trained with {key}: {value!r}, an option this version removed "
-                                  f"(it reproduces only {key}: {kept!r}); embed it with the version that "
-                                  f"trained it, or train again")
+    _drop_removed(saved, REMOVED, where)
     if saved.get("importance") == "agreement":
         raise CheckpointError(f"{where} was trained with importance: 'agreement', an option this version "
                               f"removed (only 'gated' and 'diagonal' remain); train again")
@@ -217,6 +219,16 @@ def migrate(saved: dict[str, Any], fmt: str, where: str) -> dict[str, Any]:
         saved.pop(key, None)
     saved["embedding"] = embedding
     return saved
+
+
+def _drop_removed(saved: dict[str, Any], removed: dict[str, Any], where: str) -> None:
+    """Drop the ``removed`` options from ``saved``; refuse one trained at a value other than the kept one."""
+    for key, kept in removed.items():
+        value = saved.pop(key, kept)
+        if value != kept:
+            raise CheckpointError(f"{where} was trained with {key}: {value!r}, an option this version removed "
+                                  f"(it reproduces only {key}: {kept!r}); embed it with the version that "
+                                  f"trained it, or train again")
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

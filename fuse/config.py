@@ -127,12 +127,17 @@ class ScaleConfig:
     # a modality's importance per product: "gated" (its agreement with the product's other
     # modalities, through a per-modality gate) | "diagonal" (the paper's literal W[m, m])
     importance: str = "gated"
-    simcl_weight: float = 0.0  # SIMCL, the paper's pairwise inter-modality contrast
-    contrast_on: str = "encoder"  # SIMCL on the encoders' pooled outputs | "fusion": the fused ones
+    # SIMCL, the paper's pairwise inter-modality contrast, on the encoders' pooled outputs (on the
+    # fused ones it collapsed: docs/decisions.md)
+    simcl_weight: float = 0.0
     # subset consistency: the embedding of a random half of a product's modalities finds the other half
     subset_weight: float = 1.0
     # other listings of the product's instance are positives there (no category label is read)
     instance_positives: bool = True
+    # each random half's embedding (as in subset consistency) predicts every present modality's
+    # frozen vector (the mean of its tokens, centred over the batch) through a linear decoder per
+    # modality, loss 1 - cosine, at this weight (0: off): it keeps what tells products apart
+    frozen_prediction: float = 0.0
     masked_losses: bool = False  # masked modelling: regress hidden tokens' frozen features (MSE)
     mask_prob: float = 0.15  # share of valid tokens hidden (table: whole key/value entities)
 
@@ -179,7 +184,7 @@ class ScaleConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
-        for name in ("frozen_skip", "simcl_weight", "subset_weight"):
+        for name in ("frozen_skip", "simcl_weight", "subset_weight", "frozen_prediction"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("temperature", "lr"):
@@ -187,8 +192,6 @@ class ScaleConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.importance not in ("gated", "diagonal"):
             raise ConfigError(f"importance must be 'gated' or 'diagonal', got {self.importance!r}")
-        if self.contrast_on not in ("encoder", "fusion"):
-            raise ConfigError(f"contrast_on must be 'encoder' or 'fusion', got {self.contrast_on!r}")
         from scalemm.splits import SplitSpec, rows_of
         SplitSpec(self.split_seed, tuple(self.split_fractions))
         rows_of(np.array([], dtype=object), self.train_split)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .config import ScaleConfig
 from scalemm.device import to_device
 from .gather import all_gather_rows, gather_output
-from .losses import instance_codes, scale_loss, subset_consistency_loss
+from .losses import frozen_prediction_loss, instance_codes, scale_loss, subset_consistency_loss
 from .masking import choose_masks
 from .model import ScaleModel
 
@@ -81,11 +81,16 @@ class Objective(nn.Module):
             if gather:  # in the rows' order of ``con`` (unchanged on one process)
                 codes = all_gather_rows(codes)
         subset = subset_consistency_loss(self.model, con, cfg.temperature, codes) if cfg.subset_weight > 0 else None
-        terms = scale_loss(out, batch, cfg.temperature, cfg.contrast_on, rescale,
+        terms = scale_loss(out, batch, cfg.temperature, rescale,
                            rescale_importance=rescale and cfg.importance == "diagonal", subset=subset,
                            subset_weight=cfg.subset_weight, simcl_weight=cfg.simcl_weight, gathered=con)
-        stats: dict[str, Tensor] = {"loss": terms.total.detach(), "loss_simcl": terms.simcl.detach(),
-                                    "loss_mask": terms.masked.detach()}
+        total = terms.total
+        stats: dict[str, Tensor] = {"loss_simcl": terms.simcl.detach(), "loss_mask": terms.masked.detach()}
+        if cfg.frozen_prediction > 0:  # on this rank's products (no negatives to gather)
+            predicted = frozen_prediction_loss(self.model, out, batch)
+            total = total + cfg.frozen_prediction * predicted
+            stats["loss_frozen"] = predicted.detach()
+        stats = {"loss": total.detach(), **stats}
         if subset is not None:
             stats["loss_subset"] = subset.detach()
         stats.update({f"loss_mask_{m}": v.detach() for m, v in terms.mask.items()})
@@ -94,13 +99,12 @@ class Objective(nn.Module):
             pres = out.present[:, j]
             if bool(pres.any()):
                 stats[f"importance_{m}"] = out.importances[pres, j].detach().float().mean()
-        return terms.total, stats
+        return total, stats
 
 
 def contrast_fields(cfg: ScaleConfig) -> tuple[str, ...]:
     """The parts of the model output the contrastive losses read (what is gathered across ranks)."""
-    pooled = "enc_pooled" if cfg.contrast_on == "encoder" else "pooled"
-    return tuple(dict.fromkeys([pooled, "weights", *(["enc_pooled"] if cfg.subset_weight > 0 else [])]))
+    return ("enc_pooled", "weights")
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
