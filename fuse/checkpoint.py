@@ -47,9 +47,7 @@ REMOVED = {"mlp_ratio": 4.0, "attn_dropout": 0.0, "harmonizer_dim": 0, "mask_los
            "block_weight": 0.0, "frozen_blocks": 0.0}
 TRAINED_BEFORE = {"agreement": "mean", "block_weight": 0.0, "frozen_blocks": 0.0,
                   "importance_shrink": 0.0, "identification_power": 0.0, "instance_positives": False}
-# in every format: training keys added since a checkpoint may have been written (absent: the value
-# it was trained with), and options retired since (the only value that still loads)
-ADDED_SINCE = {"frozen_prediction": 0.0}
+# in every format: options retired since, each with the only value that still loads
 RETIRED = {"contrast_on": "encoder"}
 # moved into the embedding section (new name), and the runtime settings a checkpoint no longer keeps
 MOVED = {"embed_from": "source", "embed_weighting": "weighting", "identification_power": "identification_power"}
@@ -200,8 +198,6 @@ def migrate(saved: dict[str, Any], fmt: str, where: str) -> dict[str, Any]:
     place that knows every older format. Raises CheckpointError naming a removed option the
     checkpoint was trained with at a value this version cannot reproduce."""
     saved = dict(saved)
-    for key, value in ADDED_SINCE.items():
-        saved.setdefault(key, value)
     _drop_removed(saved, RETIRED, where)
     if fmt == FORMAT:
         return saved

@@ -134,10 +134,6 @@ class ScaleConfig:
     subset_weight: float = 1.0
     # other listings of the product's instance are positives there (no category label is read)
     instance_positives: bool = True
-    # each random half's embedding (as in subset consistency) predicts every present modality's
-    # frozen vector (the mean of its tokens, centred over the batch) through a linear decoder per
-    # modality, loss 1 - cosine, at this weight (0: off): it keeps what tells products apart
-    frozen_prediction: float = 0.0
     masked_losses: bool = False  # masked modelling: regress hidden tokens' frozen features (MSE)
     mask_prob: float = 0.15  # share of valid tokens hidden (table: whole key/value entities)
 
@@ -184,7 +180,7 @@ class ScaleConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
-        for name in ("frozen_skip", "simcl_weight", "subset_weight", "frozen_prediction"):
+        for name in ("frozen_skip", "simcl_weight", "subset_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("temperature", "lr"):

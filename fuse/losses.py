@@ -187,34 +187,6 @@ def subset_consistency_loss(model: Any, out: ModelOutput, temperature: float = 0
     return 0.5 * (multi_positive_nce(logits, same) + multi_positive_nce(logits.T, same.T))
 
 
-def frozen_prediction_loss(model: Any, out: ModelOutput, batch: Mapping[str, Any]) -> Tensor:
-    """The embedding must keep what the frozen backbones tell apart.
-
-    Each product's present modalities are split at random into two halves (as in
-    :func:`subset_consistency_loss`); from each half's summed embedding a linear decoder per
-    modality (``model.frozen_decoders``) predicts every present modality's frozen vector: the
-    mean of its valid tokens, centred over the batch's products that have it (what tells them
-    apart, not what they share). The loss is 1 - cosine, the mean over halves, modalities and
-    products. A half must predict the modalities it does not see too: the title's half carries
-    what the picture adds, and the fine, instance-level detail the contrastive terms can blur is
-    asked for explicitly. Products with one modality are left out (no halves)."""
-    a, b, ok = random_halves(out.present)
-    losses = []
-    for half in (a, b):
-        e = model.subset_embedding(out.enc_pooled, half)
-        for j, m in enumerate(out.modalities):
-            pres = out.present[:, j] & ok
-            if int(pres.sum()) < 2:
-                continue
-            tok = batch["tokens"][m].float()
-            valid = (batch["mask"][m] & batch["present"][m][:, None]).float()
-            f = (tok * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp_min(1.0)
-            f = f[pres] - f[pres].mean(0, keepdim=True)
-            pred = model.frozen_decoders[m](e[pres]).float()
-            losses.append((1.0 - F.cosine_similarity(pred, f, dim=-1)).mean())
-    return torch.stack(losses).mean() if losses else out.enc_pooled.sum() * 0.0
-
-
 def multi_positive_nce(logits: Tensor, positives: Tensor) -> Tensor:
     """-log(sum of exp over the row's positives / sum of exp over the row), mean over rows;
     ``positives`` Bool [B, B] with the diagonal set (equals :func:`info_nce` when it is the identity)."""

@@ -337,9 +337,6 @@ class ScaleModel(nn.Module):
         self.fusion = Transformer(cfg.d_model, cfg.heads, cfg.fusion_layers, MLP_RATIO, cfg.dropout, ATTN_DROPOUT)
         self.harmonizer = SelfHarmonizer(cfg.d_model, cfg.importance, len(self.modalities))
         self.heads: ModalityHeads | None = None  # fitted once training ends (fuse.heads)
-        # the frozen-vector prediction term's decoders (fuse.losses.frozen_prediction_loss): training only
-        self.frozen_decoders = nn.ModuleDict({m: nn.Linear(cfg.d_model, self.shapes[m][1]) for m in self.modalities}
-                                             ) if cfg.frozen_prediction > 0 else None
         # the reference path: forward encodes every token even where the first ones suffice
         # (benchmarks time the two side by side; see :meth:`forward`)
         self.every_token = False

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .config import ScaleConfig
 from scalemm.device import to_device
 from .gather import all_gather_rows, gather_output
-from .losses import frozen_prediction_loss, instance_codes, scale_loss, subset_consistency_loss
+from .losses import instance_codes, scale_loss, subset_consistency_loss
 from .masking import choose_masks
 from .model import ScaleModel
 
@@ -84,13 +84,8 @@ class Objective(nn.Module):
         terms = scale_loss(out, batch, cfg.temperature, rescale,
                            rescale_importance=rescale and cfg.importance == "diagonal", subset=subset,
                            subset_weight=cfg.subset_weight, simcl_weight=cfg.simcl_weight, gathered=con)
-        total = terms.total
-        stats: dict[str, Tensor] = {"loss_simcl": terms.simcl.detach(), "loss_mask": terms.masked.detach()}
-        if cfg.frozen_prediction > 0:  # on this rank's products (no negatives to gather)
-            predicted = frozen_prediction_loss(self.model, out, batch)
-            total = total + cfg.frozen_prediction * predicted
-            stats["loss_frozen"] = predicted.detach()
-        stats = {"loss": total.detach(), **stats}
+        stats: dict[str, Tensor] = {"loss": terms.total.detach(), "loss_simcl": terms.simcl.detach(),
+                                    "loss_mask": terms.masked.detach()}
         if subset is not None:
             stats["loss_subset"] = subset.detach()
         stats.update({f"loss_mask_{m}": v.detach() for m, v in terms.mask.items()})
@@ -99,7 +94,7 @@ class Objective(nn.Module):
             pres = out.present[:, j]
             if bool(pres.any()):
                 stats[f"importance_{m}"] = out.importances[pres, j].detach().float().mean()
-        return total, stats
+        return terms.total, stats
 
 
 def contrast_fields(cfg: ScaleConfig) -> tuple[str, ...]:

@@ -93,22 +93,18 @@ def test_a_removed_option_at_another_value_is_refused_by_name(tmp_path, key, val
 
 def test_a_retired_option_loads_at_its_kept_value_and_is_refused_at_another(tmp_path) -> None:
     """contrast_on left the config (SIMCL contrasts the encoders' outputs): a checkpoint of the
-    current format that records it at the kept value loads, one trained at another is refused; a
-    checkpoint written before the frozen-vector prediction term was trained without it."""
+    current format that records it at the kept value loads, one trained at another is refused."""
     from scalemm.fuse.checkpoint import save_checkpoint
     model, info = load_model(DATA / "gated.safetensors")
     ck = save_checkpoint(tmp_path / "run", 3, model, {}, info["config"], info["provenance"])
     for value in ("encoder", "fusion"):
-        def edit(c, value=value):
-            c["contrast_on"] = value
-            c.pop("frozen_prediction")
-        w = _rewrite(ck.weights, tmp_path / f"{value}.safetensors", edit)
+        w = _rewrite(ck.weights, tmp_path / f"{value}.safetensors", lambda c, v=value: c.__setitem__("contrast_on", v))
         if value == "fusion":
             with pytest.raises(CheckpointError, match="contrast_on: 'fusion'.*removed"):
                 load_weights(w)
         else:
             _, cfg, _, _ = load_weights(w)
-            assert cfg.frozen_prediction == 0.0 and not hasattr(cfg, "contrast_on")
+            assert cfg == info["config"] and not hasattr(cfg, "contrast_on")
 
 
 def test_a_checkpoint_from_before_the_corroborated_agreement_is_refused(tmp_path) -> None:
