@@ -29,7 +29,7 @@ import torch
 from scalemm.atomic import write_json_atomic
 from scalemm.device import resolve_device
 from scalemm.errors import UserError
-from scalemm.runs import RunFolder
+from scalemm.runs import RunFolder, seed_runs
 from scalemm.splits import assign, rows_of
 
 from .checkpoint import (Checkpoint, CheckpointError, check_provenance, latest_checkpoint, load_state,
@@ -344,6 +344,17 @@ def resolve_config(run_dir: Path, cfg: ScaleConfig | None, resume: bool, epochs:
     else:  # the runtime the run was started with (a checkpoint keeps none)
         saved = saved.replace(runtime=saved_runtime(RunFolder(run_dir).config))
     return saved.replace(epochs=epochs), ck
+
+
+def started_seed_config(folder: str | Path) -> ScaleConfig | None:
+    """The config a seed run below ``folder`` (pipelines/train.py ``--seeds``) was started with: the
+    first one that holds a checkpoint, its runtime included (None: no seed has started). A seed not
+    started yet, resumed with ``--seeds ... --resume`` and no ``--config``, starts with it, so that
+    every seed of the folder trains one config."""
+    for run in seed_runs(folder):
+        if latest_checkpoint(run) is not None:
+            return resolve_config(run, None, True, None, None)[0]
+    return None
 
 
 def saved_runtime(config_yaml: Path) -> RunSettings:

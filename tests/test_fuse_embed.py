@@ -224,6 +224,32 @@ def test_train_cli_last_line_is_json(tmp_path) -> None:
     assert (tmp_path / "run" / "training.png").stat().st_size > 1000
 
 
+def test_seeds_resumed_without_a_config_start_the_missing_seeds_with_the_started_ones_config(tmp_path) -> None:
+    """train.py --seeds 0,1 --resume without --config: seed 1, not started, trains with seed 0's
+    config (not the defaults), its own seed, and seed 0 resumes as it was."""
+    import yaml
+    feats = tmp_path / "feats"
+    write_synthetic_store(feats, n_items=16, shards=1, seed=4)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("d_model: 16\nheads: 2\nencoder_layers: 1\nbatch_size: 8\nfrozen_skip: 3.0\n"
+                   "train_split: all\nruntime:\n  threads: 1\n  tensorboard: false\n")
+    out = tmp_path / "runs"
+    base = [sys.executable, str(ROOT / "pipelines" / "train.py"), "--features", str(feats), "--out", str(out),
+            "--no-progress"]
+    first = subprocess.run(base + ["--config", str(cfg), "--seeds", "0", "--epochs", "1"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = subprocess.run(base + ["--seeds", "0,1", "--resume"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    saved = {s: yaml.safe_load((out / f"seed-{s}" / "config.yaml").read_text()) for s in (0, 1)}
+    assert saved[1]["seed"] == 1 and saved[0]["seed"] == 0
+    for key in ("d_model", "heads", "frozen_skip", "epochs", "batch_size"):
+        assert saved[1][key] == saved[0][key], key
+    assert saved[1]["runtime"]["threads"] == 1
+    assert last_json(again.stdout)["runs"][1]["steps"] == 2
+
+
 def test_an_old_checkpoint_from_before_the_corrections_loads_as_trained(trained, tmp_path) -> None:
     """A scale-fuse-1 checkpoint saved before ``importance_shrink`` and ``identification_power``
     existed kept no running statistics and embedded without the corrections; it must load as it
