@@ -39,16 +39,15 @@ log = logging.getLogger(__name__)
 FORMAT = "scale-fuse-2"
 FORMATS = ("scale-fuse-1", FORMAT)  # every format this project wrote; older ones are migrated on load
 
-# scale-fuse-1 -> 2: options removed, each with the only value that still loads (the behaviour that
-# stayed); a checkpoint trained with any other value is refused, naming the option. A key a
-# checkpoint lacks was not yet an option when it was written: the value it was trained with then.
+# options removed (in scale-fuse-1 -> 2, and ``contrast_on`` since), each with the only value that
+# still loads (the behaviour that stayed); a checkpoint of any format trained with any other value
+# is refused, naming the option. A key a scale-fuse-1 checkpoint lacks was not yet an option when
+# it was written: TRAINED_BEFORE holds the value it was trained with then.
 REMOVED = {"mlp_ratio": 4.0, "attn_dropout": 0.0, "harmonizer_dim": 0, "mask_loss": "mse",
            "weight_scale": "sqrt_m", "agreement": "corroborated", "gate_lr": 0.0, "grad_clip": 1.0,
-           "block_weight": 0.0, "frozen_blocks": 0.0}
+           "block_weight": 0.0, "frozen_blocks": 0.0, "contrast_on": "encoder"}
 TRAINED_BEFORE = {"agreement": "mean", "block_weight": 0.0, "frozen_blocks": 0.0,
                   "importance_shrink": 0.0, "identification_power": 0.0, "instance_positives": False}
-# in every format: options retired since, each with the only value that still loads
-RETIRED = {"contrast_on": "encoder"}
 # moved into the embedding section (new name), and the runtime settings a checkpoint no longer keeps
 MOVED = {"embed_from": "source", "embed_weighting": "weighting", "identification_power": "identification_power"}
 # embedding-time settings removed: the weights never depended on them, so any value loads
@@ -198,12 +197,17 @@ def migrate(saved: dict[str, Any], fmt: str, where: str) -> dict[str, Any]:
     place that knows every older format. Raises CheckpointError naming a removed option the
     checkpoint was trained with at a value this version cannot reproduce."""
     saved = dict(saved)
-    _drop_removed(saved, RETIRED, where)
+    if fmt != FORMAT:
+        for key, value in TRAINED_BEFORE.items():
+            saved.setdefault(key, value)
+    for key, kept in REMOVED.items():
+        value = saved.pop(key, kept)
+        if value != kept:
+            raise CheckpointError(f"{where} was trained with {key}: {value!r}, an option this version removed "
+                                  f"(it reproduces only {key}: {kept!r}); embed it with the version that "
+                                  f"trained it, or train again")
     if fmt == FORMAT:
         return saved
-    for key, value in TRAINED_BEFORE.items():
-        saved.setdefault(key, value)
-    _drop_removed(saved, REMOVED, where)
     if saved.get("importance") == "agreement":
         raise CheckpointError(f"{where} was trained with importance: 'agreement', an option this version "
                               f"removed (only 'gated' and 'diagonal' remain); train again")
@@ -215,16 +219,6 @@ def migrate(saved: dict[str, Any], fmt: str, where: str) -> dict[str, Any]:
         saved.pop(key, None)
     saved["embedding"] = embedding
     return saved
-
-
-def _drop_removed(saved: dict[str, Any], removed: dict[str, Any], where: str) -> None:
-    """Drop the ``removed`` options from ``saved``; refuse one trained at a value other than the kept one."""
-    for key, kept in removed.items():
-        value = saved.pop(key, kept)
-        if value != kept:
-            raise CheckpointError(f"{where} was trained with {key}: {value!r}, an option this version removed "
-                                  f"(it reproduces only {key}: {kept!r}); embed it with the version that "
-                                  f"trained it, or train again")
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

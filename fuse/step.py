@@ -57,6 +57,8 @@ class WarmupConstant:
 
 
 GRAD_CLIP = 1.0  # the global gradient norm is clipped at this
+# the parts of the model output the contrastive losses read (what is gathered across ranks)
+CONTRAST_FIELDS = ("enc_pooled", "weights")
 
 
 class Objective(nn.Module):
@@ -74,7 +76,7 @@ class Objective(nn.Module):
         rescale = cfg.harmonize
         # several ranks: the contrastive losses see every rank's samples (fuse.gather)
         gather = cfg.runtime.gather_negatives
-        con = gather_output(out, contrast_fields(cfg)) if gather else out
+        con = gather_output(out, CONTRAST_FIELDS) if gather else out
         codes = None
         if cfg.instance_positives and cfg.subset_weight > 0:
             codes = instance_codes(batch["ids"], batch["instances"], out.present.device)
@@ -95,11 +97,6 @@ class Objective(nn.Module):
             if bool(pres.any()):
                 stats[f"importance_{m}"] = out.importances[pres, j].detach().float().mean()
         return terms.total, stats
-
-
-def contrast_fields(cfg: ScaleConfig) -> tuple[str, ...]:
-    """The parts of the model output the contrastive losses read (what is gathered across ranks)."""
-    return ("enc_pooled", "weights")
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:

@@ -28,8 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds: one run each, in OUT/seed-<s>/ (pipelines/evaluate.py takes OUT)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint (with --seeds: the seeds "
-                        "not started yet start, with --config or else the config of the seeds that have)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (with --seeds: the seeds not started "
+                        "yet start, with --config or else the config of the seeds that have)")
     p.add_argument("--workers", type=int, default=None, help="train under Ray Train with N workers")
     p.add_argument("--gpu", action="store_true", help="with --workers: one GPU per worker")
     p.add_argument("--ray-address", default=None,
@@ -60,24 +61,25 @@ def main() -> dict:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    fresh = cfg
     if args.resume and cfg is None:  # seeds not started yet start with the config of those that have
         from scalemm.fuse.train import started_seed_config
-        cfg = started_seed_config(args.out)
-    runs = [run_one(args, cfg, args.out / f"seed-{s}", s) for s in seeds]
+        fresh = started_seed_config(args.out)
+    runs = [run_one(args, cfg, args.out / f"seed-{s}", s, fresh) for s in seeds]
     return {"out": str(args.out), "seeds": seeds, "runs": runs,
             "final_loss": [r["final_loss"] for r in runs], "seconds": sum(r["seconds"] for r in runs)}
 
 
-def run_one(args: argparse.Namespace, cfg: "ScaleConfig | None", out: Path, seed: int | None) -> dict:
-    """One training run (one seed) into ``out``, in this process or under Ray Train."""
+def run_one(args: argparse.Namespace, cfg: "ScaleConfig | None", out: Path, seed: int | None,
+            fresh: "ScaleConfig | None" = None) -> dict:
+    """One training run (one seed) into ``out``, in this process or under Ray Train; with
+    ``--seeds --resume``, a seed not started yet starts with ``fresh``."""
     from scalemm.config import ConfigError
     from scalemm.fuse.train import train
 
     resume = args.resume
     if resume and args.seeds is not None and not (out / "checkpoints").is_dir():
-        resume = False  # --seeds --resume: seeds not started yet start now
-    elif resume and args.config is None:
-        cfg = None  # a started seed resumes with its own saved config
+        resume, cfg = False, fresh  # --seeds --resume: seeds not started yet start now
     if cfg is not None and seed is not None:
         cfg = cfg.replace(seed=seed)  # a resumed seed-<s> run compares its saved config with this one
     kw = dict(resume=resume, epochs=args.epochs, seed=seed, progress=not args.no_progress)
